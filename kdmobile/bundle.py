@@ -1,0 +1,314 @@
+"""The bundle contract: manifest schema, atomic writer and checked reader (shared by export and runtime; no torch)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import numpy as np
+
+from kdmobile import __version__
+from kdmobile.errors import KDError
+from kdmobile.fileio import atomic_path, sha256_file
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TASKS = ("retrieval", "forecast")
+TARGETS = ("onnx", "tflite", "coreml")
+PRECISIONS = ("fp32", "fp16", "int8")
+MODEL_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+NORM_TOL = 1e-3  # max |‖row‖₂ − 1| accepted for class vectors
+
+# A staged file: a writer called with the destination path, an existing file/directory to copy, or raw bytes.
+FileSource = Union[Callable[[Path], None], str, os.PathLike, bytes]
+
+_NUM = (int, float)
+# Required fields: dotted name -> accepted type(s). Checked by validate_manifest.
+_REQUIRED: dict[str, Any] = {
+    "schema_version": int, "task": str, "target": str, "precision": str, "model_file": str,
+    "input": dict, "input.name": str, "input.shape": list, "input.dtype": str, "input.layout": str,
+    "input.value_range": list, "input.mean": list, "input.std": list, "outputs": list, "files": dict,
+}
+_REQUIRED_TASK: dict[str, dict[str, Any]] = {
+    "retrieval": {
+        "retrieval": dict, "retrieval.class_vectors": dict, "retrieval.class_vectors.file": str,
+        "retrieval.class_vectors.shape": list, "retrieval.class_vectors.dtype": str,
+        "retrieval.class_vectors.byte_order": str, "retrieval.logit_scale": _NUM,
+        "retrieval.labels_file": str, "retrieval.prompt_templates": list,
+    },
+    "forecast": {
+        "forecast": dict, "forecast.frames_in": int, "forecast.frames_out": int,
+        "forecast.mean": _NUM, "forecast.std": _NUM,
+    },
+}
+_CHOICES = {
+    "task": TASKS, "target": TARGETS, "precision": PRECISIONS, "input.dtype": ("float32",),
+    "input.layout": ("NCHW", "NTHW"), "retrieval.class_vectors.dtype": ("float32",),
+    "retrieval.class_vectors.byte_order": ("little",),
+}
+_MISSING = object()
+
+
+def _get(d: Any, dotted: str) -> Any:
+    """Value at a dotted path in nested dicts, or _MISSING."""
+    for key in dotted.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return _MISSING
+        d = d[key]
+    return d
+
+
+def _is_type(value: Any, typ: Any) -> bool:
+    """isinstance that does not accept a JSON boolean as a number."""
+    return isinstance(value, typ) and not isinstance(value, bool)
+
+
+def validate_manifest(manifest: Any, where: str = "manifest") -> None:
+    """Check required fields, their types and allowed values; raise one KDError listing every problem."""
+    if not isinstance(manifest, dict):
+        raise KDError(f"{where}: manifest.json must hold a JSON object")
+    task = manifest.get("task")
+    required = {**_REQUIRED, **_REQUIRED_TASK.get(task, {})}
+    missing = [k for k in required if _get(manifest, k) is _MISSING]
+    if missing:
+        raise KDError(f"{where}: missing required fields: {', '.join(missing)}")
+    problems = [f"{k} should be {getattr(t, '__name__', 'a number')}" for k, t in required.items()
+                if not _is_type(_get(manifest, k), t)]
+    problems += [f"{k}={_get(manifest, k)!r} (expected one of {', '.join(v)})" for k, v in _CHOICES.items()
+                 if _get(manifest, k) not in (_MISSING, *v)]
+    if not problems:
+        problems = _consistency(manifest)
+    if problems:
+        raise KDError(f"{where}: invalid manifest: {'; '.join(problems)}")
+
+
+def _consistency(m: dict) -> list[str]:
+    """Cross-field checks: shapes, model suffix, files listed, output names."""
+    out: list[str] = []
+    inp = m["input"]
+    shape = inp["shape"]
+    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
+        out.append(f"input.shape {shape} should be 4 positive ints")
+    elif inp["layout"] == "NCHW" and not (len(inp["mean"]) == len(inp["std"]) == shape[1]):
+        out.append(f"input.mean/std should have {shape[1]} entries (one per channel)")
+    if len(inp["value_range"]) != 2 or not inp["value_range"][0] < inp["value_range"][1]:
+        out.append("input.value_range should be [lo, hi] with lo < hi")
+    if not all(isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("shape"), list)
+               for o in m["outputs"]) or not m["outputs"]:
+        out.append("outputs should be a non-empty list of {name, shape}")
+    if not m["model_file"].endswith(MODEL_SUFFIX[m["target"]]):
+        out.append(f"model_file {m['model_file']!r} does not match target {m['target']}")
+    listed = m["files"]
+    if not any(f == m["model_file"] or f.startswith(m["model_file"] + "/") for f in listed):
+        out.append(f"model_file {m['model_file']} is not listed in files")
+    for rel in listed:
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            out.append(f"files entry {rel!r} escapes the bundle")
+    if m["task"] == "retrieval":
+        r = m["retrieval"]
+        cv_shape = r["class_vectors"]["shape"]
+        if len(cv_shape) != 2:
+            out.append("retrieval.class_vectors.shape should be [K, D]")
+        for f in (r["class_vectors"]["file"], r["labels_file"]):
+            if f not in listed:
+                out.append(f"{f} is not listed in files")
+    else:
+        fc = m["forecast"]
+        if inp["layout"] != "NTHW" or shape[1:2] != [fc["frames_in"]]:
+            out.append("forecast input should be NTHW with T = forecast.frames_in")
+        if fc["std"] <= 0:
+            out.append("forecast.std should be > 0")
+    return out
+
+
+def _bundle_files(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (posix relative paths, sorted), except the top-level manifest."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            files[rel] = sha256_file(p)
+    return files
+
+
+def _stage(dest: Path, source: FileSource) -> None:
+    """Put one file (or directory) into the staging directory."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, bytes):
+        dest.write_bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        src = Path(source)
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            shutil.copyfile(src, dest)
+    else:
+        source(dest)
+    if not dest.exists():
+        raise RuntimeError(f"staging {dest.name}: the writer produced no file")
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    """Write manifest.json, pretty-printed."""
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    manifest: Mapping[str, Any],
+    files: Mapping[str, FileSource],
+    verify: Callable[["Bundle"], Mapping[str, Any]] | None = None,
+) -> Path:
+    """Stage `files` (name -> writer/source), checksum them, write manifest.json and rename into place atomically.
+
+    Fills schema_version, kdmobile_version, created and files. `verify`, if given, is called with the staged,
+    loaded Bundle before the rename; its result is merged into manifest["verification"]. Any exception (in a
+    writer, validation or verify) leaves nothing under `out_dir`.
+    """
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for rel, source in files.items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel == MANIFEST:
+                raise ValueError(f"cannot stage {rel!r} in a bundle")
+            _stage(tmp / rel, source)
+        created = manifest.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        m = {"schema_version": SCHEMA_VERSION, "kdmobile_version": __version__, "created": created,
+             **{k: v for k, v in manifest.items() if k not in ("schema_version", "kdmobile_version", "created",
+                                                               "files")},
+             "files": _bundle_files(tmp)}
+        validate_manifest(m, where=f"bundle {out}")
+        _write_manifest(tmp / MANIFEST, m)
+        if verify is not None:
+            result = verify(load_bundle(tmp))
+            m["verification"] = {**m.get("verification", {}), **dict(result)}
+            _write_manifest(tmp / MANIFEST, m)
+    return out
+
+
+def write_class_vectors(path: str | os.PathLike, array: np.ndarray) -> tuple[int, int]:
+    """Write (K, D) L2-normalised rows as little-endian float32, row-major; return the shape."""
+    a = np.asarray(array, dtype=np.float32)
+    if a.ndim != 2 or a.shape[0] == 0:
+        raise ValueError(f"class vectors must be a non-empty (K, D) array, got shape {a.shape}")
+    norms = np.linalg.norm(a, axis=1)
+    if not np.all(np.isfinite(a)) or np.max(np.abs(norms - 1.0)) > NORM_TOL:
+        raise ValueError("class vectors must be finite with L2-normalised rows")
+    Path(path).write_bytes(np.ascontiguousarray(a, dtype="<f4").tobytes())
+    return (int(a.shape[0]), int(a.shape[1]))
+
+
+def read_class_vectors(path: str | os.PathLike, shape: tuple[int, int] | list[int]) -> np.ndarray:
+    """Read (K, D) little-endian float32 class vectors and check size and L2-normalised rows."""
+    k, d = (int(s) for s in shape)
+    p = Path(path)
+    raw = p.read_bytes() if p.is_file() else None
+    if raw is None:
+        raise KDError(f"{p}: class vectors file missing")
+    if len(raw) != k * d * 4:
+        raise KDError(f"{p}: {len(raw)} bytes, expected {k}x{d} float32 = {k * d * 4}")
+    a = np.frombuffer(raw, dtype="<f4").reshape(k, d).astype(np.float32)
+    if not np.all(np.isfinite(a)) or np.max(np.abs(np.linalg.norm(a, axis=1) - 1.0)) > NORM_TOL:
+        raise KDError(f"{p}: class vectors are not finite L2-normalised rows")
+    return a
+
+
+@dataclass
+class Bundle:
+    """A loaded, checked bundle: its directory and manifest, with typed accessors."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def target(self) -> str:
+        return self.manifest["target"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return self.manifest["input"]
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]:
+        return self.manifest["outputs"]
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest["model_file"]
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names from labels.json (retrieval only), one per class vector."""
+        if "labels" not in self._cache:
+            r = self._retrieval()
+            try:
+                labels = json.loads((self.path / r["labels_file"]).read_text())
+            except (OSError, ValueError) as e:
+                raise KDError(f"bundle {self.path}: cannot read {r['labels_file']} ({e})") from None
+            k = r["class_vectors"]["shape"][0]
+            if not (isinstance(labels, list) and all(isinstance(s, str) for s in labels) and len(labels) == k):
+                raise KDError(f"bundle {self.path}: {r['labels_file']} should list {k} class names")
+            self._cache["labels"] = labels
+        return self._cache["labels"]
+
+    @property
+    def class_vectors(self) -> np.ndarray:
+        """(K, D) float32 L2-normalised class vectors (retrieval only)."""
+        if "class_vectors" not in self._cache:
+            cv = self._retrieval()["class_vectors"]
+            self._cache["class_vectors"] = read_class_vectors(self.path / cv["file"], cv["shape"])
+        return self._cache["class_vectors"]
+
+    def _retrieval(self) -> dict[str, Any]:
+        if self.task != "retrieval":
+            raise KDError(f"bundle {self.path}: a {self.task} bundle has no labels or class vectors")
+        return self.manifest["retrieval"]
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Open a bundle, refusing it with one line if the directory, manifest, schema version or checksums are wrong."""
+    root = Path(path)
+    where = f"bundle {root}"
+    if not root.exists():
+        raise KDError(f"{where}: no such directory")
+    if not root.is_dir():
+        raise KDError(f"{where}: not a directory (a bundle is a directory holding manifest.json)")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise KDError(f"{where}: manifest.json missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise KDError(f"{where}: manifest.json is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise KDError(f"{where}: manifest.json must hold a JSON object")
+    found = manifest.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise KDError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
+                      f"(re-export the bundle with this kdmobile version)")
+    validate_manifest(manifest, where)
+    for rel, digest in manifest["files"].items():
+        f = root / rel
+        if not f.is_file():
+            raise KDError(f"{where}: listed file {rel} missing")
+        if sha256_file(f) != digest:
+            raise KDError(f"{where}: checksum mismatch for {rel} (file changed after export)")
+    return Bundle(path=root, manifest=manifest)

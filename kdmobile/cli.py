@@ -1,0 +1,159 @@
+"""The `kdmobile` command: train, export, bench, predict, data, doctor.
+
+Heavy imports (torch, open_clip, converters) happen inside each verb, so `--help` and the torch-free verbs stay fast.
+User errors print one line and exit 2; Ctrl-C exits 130 and leaves only complete files behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+from kdmobile import __version__
+from kdmobile.errors import KDError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"kdmobile: error: {message} (see '{self.prog} --help')\n")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _add_common_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (e.g. a previous run's config.yaml); flags override it")
+    p.add_argument("--name", help="run name: outputs go to OUT/NAME (NAME2, NAME3... if taken)")
+    p.add_argument("--out", help="parent directory of runs (default: runs)")
+    p.add_argument("--seed", type=int, help="seed for splits, initialisation and data order")
+    p.add_argument("--epochs", type=int, help="student epochs")
+    p.add_argument("--batch-size", type=int, help="student batch size (per process under torchrun)")
+    p.add_argument("--lr", type=float, help="student learning rate")
+    p.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set teacher_train.epochs=2 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run OUT/NAME where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to log.jsonl)")
+
+
+def _train_ammkd(args: argparse.Namespace) -> int:
+    from kdmobile.config import AMMKDConfig, load_config
+
+    overrides: dict[str, Any] = {
+        "name": args.name, "out": args.out, "seed": args.seed, "data.spec": args.data,
+        "data.max_train": args.max_train, "data.max_test": args.max_test, "data.image_size": args.image_size,
+        "teachers": _csv(args.teachers) if args.teachers else None, "teacher_train.epochs": args.teacher_epochs,
+        "student": args.student, "fusion": args.fusion, "weighting": args.weighting,
+        "temperature": args.temperature, "tolerance": args.tolerance, "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
+        "teacher_train.device": args.device,
+    }
+    cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.ammkd import metrics_table, run_ammkd
+
+    run, metrics = run_ammkd(cfg, resume=args.resume, progress=not args.no_progress)
+    if dist.is_main():
+        print(metrics_table(metrics))
+        print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
+        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, class_vectors.npz, log.jsonl)")
+    return 0
+
+
+def _add_train(sub: Any) -> None:
+    train = sub.add_parser("train", help="distil a student from teachers (ammkd, sdkd)",
+                           description="Train teachers and distil a small student; outputs go to a run directory.")
+    methods = train.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=_Parser)
+    a = methods.add_parser(
+        "ammkd", help="image-text retrieval student from two CLIP teachers",
+        description="AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
+                    "mobile student with feature fusion and adaptive multi-teacher KL weighting.")
+    a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
+                                  "captions:PATH")
+    a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
+                                      "NAME:TAG (e.g. ViT-B-32:openai) or NAME:/path/weights.pt")
+    a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
+    a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_075)")
+    a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
+    a.add_argument("--weighting", help="adaptive (default), equal, none (no KD), single:TEACHER")
+    a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
+    a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")
+    a.add_argument("--image-size", type=int, help="student input size in pixels (default 32)")
+    a.add_argument("--max-train", type=int, help="use at most N training images")
+    a.add_argument("--max-test", type=int, help="use at most N test images")
+    _add_common_train(a)
+    a.set_defaults(func=_train_ammkd)
+
+
+# ----------------------------------------------------------------------------------------------- doctor
+def _doctor(args: argparse.Namespace) -> int:
+    import importlib
+    import platform
+
+    from kdmobile.table import format_table
+
+    rows = []
+    for label, module in [("torch", "torch"), ("open_clip", "open_clip"), ("timm", "timm"),
+                          ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("litert-torch", "litert_torch"),
+                          ("ai-edge-quantizer", "ai_edge_quantizer"), ("LiteRT (ai-edge-litert)", "ai_edge_litert"),
+                          ("tflite-runtime", "tflite_runtime"), ("coremltools", "coremltools")]:
+        try:
+            mod = importlib.import_module(module)
+            version = getattr(mod, "__version__", None)
+            if version is None:
+                from importlib.metadata import version as dist_version
+
+                version = dist_version(module.replace("_", "-"))
+            rows.append([label, "yes", version])
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
+            rows.append([label, "no", type(exc).__name__])
+    try:
+        import torch
+
+        cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
+    except Exception:  # noqa: BLE001
+        cuda = "no (torch missing)"
+    rows.append(["CUDA", cuda, ""])
+    print(f"kdmobile {__version__} on Python {platform.python_version()} ({platform.machine()})")
+    print(format_table(["backend", "available", "version"], rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the docs and tests)."""
+    parser = _Parser(prog="kdmobile", description="From large teachers to a small quantized model on a phone.")
+    parser.add_argument("--version", action="version", version=f"kdmobile {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+    _add_train(sub)
+    for register in _EXTRA_VERBS:
+        register(sub)
+    d = sub.add_parser("doctor", help="show which backends are installed")
+    d.set_defaults(func=_doctor)
+    return parser
+
+
+_EXTRA_VERBS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KDError as err:
+        print(f"kdmobile: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("kdmobile: interrupted; completed checkpoints are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Typed configs for each method: defaults, YAML files and `--set key=value` overrides, validated with one-line errors.
+
+The resolved config is written into the run directory, so `kdmobile train METHOD --config runs/X/config.yaml`
+repeats a run exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kdmobile.errors import KDError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(_Strict):
+    """Settings of the shared training loop (one per stage)."""
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    grad_clip: float = Field(5.0, ge=0)
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    workers: int = Field(0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError("must be auto, cpu or cuda[:N]")
+        return v
+
+
+class ImageDataConfig(_Strict):
+    """Which image dataset to use and how to split it."""
+
+    spec: str = "digits"
+    image_size: int = Field(32, ge=8)
+    val_frac: float = Field(0.1, ge=0, lt=1)
+    test_frac: float = Field(0.2, gt=0, lt=1)
+    max_train: int | None = Field(None, ge=1)
+    max_test: int | None = Field(None, ge=1)
+    augment: Literal["none", "crop", "crop-flip"] = "crop"
+
+
+class AMMKDConfig(_Strict):
+    """AMMKD: CLIP teachers pre-trained on the data, then a mobile student distilled from both."""
+
+    name: str = "ammkd"
+    out: str = "runs"
+    seed: int = 0
+    data: ImageDataConfig = ImageDataConfig()
+    teachers: list[str] = ["kd-vit-s", "kd-rn-s"]
+    teacher_train: TrainConfig = TrainConfig(epochs=6, lr=5e-4, batch_size=64)
+    templates: list[str] = [
+        "a photo of a {}.",
+        "a picture of a {}.",
+        "an image of the {}.",
+        "a low resolution photo of the {}.",
+    ]
+    student: str = "mobilenetv3_small_075"
+    embed_dim: int = Field(128, ge=8)
+    fusion: Literal["full", "none"] = "full"
+    temperature: float = Field(4.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0)
+    kd_weight: float = Field(1.0, ge=0)
+    weighting: str = "adaptive"
+    tolerance: float = Field(0.6, gt=0, le=1)
+    train: TrainConfig = TrainConfig(epochs=12)
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one teacher is needed")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: list[str]) -> list[str]:
+        if not v or any("{}" not in t for t in v):
+            raise ValueError("every prompt template needs a '{}' for the class name")
+        return v
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise KDError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config {where}: {first['msg']}{more}"
+
+
+def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> M:
+    """Defaults <- YAML file <- `--set a.b=v` strings <- explicit flag overrides (None values are ignored)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise KDError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise KDError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise KDError(f"{p}: a config file must be a YAML mapping")
+        tree = loaded or {}
+    for item in sets or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise KDError(f"--set {item}: expected KEY=VALUE")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as err:
+        raise KDError(_one_line(err)) from None
+
+
+def save_config(path: str | os.PathLike, cfg: BaseModel) -> None:
+    """Write the resolved config as YAML (atomically), so the run can be repeated."""
+    from kdmobile.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

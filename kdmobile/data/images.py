@@ -1,0 +1,290 @@
+"""Labelled image datasets (digits, CIFAR-10/100, image folders) as uint8 RGB numpy arrays; no torch."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kdmobile.errors import KDError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CIFAR100_FILES = ["train", "test"]
+
+
+@dataclass
+class ClassData:
+    """Images with integer class labels: images (N,H,W,3) uint8 RGB, labels (N,) int64 in [0, len(classes))."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    name: str
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return int(len(self.labels))
+
+    def subset(self, idx: np.ndarray) -> ClassData:
+        """The samples at `idx` (integer indices or a boolean mask), same classes and name."""
+        i = as_index(idx)
+        return ClassData(self.images[i], self.labels[i], list(self.classes), self.name)
+
+
+# ---------------------------------------------------------------- shared helpers (also used by captions.py)
+
+
+def as_index(idx: Any) -> np.ndarray:
+    """Integer index array from indices or a boolean mask (so subsets never silently mis-index)."""
+    a = np.asarray(idx)
+    if a.dtype == bool:
+        return np.flatnonzero(a)
+    if a.size == 0:
+        return a.astype(np.int64).reshape(0)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"subset indices must be integers or a boolean mask, got {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def short(exc: BaseException, limit: int = 160) -> str:
+    """An exception as a short single line, for embedding in a KDError."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def existing(path: str | os.PathLike, what: str) -> Path:
+    """`path` with ~ expanded, or a KDError saying it does not exist."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if not p.exists():
+        raise KDError(f"{what}: {p}: no such file or directory")
+    return p
+
+
+def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read the named arrays of an .npz (no pickles); KDError if unreadable or a required key is missing."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not an .npz archive")
+            missing = [k for k in required if k not in z.files]
+            if missing:
+                raise KDError(
+                    f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(z.files) or 'none'})"
+                )
+            return {k: z[k] for k in required + optional if k in z.files}
+    except KDError:
+        raise
+    except Exception as e:  # zipfile, zlib, pickle-refusal and format errors all mean "corrupt"
+        raise KDError(f"cannot read {path}: not a valid .npz archive ({short(e)})") from None
+
+
+def check_images(images: np.ndarray, src: Path, key: str = "images") -> None:
+    """KDError unless `images` is a non-empty uint8 (N,H,W,3) array."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
+        raise KDError(f"{src}: '{key}' must be a uint8 array of shape (N,H,W,3), got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise KDError(f"{src}: dataset is empty (0 images)")
+
+
+def check_labels(labels: np.ndarray, n: int, n_classes: int, src: Path) -> np.ndarray:
+    """`labels` as int64 after checking it is 1-D, integer, length n and within [0, n_classes)."""
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise KDError(f"{src}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if len(labels) != n:
+        raise KDError(f"{src}: {n} images but {len(labels)} labels")
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise KDError(f"{src}: label {int(labels[i])} at index {i} is out of range [0, {n_classes})")
+    return labels.astype(np.int64)
+
+
+def hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """(height, width) from an int (square) or an (H, W) pair; None stays None."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
+        raise KDError(f"image size must be a positive int or (height, width), got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode one image file to RGB with Pillow; KDError naming the file if it cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bombs
+        raise KDError(f"cannot read image {path}: {short(e)}") from None
+
+
+# ---------------------------------------------------------------- digits
+
+
+def load_digits() -> ClassData:
+    """scikit-learn's bundled 8x8 digits (1797 images) as uint8 RGB: a dataset that needs no files."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    d = sk_load_digits()
+    grey = np.clip(np.rint(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    images = np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))
+    return ClassData(images, d.target.astype(np.int64), list(DIGIT_CLASSES), "digits")
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+def load_cifar(path: str | os.PathLike, name: str | None = None) -> ClassData:
+    """CIFAR-10/100 from an .npz (images, labels, classes) or the official python pickle directory."""
+    p = existing(path, "cifar")
+    if p.is_dir():
+        return _load_cifar_pickles(_cifar_dir(p), name)
+    arrays = read_npz(p, ("images", "labels", "classes"))
+    images, labels, classes = arrays["images"], arrays["labels"], _class_names(arrays["classes"], p)
+    check_images(images, p)
+    labels = check_labels(labels, len(images), len(classes), p)
+    default = {10: "cifar10", 100: "cifar100"}.get(len(classes), p.stem)
+    return ClassData(images, labels, classes, name or default)
+
+
+def _class_names(arr: np.ndarray, src: Path) -> list[str]:
+    """Class names from a 1-D str/bytes array, checked non-empty and unique."""
+    if arr.ndim != 1 or arr.dtype.kind not in "US" or arr.size == 0:
+        raise KDError(f"{src}: 'classes' must be a non-empty 1-D string array, got {arr.dtype} {arr.shape}")
+    names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in arr.tolist()]
+    if len(set(names)) != len(names):
+        raise KDError(f"{src}: 'classes' has duplicate names")
+    return names
+
+
+def _cifar_dir(p: Path) -> Path:
+    """The batches directory itself, or its `cifar-10-batches-py` / `cifar-100-python` child."""
+    if (p / "batches.meta").exists() or (p / "meta").exists():
+        return p
+    for child in ("cifar-10-batches-py", "cifar-100-python"):
+        if (p / child).is_dir():
+            return p / child
+    raise KDError(
+        f"{p}: not a CIFAR python directory (expected batches.meta with data_batch_1..5 and test_batch, "
+        "or meta with train and test) and not an .npz file"
+    )
+
+
+def _load_cifar_pickles(d: Path, name: str | None) -> ClassData:
+    """All training batches plus the test batch of a CIFAR-10 or CIFAR-100 python directory, concatenated."""
+    if (d / "batches.meta").exists():
+        meta_file, names_key, files, labels_key, default = d / "batches.meta", "label_names", CIFAR10_FILES, "labels", "cifar10"
+    else:
+        meta_file, names_key, files, labels_key, default = d / "meta", "fine_label_names", CIFAR100_FILES, "fine_labels", "cifar100"
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise KDError(f"{d}: missing CIFAR file(s) {', '.join(missing)}")
+    meta = _unpickle_dict(meta_file, (names_key,))
+    raw_names = meta[names_key]
+    if not isinstance(raw_names, (list, tuple)) or not raw_names:
+        raise KDError(f"{meta_file}: '{names_key}' must be a non-empty list of names")
+    classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw_names]
+    images, labels = [], []
+    for f in files:
+        batch = _unpickle_dict(d / f, ("data", labels_key))
+        data = batch["data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise KDError(f"{d / f}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
+        try:
+            lab = np.asarray(batch[labels_key])
+        except Exception as e:
+            raise KDError(f"{d / f}: '{labels_key}' is not a list of integers ({short(e)})") from None
+        labels.append(check_labels(lab, len(data), len(classes), d / f))
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    all_images = np.concatenate(images)
+    if len(all_images) == 0:
+        raise KDError(f"{d}: dataset is empty (0 images)")
+    return ClassData(all_images, np.concatenate(labels), classes, name or default)
+
+
+_PICKLE_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only builds numpy arrays and plain containers, so a data file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        canonical = "numpy._core" + module[len("numpy.core"):] if module.startswith("numpy.core") else module
+        if (canonical, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR batch never contains")
+        try:
+            return super().find_class(canonical, name)
+        except (ImportError, AttributeError):  # numpy < 2 has no numpy._core
+            return super().find_class(module, name)
+
+
+def _unpickle_dict(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """A CIFAR pickle (bytes or str keys) as a str-keyed dict; KDError if unreadable or keys are missing."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise KDError(f"cannot read {path}: not a valid CIFAR pickle ({short(e)})") from None
+    if not isinstance(obj, dict):
+        raise KDError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    out = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise KDError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(out)) or 'none'})")
+    return out
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def load_imagefolder(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> ClassData:
+    """One subfolder per class (sorted names), images resized to `size` (H, W) or the first image's size."""
+    root = existing(path, "imagefolder")
+    if not root.is_dir():
+        raise KDError(f"imagefolder: {root} is not a directory (expected one subfolder per class)")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise KDError(f"{root}: no class subfolders (expected one subfolder per class with images inside)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, d in enumerate(class_dirs):
+        found = sorted(
+            f for f in d.rglob("*")
+            if f.suffix.lower() in IMAGE_EXTS and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(d).parts)
+        )
+        if not found:
+            raise KDError(f"{d}: class folder has no images ({', '.join(IMAGE_EXTS)})")
+        files += found
+        labels += [label] * len(found)
+    target = hw(size)
+    images: np.ndarray | None = None
+    for i, f in enumerate(files):
+        img = read_image(f)
+        if target is None:
+            target = (img.height, img.width)
+        if (img.height, img.width) != target:
+            img = img.resize((target[1], target[0]), Image.Resampling.BILINEAR)
+        if images is None:
+            images = np.empty((len(files), target[0], target[1], 3), np.uint8)
+        images[i] = np.asarray(img, dtype=np.uint8)
+    assert images is not None
+    return ClassData(images, np.asarray(labels, np.int64), [d.name for d in class_dirs], root.name)

@@ -1,0 +1,140 @@
+"""CLIP teachers from open_clip: a named pretrained tag, a local weights file, or a small built-in config.
+
+Spec strings: `kd-vit-s` (built-in, random init, trained offline), `ViT-B-32:openai` (open_clip pretrained tag,
+needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdmobile.errors import KDError
+from kdmobile.fileio import atomic_path
+
+CONFIG_DIR = Path(__file__).parent / "clip_configs"
+BUILTIN_TEACHERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+DEFAULT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of the {}.",
+    "a low resolution photo of the {}.",
+)
+_registered = False
+
+
+def _open_clip() -> Any:
+    """Import open_clip and register kdmobile's built-in configs with it once."""
+    global _registered
+    import open_clip
+
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+    return open_clip
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A parsed teacher spec: open_clip model name and an optional pretrained tag or file."""
+
+    model_name: str
+    pretrained: str | None
+
+    @property
+    def label(self) -> str:
+        """A short, file-name-safe name for logs and run directories."""
+        return self.model_name.replace("/", "_")
+
+
+def parse_teacher(spec: str) -> TeacherSpec:
+    """Parse `NAME[:TAG|:PATH]`, checking the model name and that a local weights file exists."""
+    oc = _open_clip()
+    name, _, pretrained = spec.partition(":")
+    if name not in oc.list_models():
+        raise KDError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
+    if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        if not Path(pretrained).expanduser().is_file():
+            raise KDError(f"teacher weights {pretrained}: no such file")
+        pretrained = str(Path(pretrained).expanduser())
+    return TeacherSpec(name, pretrained or None)
+
+
+class ClipTeacher(nn.Module):
+    """An open_clip model with its tokenizer; `forward(images, tokens)` is the contrastive training pass."""
+
+    def __init__(self, spec: TeacherSpec, load_pretrained: bool = True) -> None:
+        super().__init__()
+        oc = _open_clip()
+        self.spec = spec
+        pretrained = spec.pretrained if load_pretrained else None
+        try:
+            self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
+        except Exception as exc:  # download failures, bad files
+            raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
+        self.tokenizer = oc.get_tokenizer(spec.model_name)
+        size = getattr(self.clip.visual, "image_size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.embed_dim = int(self.clip.text_projection.shape[1]) if hasattr(self.clip, "text_projection") else None
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image and text embeddings for a contrastive step."""
+        return self.encode_image(images), F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image batch at any size -> L2-normalised embeddings (resized to the tower's size)."""
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids for a list of strings, on the model's device."""
+        return self.tokenizer(list(texts)).to(self.clip.logit_scale.device)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text embeddings (N, D), in batches."""
+        out = [F.normalize(self.clip.encode_text(self.tokenize(texts[i : i + batch_size])), dim=-1)
+               for i in range(0, len(texts), batch_size)]
+        return torch.cat(out).float()
+
+    @torch.no_grad()
+    def class_vectors(self, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+        """CLIP zero-shot class vectors: mean of the normalised template embeddings per class, renormalised."""
+        prompts = [t.format(c) for c in classnames for t in templates]
+        emb = self.encode_texts(prompts).view(len(classnames), len(templates), -1).mean(1)
+        return F.normalize(emb, dim=-1)
+
+    def logit_scale(self) -> torch.Tensor:
+        """CLIP's learned temperature, clamped at 100."""
+        return self.clip.logit_scale.exp().clamp(max=100.0)
+
+    def image_tower(self) -> nn.Module:
+        """The part that runs per image at inference (for parameter and FLOP counts)."""
+        return self.clip.visual
+
+
+def save_teacher(path: str | os.PathLike, teacher: ClipTeacher) -> None:
+    """Atomically save a (fine-tuned) teacher with its open_clip name, so it reloads offline."""
+    payload = {"kind": "open_clip", "model_name": teacher.spec.model_name, "pretrained": teacher.spec.pretrained,
+               "state_dict": {k: v.detach().cpu() for k, v in teacher.clip.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_teacher(path: str | os.PathLike) -> ClipTeacher:
+    """Rebuild a teacher saved by `save_teacher` (no download: weights come from the file)."""
+    from kdmobile.models.registry import load_checkpoint_file
+
+    payload = load_checkpoint_file(path)
+    if not isinstance(payload, dict) or payload.get("kind") != "open_clip":
+        raise KDError(f"{path}: not a kdmobile teacher file")
+    teacher = ClipTeacher(TeacherSpec(payload["model_name"], payload.get("pretrained")), load_pretrained=False)
+    teacher.clip.load_state_dict(payload["state_dict"])
+    return teacher.eval()

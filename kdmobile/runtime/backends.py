@@ -1,0 +1,227 @@
+"""Inference backends behind one small interface (onnxruntime, LiteRT, CoreML); heavy imports happen lazily."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from kdmobile.errors import KDError
+
+if TYPE_CHECKING:
+    from kdmobile.bundle import Bundle
+
+Shape = tuple[int | None, ...]  # None marks a dynamic dimension
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What predictors need from an inference engine."""
+
+    input_names: list[str]
+    input_shapes: dict[str, Shape]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; return the outputs in the model's order."""
+        ...
+
+
+def _ordered(inputs: dict[str, np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
+    """Inputs in model order: by name when every name matches, else by position (names differ across formats)."""
+    if set(inputs) == set(names):
+        return [inputs[n] for n in names]
+    if len(inputs) == len(names):
+        return list(inputs.values())
+    raise KDError(f"model expects inputs {list(names)}, got {list(inputs)}")
+
+
+class OnnxBackend:
+    """onnxruntime on CPU, sequential, with a fixed number of intra-op threads (reproducible latency)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise KDError("ONNX bundles need onnxruntime: pip install 'kdmobile[onnx]'") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise KDError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+        ins = self.session.get_inputs()
+        self.input_names = [i.name for i in ins]
+        self.input_shapes = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in ins}
+        self._dtypes = [np.float16 if i.type == "tensor(float16)" else np.float32 for i in ins]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = _ordered(inputs, self.input_names)
+        feed = {n: np.ascontiguousarray(x, dtype=t) for n, x, t in zip(self.input_names, arrays, self._dtypes)}
+        return [np.asarray(y, dtype=np.float32) for y in self.session.run(None, feed)]
+
+
+def _import_interpreter() -> Any:
+    """The tf.lite-style Interpreter class: ai_edge_litert, then tflite_runtime, then tensorflow.lite."""
+    for module, attr in (("ai_edge_litert.interpreter", "Interpreter"),
+                         ("tflite_runtime.interpreter", "Interpreter"),
+                         ("tensorflow", "lite")):
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        return obj.Interpreter if attr == "lite" else obj
+    raise KDError("TFLite bundles need a LiteRT interpreter: install one of ai-edge-litert, tflite-runtime "
+                  "or tensorflow (pip install 'kdmobile[tflite]')")
+
+
+class LiteRTBackend:
+    """LiteRT (TFLite) interpreter; resizes the batch dimension on demand and (de)quantizes integer I/O."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        interpreter_cls = _import_interpreter()
+        try:
+            self.interpreter = interpreter_cls(model_path=str(path), num_threads=int(threads))
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise KDError(f"{path}: LiteRT cannot load the model ({str(e).splitlines()[0]})") from None
+        ins = self.interpreter.get_input_details()
+        self.input_names = [d["name"] for d in ins]
+        self.input_shapes = {
+            d["name"]: tuple(None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])) for d in ins
+        }
+        self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
+
+    def _fit(self, detail: dict[str, Any], x: np.ndarray) -> bool:
+        """Resize an input tensor whose shape differs only in batch (or a dynamic dim); return True if resized."""
+        cur = tuple(int(s) for s in detail["shape"])
+        if x.shape == cur:
+            return False
+        sig = self.input_shapes[detail["name"]]
+        ok = len(x.shape) == len(cur) and all(
+            i == 0 or s is None or s == n for i, (s, n) in enumerate(zip(sig, x.shape)))
+        if not ok:
+            raise KDError(f"input {detail['name']} expects shape {list(cur)}, got {list(x.shape)}")
+        self.interpreter.resize_tensor_input(detail["index"], list(x.shape))
+        return True
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        details = self.interpreter.get_input_details()
+        arrays = _ordered(inputs, self.input_names)
+        if any([self._fit(d, x) for d, x in zip(details, arrays)]):
+            self.interpreter.allocate_tensors()
+            details = self.interpreter.get_input_details()
+        for d, x in zip(details, arrays):
+            self.interpreter.set_tensor(d["index"], _quantize(x, d))
+        self.interpreter.invoke()
+        return [_dequantize(self.interpreter.get_tensor(d["index"]), d)
+                for d in self.interpreter.get_output_details()]
+
+
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Cast a float input to the tensor's dtype, applying its (scale, zero_point) when it is integer."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Float32 view of an output, undoing integer quantization when present."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    return np.array(y, dtype=np.float32, copy=True)
+
+
+class CoreMLBackend:
+    """coremltools MLModel.predict on the CPU; CoreML prediction exists only on macOS."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        if platform.system() != "Darwin":
+            raise KDError("CoreML prediction needs macOS; this bundle was validated at export only")
+        try:
+            import coremltools as ct
+        except ImportError:
+            raise KDError("CoreML bundles need coremltools: pip install 'kdmobile[coreml]'") from None
+        self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        desc = self.model.get_spec().description
+        self.input_names = [i.name for i in desc.input]
+        self.input_shapes = {i.name: tuple(int(s) for s in i.type.multiArrayType.shape) for i in desc.input}
+        self.output_names = [o.name for o in desc.output]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feed = dict(zip(self.input_names, _ordered(inputs, self.input_names)))
+        out = self.model.predict(feed)
+        return [np.asarray(out[n], dtype=np.float32) for n in self.output_names]
+
+
+class TorchBackend:
+    """An eager torch module behind the same interface (eager-vs-exported comparisons); imports torch lazily."""
+
+    def __init__(self, module: Any, input_names: Sequence[str] = ("input",), threads: int | None = None) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise KDError("the torch backend needs torch installed") from None
+        if threads is not None:
+            torch.set_num_threads(int(threads))  # process-wide setting
+        self._torch = torch
+        self.module = module.eval()
+        self.input_names = list(input_names)
+        self.input_shapes: dict[str, Shape] = {n: (None,) for n in self.input_names}
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                   for x in _ordered(inputs, self.input_names)]
+        with self._torch.inference_mode():
+            out = self.module(*tensors)
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().float().cpu().numpy() for o in outs]
+
+
+_BACKENDS = {"onnx": OnnxBackend, "tflite": LiteRTBackend, "coreml": CoreMLBackend}
+
+
+def open_backend(bundle: "Bundle", threads: int = 1) -> Backend:
+    """The backend that runs this bundle's model file, chosen by its target."""
+    cls = _BACKENDS.get(bundle.target)
+    if cls is None:
+        raise KDError(f"bundle {bundle.path}: no runtime backend for target {bundle.target!r}")
+    return cls(Path(bundle.model_path), threads=threads)
+
+
+_PACKAGES = {  # module name -> distribution name
+    "onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+    "tensorflow": "tensorflow", "coremltools": "coremltools", "torch": "torch",
+}
+
+
+def _version(module: str, dist: str) -> str | None:
+    """Installed version of a package without importing it (None when absent)."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    for name in (dist, module):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def available_backends() -> dict[str, str | None]:
+    """Inference packages installed here: module name -> version, or None (for `kdmobile doctor`)."""
+    return {module: _version(module, dist) for module, dist in _PACKAGES.items()}

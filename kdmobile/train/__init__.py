@@ -1,0 +1,1 @@
+"""Training: one loop (loop.py) and the methods built on it (ammkd.py, sdkd.py)."""

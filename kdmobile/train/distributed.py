@@ -1,0 +1,59 @@
+"""torch.distributed set-up for `torchrun`: gloo on CPU, nccl on GPU; rank 0 alone writes files."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    """Processes in the job (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's global rank (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """True on the process that writes checkpoints, logs and outputs."""
+    return rank() == 0
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """`auto` -> this rank's GPU if CUDA is available, else the CPU."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        from kdmobile.errors import KDError
+
+        raise KDError(f"--device {requested}: CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def init(device: torch.device) -> None:
+    """Join the process group when launched by torchrun (idempotent)."""
+    if world_size() > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (identity when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+    return values

@@ -1,0 +1,258 @@
+"""The one training loop every kdmobile method runs on.
+
+It owns devices, DDP, mixed precision, the optimiser and schedule, per-epoch checkpoints with exact resume, the
+progress bar and the JSONL log. A method supplies only a model, a dataset, a step function and an evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from kdmobile.config import TrainConfig
+from kdmobile.errors import KDError
+from kdmobile.fileio import append_jsonl, atomic_path
+from kdmobile.train import distributed as dist
+
+
+@dataclass
+class StepOutput:
+    """What a method's step returns: the loss to back-propagate and batch-mean statistics to log."""
+
+    loss: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+StepFn = Callable[[nn.Module, Any], StepOutput]
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+class RunLog:
+    """Append-only JSONL log of a run (rank 0 writes; other ranks drop records)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, **record: Any) -> None:
+        """Append one record with a timestamp."""
+        if dist.is_main():
+            append_jsonl(self.path, {"time": round(time.time(), 3), **record})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train one model for one stage (e.g. `teacher/kd-vit-s` or `student`), checkpointing into `stage_dir`."""
+
+    def __init__(self, stage: str, model: nn.Module, cfg: TrainConfig, stage_dir: Path, log: RunLog | None,
+                 seed: int, progress: bool = True, callbacks: list[Callable[["Trainer"], None]] | None = None) -> None:
+        self.stage = stage
+        self.cfg = cfg
+        self.stage_dir = Path(stage_dir)
+        self.log = log
+        self.seed = seed
+        self.progress = progress and dist.is_main()
+        self.callbacks = callbacks or []
+        self.device = dist.pick_device(cfg.device)
+        dist.init(self.device)
+        self.model = model.to(self.device)
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    # ----------------------------------------------------------------- helpers
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.cfg.amp == "off":
+            return None
+        if self.cfg.amp == "fp16":
+            return torch.float16
+        if self.cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision on CUDA (bf16 where supported), a no-op on CPU."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the per-epoch checkpoint of this stage lives."""
+        return self.stage_dir / "last.pt"
+
+    def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
+        if dist.world_size() > 1:
+            sampler: Any = DistributedSampler(dataset, shuffle=True, seed=self.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            sampler = RandomSampler(dataset, generator=gen)
+        drop_last = len(dataset) // max(dist.world_size(), 1) > self.cfg.batch_size
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=drop_last,
+                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+
+    def _schedule(self, steps_per_epoch: int) -> Callable[[int], float]:
+        total = max(1, self.cfg.epochs * steps_per_epoch)
+        warm = int(self.cfg.warmup_epochs * steps_per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return factor
+
+    def _save(self, epoch: int, opt: torch.optim.Optimizer, sched: Any) -> None:
+        if not dist.is_main():
+            return
+        state = {"stage": self.stage, "epoch": epoch, "global_step": self.global_step,
+                 "model": self.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": _rng_state(),
+                 "history": self.history}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def _load(self, opt: torch.optim.Optimizer, sched: Any) -> int:
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise KDError(f"{self.checkpoint_path}: cannot resume from a corrupt checkpoint ({exc})") from None
+        self.model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
+        self.global_step = state["global_step"]
+        self.history = state["history"]
+        return int(state["epoch"])
+
+    # -------------------------------------------------------------------- main
+    def fit(self, dataset: Dataset, step: StepFn, evaluate: EvalFn | None = None, resume: bool = False) -> nn.Module:
+        """Train for `cfg.epochs`, resuming from this stage's checkpoint if asked; returns the trained model."""
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        steps_per_epoch = len(self._loader(dataset, 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._schedule(steps_per_epoch))
+        start = 0
+        if resume and self.checkpoint_path.is_file():
+            start = self._load(opt, sched)
+            if self.log and start < self.cfg.epochs:
+                self.log.write(stage=self.stage, event="resume", epoch=start)
+        wrapped = self.model
+        if dist.world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.model, device_ids=ids)
+        for epoch in range(start, self.cfg.epochs):
+            self.model.train()
+            record = self._run_epoch(wrapped, self._loader(dataset, epoch), step, opt, sched, epoch)
+            if evaluate is not None and dist.is_main():
+                self.model.eval()
+                with torch.no_grad(), self.autocast():
+                    record.update({f"val_{k}": float(v) for k, v in evaluate(self.model).items()})
+            self.history.append(record)
+            if self.log:
+                self.log.write(stage=self.stage, event="epoch", **record)
+            self._save(epoch + 1, opt, sched)
+            dist.barrier()
+        self.model.eval()
+        return self.model
+
+    def _run_epoch(self, model: nn.Module, loader: DataLoader, step: StepFn, opt: torch.optim.Optimizer,
+                   sched: Any, epoch: int) -> dict[str, Any]:
+        sums: dict[str, float] = {}
+        seen = 0
+        started = time.perf_counter()
+        bar = tqdm(loader, desc=f"{self.stage} {epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        for batch in bar:
+            batch = _to_device(batch, self.device)
+            with self.autocast():
+                out = step(model, batch)
+            if not torch.isfinite(out.loss):
+                raise KDError(f"{self.stage}: loss became {out.loss.item()} at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.scale(out.loss).backward()
+                self.scaler.unscale_(opt)
+            else:
+                out.loss.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if self.scaler:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            self.global_step += 1
+            n = _batch_len(batch)
+            seen += n
+            for k, v in {"loss": out.loss.item(), **out.stats}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            bar.set_postfix({k: f"{sums[k] / seen:.3f}" for k in ("loss", "acc") if k in sums})
+            for cb in self.callbacks:
+                cb(self)
+        totals = dist.all_reduce_sum(torch.tensor([seen, *sums.values()], dtype=torch.float64))
+        seen_all = max(totals[0].item(), 1.0)
+        record = {"epoch": epoch + 1, **{k: totals[i + 1].item() / seen_all for i, k in enumerate(sums)}}
+        record["lr"] = sched.get_last_lr()[0]
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        return record
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _batch_len(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
+    return int(first.shape[0])
+
+
+def iterate_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering range(n) in order, for evaluation passes."""
+    for i in range(0, n, batch_size):
+        yield slice(i, min(i + batch_size, n))
