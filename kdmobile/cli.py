@@ -65,6 +65,30 @@ def _train_ammkd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_sdkd(args: argparse.Namespace) -> int:
+    from kdmobile.config import SDKDConfig, load_config
+
+    overrides: dict[str, Any] = {
+        "name": args.name, "out": args.out, "seed": args.seed, "data.path": args.data, "data.n": args.n,
+        "data.res": args.res, "teachers": args.teachers, "teacher_train.epochs": args.teacher_epochs,
+        "student": args.student, "kd": args.kd, "weighting": args.weighting, "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
+        "teacher_train.device": args.device,
+    }
+    cfg = load_config(SDKDConfig, args.config, overrides, args.set)
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.sdkd import metrics_table, run_sdkd
+
+    run, metrics = run_sdkd(cfg, resume=args.resume, progress=not args.no_progress)
+    if dist.is_main():
+        print(metrics_table(metrics))
+        if "mse_reduction_vs_nokd_pct" in metrics:
+            print(f"SDKD student vs no-KD student: MSE {metrics['mse_reduction_vs_nokd_pct']:+.1f}% reduction, "
+                  f"MAE {metrics['mae_reduction_vs_nokd_pct']:+.1f}% reduction")
+        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, forecast.png, log.jsonl)")
+    return 0
+
+
 def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="distil a student from teachers (ammkd, sdkd)",
                            description="Train teachers and distil a small student; outputs go to a run directory.")
@@ -88,6 +112,52 @@ def _add_train(sub: Any) -> None:
     a.add_argument("--max-test", type=int, help="use at most N test images")
     _add_common_train(a)
     a.set_defaults(func=_train_ammkd)
+    s = methods.add_parser(
+        "sdkd", help="spatiotemporal forecaster with spectral distillation",
+        description="SDKD: train a conv+Transformer forecaster teacher, then a lightweight student whose latent is "
+                    "aligned with the teacher's in low and high frequency bands. With no --data, a small "
+                    "Navier-Stokes set is generated and cached ($KDMOBILE_CACHE or ~/.cache/kdmobile).")
+    s.add_argument("--data", help="sequences file: .npy/.npz (N,T,H,W) or an FNO .mat (v5 or v7.3)")
+    s.add_argument("--n", type=int, help="trajectories to generate when no --data (default 40)")
+    s.add_argument("--res", type=int, help="grid size to generate when no --data (default 32)")
+    s.add_argument("--teachers", type=int, help="number of teachers (weighted like AMMKD's; default 1)")
+    s.add_argument("--teacher-epochs", type=int, help="teacher epochs")
+    s.add_argument("--student", choices=["sdkd_resnet", "sdkd_unet"], help="student architecture")
+    s.add_argument("--kd", choices=["none", "output", "spectral", "spectral-low", "spectral-high"],
+                   help="distillation terms (default spectral: output + both frequency bands)")
+    s.add_argument("--weighting", help="teacher weighting with several teachers: adaptive, equal, single:NAME")
+    _add_common_train(s)
+    s.set_defaults(func=_train_sdkd)
+
+
+def _data_navier_stokes(args: argparse.Namespace) -> int:
+    from kdmobile.data.navier_stokes import generate_to_file
+
+    path = generate_to_file(args.out, n=args.n, res=args.res, visc=args.visc, t_final=args.t_final, seed=args.seed,
+                            batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_data(sub: Any) -> None:
+    data = sub.add_parser("data", help="generate datasets (navier-stokes)",
+                          description="Generate training data the toolkit can make itself.")
+    kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    ns = kinds.add_parser(
+        "navier-stokes", help="2-D Navier-Stokes vorticity trajectories (FNO-paper generator)",
+        description="Pseudo-spectral solver of 2-D incompressible Navier-Stokes on the unit torus, as in the FNO "
+                    "paper: Gaussian random field initial vorticity, forcing 0.1(sin 2pi(x+y) + cos 2pi(x+y)), "
+                    "Crank-Nicolson viscosity, one snapshot per unit time. Writes (N,T,H,W) float32 as .npz/.npy.")
+    ns.add_argument("--out", required=True, help="output file (.npz or .npy); written atomically")
+    ns.add_argument("--n", type=int, default=20, help="number of trajectories (default 20)")
+    ns.add_argument("--res", type=int, default=64, help="grid size (default 64)")
+    ns.add_argument("--visc", type=float, default=1e-3, help="viscosity nu (default 1e-3)")
+    ns.add_argument("--t-final", type=float, default=20.0, help="simulated time = snapshots (default 20)")
+    ns.add_argument("--seed", type=int, default=0, help="seed of the initial conditions (default 0)")
+    ns.add_argument("--batch-size", type=int, default=32, help="trajectories solved together (default 32)")
+    ns.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    ns.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ns.set_defaults(func=_data_navier_stokes)
 
 
 # ----------------------------------------------------------------------------------------------- doctor
@@ -131,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdmobile {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     _add_train(sub)
+    _add_data(sub)
     for register in _EXTRA_VERBS:
         register(sub)
     d = sub.add_parser("doctor", help="show which backends are installed")

@@ -147,3 +147,48 @@ def save_config(path: str | os.PathLike, cfg: BaseModel) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+class SequenceDataConfig(_Strict):
+    """Navier-Stokes data: a file (.npy/.npz/.mat) or, when `path` is empty, a generated cached set."""
+
+    path: str | None = None
+    n: int = Field(40, ge=2)
+    res: int = Field(32, ge=8)
+    visc: float = Field(1e-3, gt=0)
+    t_final: float = Field(30.0, gt=0)
+    frames_in: int = Field(10, ge=1)
+    frames_out: int = Field(10, ge=1)
+    stride: int = Field(2, ge=1)
+    val_frac: float = Field(0.1, ge=0, lt=1)
+    test_frac: float = Field(0.2, gt=0, lt=1)
+
+
+class SDKDConfig(_Strict):
+    """SDKD: a conv+Transformer teacher, then lightweight students with spectral latent distillation."""
+
+    name: str = "sdkd"
+    out: str = "runs"
+    seed: int = 0
+    data: SequenceDataConfig = SequenceDataConfig()
+    teachers: int = Field(1, ge=1, le=4)
+    teacher: dict[str, Any] = {"width": 64, "conv_blocks": 3, "transformer_blocks": 3, "heads": 4}
+    teacher_train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
+    student: Literal["sdkd_resnet", "sdkd_unet"] = "sdkd_resnet"
+    student_kwargs: dict[str, Any] = {}
+    kd: Literal["none", "output", "spectral", "spectral-low", "spectral-high"] = "spectral"
+    cutoffs: list[float] = [0.25, 0.5]
+    gt_weight: float = Field(1.0, ge=0)
+    output_weight: float = Field(1.0, ge=0)
+    spectral_weight: float = Field(1.0, ge=0)
+    weighting: str = "adaptive"
+    tolerance: float = Field(0.6, gt=0, le=1)
+    train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
+    baseline: bool = True
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _cutoffs(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < c < 1 for c in v):
+            raise ValueError("cut-offs must be in (0, 1)")
+        return sorted(v)

@@ -35,3 +35,25 @@ def forecast_errors(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     rel = np.linalg.norm(diff.reshape(len(diff), -1), axis=1) / np.maximum(
         np.linalg.norm(target.reshape(len(target), -1), axis=1), 1e-12)
     return {"mse": float(np.mean(diff**2)), "mae": float(np.mean(np.abs(diff))), "rel_l2": float(rel.mean())}
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, window: int = 7) -> float:
+    """Mean structural similarity over frames (..., H, W), uniform window, data range of the target."""
+    from scipy.ndimage import uniform_filter
+
+    p = pred.reshape(-1, *pred.shape[-2:]).astype(np.float64)
+    t = target.reshape(-1, *target.shape[-2:]).astype(np.float64)
+    rng = float(t.max() - t.min()) or 1.0
+    c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+    size = (1, window, window)
+    mp, mt = uniform_filter(p, size, mode="wrap"), uniform_filter(t, size, mode="wrap")
+    vp = uniform_filter(p * p, size, mode="wrap") - mp**2
+    vt = uniform_filter(t * t, size, mode="wrap") - mt**2
+    cov = uniform_filter(p * t, size, mode="wrap") - mp * mt
+    s = ((2 * mp * mt + c1) * (2 * cov + c2)) / ((mp**2 + mt**2 + c1) * (vp + vt + c2))
+    return float(s.mean())
+
+
+def per_step_mse(pred: np.ndarray, target: np.ndarray) -> list[float]:
+    """MSE at each forecast step (axis 1) of (N,T,H,W) arrays: how error grows with the horizon."""
+    return [float(v) for v in ((pred - target) ** 2).mean(axis=(0, 2, 3))]

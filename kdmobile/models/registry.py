@@ -31,7 +31,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def _ensure_registered() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from kdmobile.models import student  # noqa: F401
+    from kdmobile.models import forecasters, student  # noqa: F401
 
 
 def list_models() -> list[str]:

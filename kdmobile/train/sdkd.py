@@ -1,0 +1,290 @@
+"""SDKD (arXiv 2507.02939): spectral decoupled distillation for spatiotemporal forecasting.
+
+Trains a conv+Transformer teacher (or several), a student without KD (the baseline) and the SDKD student, whose
+loss is ground-truth MSE + output distillation + frequency-band latent distillation through a 1x1 adapter. The
+teachers' KD terms are combined by the same `TeacherWeighting` AMMKD uses; every stage runs on `Trainer`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from kdmobile.config import SDKDConfig, save_config
+from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
+from kdmobile.fileio import atomic_path, write_json
+from kdmobile.metrics import forecast_errors, per_step_mse, ssim
+from kdmobile.models import create_model, save_model
+from kdmobile.models.forecasters import latent_channels
+from kdmobile.models.profile import count_flops, count_params
+from kdmobile.rundir import new_run_dir, write_method
+from kdmobile.table import format_table
+from kdmobile.train import distributed as dist
+from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
+from kdmobile.train.losses import output_distill, spectral_band_loss
+from kdmobile.train.weighting import TeacherWeighting
+
+KD_MODES = ("none", "output", "spectral", "spectral-low", "spectral-high")
+
+
+def cache_dir() -> Path:
+    """Where generated datasets are cached: $KDMOBILE_CACHE or ~/.cache/kdmobile."""
+    return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
+
+
+def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
+    """Generate (once) the small default Navier-Stokes set for these settings; later runs reuse the file."""
+    from kdmobile.data.navier_stokes import generate_to_file
+
+    d = cfg.data
+    path = cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+    if not path.is_file():
+        generate_to_file(path, n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed, progress=progress)
+    return path
+
+
+class Distiller(nn.Module):
+    """The trainable part of SDKD: the student plus one 1x1 adapter per teacher (student latent -> teacher's)."""
+
+    def __init__(self, student: nn.Module, teacher_channels: list[int]) -> None:
+        super().__init__()
+        self.student = student
+        c = latent_channels(student)
+        self.adapters = nn.ModuleList(nn.Conv2d(c, ct, 1) for ct in teacher_channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        out, z = self.student.forward_with_latent(x)
+        return out, z, [a(z) for a in self.adapters]
+
+
+class SDKD:
+    """One SDKD run: data, teacher(s), baseline student, SDKD student, evaluation, all under `self.run`."""
+
+    def __init__(self, cfg: SDKDConfig, resume: bool = False, progress: bool = True) -> None:
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.teacher_names = ["teacher"] if cfg.teachers == 1 else [f"teacher{i + 1}" for i in range(cfg.teachers)]
+        self.weighting = TeacherWeighting(cfg.weighting, self.teacher_names, cfg.tolerance)
+        d = cfg.data
+        self.source = Path(d.path).expanduser() if d.path else cached_navier_stokes(cfg, progress)
+        spec = SequenceSpec(frames_in=d.frames_in, frames_out=d.frames_out, val_frac=d.val_frac,
+                            test_frac=d.test_frac, seed=cfg.seed, stride=d.stride)
+        array = load_sequences(self.source)
+        check_frames(array, spec, self.source)
+        self.splits = make_windows(array, spec)
+        self.run = new_run_dir(cfg.out, cfg.name, resume)
+        self.log: RunLog | None = None
+        self.device = dist.pick_device(cfg.train.device)
+
+    # ------------------------------------------------------------------ driver
+    def run_all(self) -> dict[str, Any]:
+        """Teacher(s) -> no-KD student -> SDKD student -> metrics, figure, held-out data for export."""
+        seed_everything(self.cfg.seed)
+        s = self.splits
+        if dist.is_main():
+            write_method(self.run, "sdkd")
+            save_config(self.run / "config.yaml", self.cfg)
+            write_json(self.run / "normalisation.json", {"mean": float(s.mean), "std": float(s.std),
+                                                         "frames_in": self.cfg.data.frames_in,
+                                                         "frames_out": self.cfg.data.frames_out,
+                                                         "source": str(self.source)})
+            with atomic_path(self.run / "heldout.npz") as tmp:
+                np.savez(tmp, x_test=s.test_x, y_test=s.test_y, x_calib=s.train_x[:256])
+        dist.barrier()
+        self.log = RunLog(self.run / "log.jsonl")
+        teachers = {}
+        for i, name in enumerate(self.teacher_names):
+            teachers[name] = self.train_teacher(name, seed=self.cfg.seed + 10 * i)
+        models: dict[str, nn.Module] = dict(teachers)
+        if self.cfg.baseline and self.cfg.kd != "none":
+            models["student_nokd"] = self.train_student("student_nokd", "none", teachers)
+        models["student"] = self.train_student("student", self.cfg.kd, teachers)
+        metrics = self.evaluate_all(models) if dist.is_main() else {}
+        if dist.is_main():
+            write_json(self.run / "metrics.json", metrics)
+            self.figure(models)
+        return metrics
+
+    def _dataset(self) -> TensorDataset:
+        s = self.splits
+        return TensorDataset(torch.from_numpy(s.train_x), torch.from_numpy(s.train_y))
+
+    def _kwargs(self) -> dict[str, int]:
+        return {"frames_in": self.cfg.data.frames_in, "frames_out": self.cfg.data.frames_out}
+
+    def _extra(self) -> dict[str, Any]:
+        s = self.splits
+        return {"task": "forecast", **self._kwargs(), "height": int(s.train_x.shape[-2]),
+                "width": int(s.train_x.shape[-1]), "mean": float(s.mean), "std": float(s.std)}
+
+    def _eval_mse(self, model: nn.Module) -> dict[str, float]:
+        pred = self.predict(model, self.splits.val_x)
+        return {"mse": float(np.mean((pred - self.splits.val_y) ** 2))}
+
+    # ------------------------------------------------------------------ stages
+    def train_teacher(self, name: str, seed: int) -> nn.Module:
+        """Fit one forecaster teacher on ground truth (MSE); cached in teachers/NAME.pt."""
+        from kdmobile.models import load_model
+
+        path = self.run / "teachers" / f"{name}.pt"
+        if self.resume and path.is_file():
+            return load_model(path)[0].to(self.device)
+        seed_everything(seed)
+        model = create_model("sdkd_teacher", **self._kwargs(), **self.cfg.teacher)
+        trainer = Trainer(f"teacher/{name}", model, self.cfg.teacher_train, self.run / "stages" / name,
+                          self.log, seed, self.progress)
+
+        def step(m: nn.Module, batch: Any) -> StepOutput:
+            x, y = batch
+            return StepOutput(torch.mean((m(x).float() - y) ** 2))
+
+        model = trainer.fit(self._dataset(), step, self._eval_mse, resume=self.resume)
+        if dist.is_main():
+            save_model(path, model, extra=self._extra())
+        return model
+
+    def train_student(self, stage: str, kd: str, teachers: dict[str, nn.Module]) -> nn.Module:
+        """Fit a student with ground truth plus the KD terms `kd` selects; saved as STAGE.pt."""
+        from kdmobile.models import load_model
+
+        path = self.run / f"{stage}.pt"
+        if self.resume and path.is_file():
+            return load_model(path)[0].to(self.device)
+        seed_everything(self.cfg.seed + 2)
+        cfg = self.cfg
+        student = create_model(cfg.student, **self._kwargs(), **cfg.student_kwargs)
+        names = list(teachers)
+        distiller = Distiller(student, [latent_channels(teachers[n].cpu()) for n in names])
+        trainer = Trainer(stage, distiller, cfg.train, self.run / "stages" / stage, self.log, cfg.seed, self.progress)
+        for t in teachers.values():
+            t.to(trainer.device).eval().requires_grad_(False)
+        low_w = 0.0 if kd == "spectral-high" else 1.0
+        high_w = 0.0 if kd == "spectral-low" else 1.0
+        weighting = self.weighting if kd != "none" else TeacherWeighting("none", names)
+
+        def step(m: nn.Module, batch: Any) -> StepOutput:
+            x, y = batch
+            out, z, adapted = m(x)
+            gt = torch.mean((out.float() - y) ** 2)
+            loss = cfg.gt_weight * gt
+            stats: dict[str, float] = {"gt": gt.item()}
+            if kd != "none":
+                terms = {}
+                with torch.no_grad():
+                    t_out = {n: teachers[n].forward_with_latent(x) for n in names}
+                for i, n in enumerate(names):
+                    term = cfg.output_weight * output_distill(out, t_out[n][0])
+                    if kd.startswith("spectral"):
+                        spec, bands = spectral_band_loss(adapted[i], t_out[n][1], cfg.cutoffs, low_w, high_w)
+                        term = term + cfg.spectral_weight * spec
+                        stats.update({f"{n}_{k}": float(v) for k, v in bands.items()})
+                    terms[n] = term
+                kd_loss, weights = weighting.combine(terms, wrt=[out, z])
+                loss = loss + kd_loss
+                stats["kd"] = kd_loss.item()
+                stats.update({f"w_{n}": w for n, w in weights.items()})
+            return StepOutput(loss, stats)
+
+        distiller = trainer.fit(self._dataset(), step, lambda m: self._eval_mse(m.student), resume=self.resume)
+        if dist.is_main():
+            save_model(path, distiller.student, extra={**self._extra(), "kd": kd})
+        return distiller.student
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: np.ndarray, batch: int = 32) -> np.ndarray:
+        """Normalised forecasts for normalised inputs, in batches, on the model's device."""
+        device = next(model.parameters()).device
+        model.eval()
+        return np.concatenate([model(torch.from_numpy(x[s]).to(device)).float().cpu().numpy()
+                               for s in iterate_batches(len(x), batch)])
+
+    def evaluate_all(self, models: dict[str, nn.Module]) -> dict[str, Any]:
+        """MSE/MAE/relative L2/SSIM in physical units, per-step MSE, parameters, FLOPs, CPU latency."""
+        s = self.splits
+        target = s.test_y * s.std + s.mean
+        probe = torch.from_numpy(s.test_x[:1]).float()
+        out: dict[str, Any] = {}
+        for name, model in models.items():
+            model = model.cpu().eval()
+            pred = self.predict(model, s.test_x) * s.std + s.mean
+            out[name] = {"role": "teacher" if name.startswith("teacher") else "student",
+                         **forecast_errors(pred, target), "ssim": ssim(pred, target),
+                         "per_step_mse": per_step_mse(pred, target), "params": count_params(model),
+                         "flops": count_flops(model, probe), "cpu_latency_ms": _latency_ms(model, probe)}
+        base = out.get("student_nokd")
+        summary = {}
+        if base:
+            for k in ("mse", "mae"):
+                summary[f"{k}_reduction_vs_nokd_pct"] = 100.0 * (1 - out["student"][k] / base[k])
+        teacher = out[self.teacher_names[0]]
+        summary["student_params_vs_teacher"] = out["student"]["params"] / teacher["params"]
+        return {"method": "sdkd", "task": "forecast", "kd": self.cfg.kd, "data": str(self.source),
+                "split_windows": {"train": len(s.train_x), "val": len(s.val_x), "test": len(s.test_x)},
+                "frames_in": self.cfg.data.frames_in, "frames_out": self.cfg.data.frames_out,
+                **summary, "models": out}
+
+    def figure(self, models: dict[str, nn.Module], sample: int = 0) -> Path:
+        """forecast.png: ground truth and each model's forecast for one test sample at a few horizons."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        s = self.splits
+        steps = sorted({0, s.test_y.shape[1] // 2, s.test_y.shape[1] - 1})
+        rows = {"ground truth": s.test_y[sample]}
+        rows.update({n: self.predict(m, s.test_x[sample : sample + 1])[0] for n, m in models.items()})
+        fig, axes = plt.subplots(len(rows), len(steps), figsize=(2.2 * len(steps), 2.2 * len(rows)), squeeze=False)
+        lo, hi = float(rows["ground truth"].min()), float(rows["ground truth"].max())
+        for r, (label, frames) in enumerate(rows.items()):
+            for c, t in enumerate(steps):
+                ax = axes[r][c]
+                ax.imshow(frames[t] * s.std + s.mean, cmap="RdBu_r", vmin=lo * s.std + s.mean, vmax=hi * s.std + s.mean)
+                ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(f"t+{t + 1}")
+                if c == 0:
+                    ax.set_ylabel(label, fontsize=8)
+        fig.tight_layout()
+        path = self.run / "forecast.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        return path
+
+
+def _latency_ms(model: nn.Module, probe: torch.Tensor, runs: int = 20) -> float:
+    """Median batch-1 latency of torch eager on one CPU thread (the bench measures exported files)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            model(probe)
+            samples = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(probe)
+                samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(samples))
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """The table `kdmobile train sdkd` prints."""
+    rows = [[n, m["mse"], m["mae"], m["rel_l2"], m["ssim"], m["params"], m["flops"] / 1e6, m["cpu_latency_ms"]]
+            for n, m in metrics["models"].items()]
+    return format_table(["model", "MSE", "MAE", "rel L2", "SSIM", "params", "MFLOPs", "CPU ms (torch, 1 thr)"], rows)
+
+
+def run_sdkd(cfg: SDKDConfig, resume: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Entry point used by the CLI and the benchmarks: returns (run directory, metrics)."""
+    job = SDKD(cfg, resume=resume, progress=progress)
+    return job.run, job.run_all()

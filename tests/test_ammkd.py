@@ -1,0 +1,142 @@
+"""AMMKD end to end: a tiny run, its run-directory contract, exact resume, DDP under torchrun, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdmobile.cli import main
+from kdmobile.models import load_model
+from kdmobile.train.loop import Trainer
+
+
+def _run(args: list[str]) -> int:
+    return main(args)
+
+
+def test_tiny_run_writes_the_run_directory(tiny_ammkd_args, tmp_path, capsys):
+    assert _run([*tiny_ammkd_args, "--name", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher:kd-vit-tiny" in out and "student" in out and "run directory" in out
+    run = tmp_path / "runs" / "t"
+    for name in ["config.yaml", "method.json", "labels.json", "class_vectors.npz", "student.pt", "metrics.json",
+                 "heldout.npz", "log.jsonl", "teachers/kd-vit-tiny.pt", "teachers/kd-rn-tiny.pt"]:
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"teacher:kd-vit-tiny", "teacher:kd-rn-tiny", "student"}
+    for m in metrics["models"].values():
+        assert 0 <= m["top1"] <= 100 and m["top1"] <= m["top5"] and m["params"] > 0 and m["flops"] > 0
+    student, extra = load_model(run / "student.pt")
+    assert extra["teachers"] == ["kd-vit-tiny", "kd-rn-tiny"] and extra["labels"][0] == "zero"
+    emb = student(torch.zeros(2, 3, 32, 32))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    weights = [r for r in log if r.get("stage") == "student" and "w_kd-vit-tiny" in r]
+    assert weights and all(abs(r["w_kd-vit-tiny"] + r["w_kd-rn-tiny"] - 1) < 1e-5 for r in weights)
+    held = np.load(run / "heldout.npz")
+    assert held["images_test"].shape[0] == metrics["split_sizes"]["test"] and held["images_test"].dtype == np.uint8
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_ammkd_args, tmp_path, monkeypatch):
+    assert _run([*tiny_ammkd_args, "--name", "full"]) == 0
+
+    original_init = Trainer.__init__
+
+    def interrupting_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        if self.stage == "student":
+            def stop(trainer: Trainer) -> None:
+                if trainer.global_step == 4:  # second epoch, mid-way (3 steps per epoch)
+                    raise KeyboardInterrupt
+            self.callbacks.append(stop)
+
+    monkeypatch.setattr(Trainer, "__init__", interrupting_init)
+    assert _run([*tiny_ammkd_args, "--name", "cut"]) == 130
+    run = tmp_path / "runs" / "cut"
+    assert not (run / "student.pt").exists()
+    assert (run / "stages" / "student" / "last.pt").exists()
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+    assert _run([*tiny_ammkd_args, "--name", "cut", "--resume"]) == 0
+    full, resumed = _state(tmp_path / "runs" / "full" / "student.pt"), _state(run / "student.pt")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.allclose(full[key].float(), resumed[key].float(), atol=1e-6), key
+    log = (run / "log.jsonl").read_text()
+    assert '"event": "resume"' in log
+
+
+def test_missing_dataset_prints_one_line_exits_2_and_creates_nothing(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "kdmobile.cli", "train", "ammkd", "--data", "cifar10:/does/not/exist",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "/does/not/exist" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--fusion", "bogus"], "--fusion"),
+    (["--weighting", "single:nobody"], "nobody"),
+    (["--set", "no_such_key=1"], "no_such_key"),
+    (["--teachers", "not-a-model"], "not-a-model"),
+    (["--epochs", "-1"], "epochs"),
+    (["--resume", "--name", "never-ran"], "never-ran"),
+])
+def test_bad_flags_are_one_line_errors(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) if argv[0] == "--fusion" else _nullctx():
+        code = _run(["train", "ammkd", "--out", str(tmp_path / "runs"), *argv])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_local_teacher_weights_file_is_loaded(tmp_path):
+    from kdmobile.models.clip_teacher import ClipTeacher, parse_teacher
+
+    source = ClipTeacher(parse_teacher("kd-rn-tiny"))
+    path = tmp_path / "rn.pt"
+    torch.save(source.clip.state_dict(), path)
+    loaded = ClipTeacher(parse_teacher(f"kd-rn-tiny:{path}"))
+    for (k, a), b in zip(source.clip.state_dict().items(), loaded.clip.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(Exception, match="no such file"):
+        parse_teacher(f"kd-rn-tiny:{tmp_path / 'missing.pt'}")
+    assert parse_teacher("ViT-B-32:openai").pretrained == "openai"  # a network tag parses; it loads where online
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test written for Linux")
+def test_two_process_gloo_ddp_run(tiny_ammkd_args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [a for a in tiny_ammkd_args]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29731", "-m", "kdmobile.cli", *args, "--name", "ddp", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "ddp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["models"]["student"]["top1"] >= 0
+    assert proc.stdout.count("run directory") == 1  # rank 0 alone prints and writes
+    epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+              if '"stage": "student"' in line and '"event": "epoch"' in line]
+    assert len(epochs) == 2  # one record per epoch, not one per rank

@@ -1,0 +1,48 @@
+"""Configs: defaults, YAML, --set and flag precedence, one-line validation errors, the saved copy reloads."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdmobile.config import AMMKDConfig, load_config, save_config
+from kdmobile.errors import KDError
+
+
+def test_precedence_defaults_yaml_set_flags(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 3\ntrain:\n  epochs: 4\n  lr: 0.01\ndata:\n  spec: digits\n")
+    cfg = load_config(AMMKDConfig, f, {"train.epochs": 7, "seed": None}, ["train.lr=0.5", "fusion=none"])
+    assert cfg.seed == 3 and cfg.train.epochs == 7 and cfg.train.lr == 0.5 and cfg.fusion == "none"
+    assert cfg.teacher_train.epochs == AMMKDConfig().teacher_train.epochs
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(AMMKDConfig, None, {"teachers": ["kd-vit-tiny"], "train.batch_size": 8})
+    save_config(tmp_path / "config.yaml", cfg)
+    assert load_config(AMMKDConfig, tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["train.epochs=-2"], "train.epochs"),
+    (["fusion=half"], "fusion"),
+    (["unknown=1"], "unknown"),
+    (["templates=['no placeholder']"], "templates"),
+    (["train.device=tpu"], "device"),
+    (["train"], "KEY=VALUE"),
+])
+def test_invalid_values_are_one_line_errors(sets, needle):
+    with pytest.raises(KDError) as err:
+        load_config(AMMKDConfig, None, None, sets)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(KDError, match="no such config file"):
+        load_config(AMMKDConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(KDError, match="not valid YAML"):
+        load_config(AMMKDConfig, bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(KDError, match="mapping"):
+        load_config(AMMKDConfig, bad)

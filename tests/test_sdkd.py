@@ -1,0 +1,74 @@
+"""SDKD end to end on a tiny generated set, the model contract, and one-line errors for bad data files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from kdmobile.cli import main
+from kdmobile.models import create_model, load_model
+
+TINY = ["--n", "6", "--res", "16", "--epochs", "1", "--teacher-epochs", "1", "--no-progress",
+        "--set", "data.t_final=21", "--set", "teacher.width=16", "--set", "teacher.heads=2",
+        "--set", "student_kwargs={width: 8, blocks: 1}", "--batch-size", "8", "--set", "teacher_train.batch_size=8"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDMOBILE_CACHE", str(tmp_path / "cache"))
+
+
+def test_tiny_sdkd_run(tmp_path, capsys):
+    assert main(["train", "sdkd", *TINY, "--out", str(tmp_path / "runs"), "--name", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "student_nokd" in out and "MSE" in out and "reduction" in out
+    run = tmp_path / "runs" / "s"
+    for name in ["metrics.json", "student.pt", "student_nokd.pt", "teachers/teacher.pt", "forecast.png",
+                 "heldout.npz", "normalisation.json", "config.yaml", "log.jsonl"]:
+        assert (run / name).exists(), name
+    assert (tmp_path / "cache").is_dir() and list((tmp_path / "cache").glob("*.npz"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for m in metrics["models"].values():
+        assert m["mse"] > 0 and m["mae"] > 0 and -1 <= m["ssim"] <= 1 and len(m["per_step_mse"]) == 10
+    assert metrics["models"]["student"]["params"] < metrics["models"]["teacher"]["params"]
+    student, extra = load_model(run / "student.pt")
+    assert extra["task"] == "forecast" and extra["frames_in"] == 10
+    assert student(torch.zeros(1, 10, 16, 16)).shape == (1, 10, 16, 16)
+    assert (run / "forecast.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["sdkd_teacher", "sdkd_resnet", "sdkd_unet"])
+def test_forecasters_share_the_latent_contract(name):
+    model = create_model(name, frames_in=10, frames_out=10)
+    out, z = model.forward_with_latent(torch.randn(2, 10, 32, 32))
+    assert out.shape == (2, 10, 32, 32) and z.shape[-2:] == (8, 8)
+
+
+def _run_cli(args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "kdmobile.cli", "train", "sdkd", *args, "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("wrong-shape", "4-D"),
+    ("few-frames", "frames"),
+    ("text", "npy"),
+])
+def test_bad_data_files_give_one_line_and_exit_2(content, needle, tmp_path):
+    path = tmp_path / "seq.npy"
+    if content == "wrong-shape":
+        np.save(path, np.zeros((4, 5), np.float32))
+    elif content == "few-frames":
+        np.save(path, np.zeros((3, 12, 8, 8), np.float32))
+    else:
+        path.write_text("not an array")
+    proc = _run_cli(["--data", str(path)], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "seq.npy" in proc.stderr, proc.stderr
+    assert needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
