@@ -40,6 +40,11 @@ def test_tiny_run_writes_the_run_directory(tiny_ammkd_args, tmp_path, capsys):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     weights = [r for r in log if r.get("stage") == "student" and "w_kd-vit-tiny" in r]
     assert weights and all(abs(r["w_kd-vit-tiny"] + r["w_kd-rn-tiny"] - 1) < 1e-5 for r in weights)
+    from kdmobile.models.clip_teacher import ClipTeacher, parse_teacher
+
+    reused = ClipTeacher(parse_teacher(str(run / "teachers" / "kd-vit-tiny.pt")))  # a trained teacher, reused as is
+    saved = torch.load(run / "teachers" / "kd-vit-tiny.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in reused.clip.state_dict().items())
     held = np.load(run / "heldout.npz")
     assert held["images_test"].shape[0] == metrics["split_sizes"]["test"] and held["images_test"].dtype == np.uint8
 

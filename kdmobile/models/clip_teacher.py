@@ -1,7 +1,8 @@
 """CLIP teachers from open_clip: a named pretrained tag, a local weights file, or a small built-in config.
 
 Spec strings: `kd-vit-s` (built-in, random init, trained offline), `ViT-B-32:openai` (open_clip pretrained tag,
-needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file).
+needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file), or `runs/X/teachers/NAME.pt`
+(a teacher kdmobile already trained: reused as it is, e.g. across the students of an ablation).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class TeacherSpec:
 
     model_name: str
     pretrained: str | None
+    checkpoint: str | None = None
 
     @property
     def label(self) -> str:
@@ -56,6 +58,9 @@ class TeacherSpec:
 def parse_teacher(spec: str) -> TeacherSpec:
     """Parse `NAME[:TAG|:PATH]`, checking the model name and that a local weights file exists."""
     oc = _open_clip()
+    as_file = Path(spec).expanduser()
+    if as_file.suffix == ".pt" and as_file.is_file():
+        return TeacherSpec(_read_teacher_file(as_file)["model_name"], None, str(as_file))
     name, _, pretrained = spec.partition(":")
     if name not in oc.list_models():
         raise KDError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
@@ -78,6 +83,8 @@ class ClipTeacher(nn.Module):
             self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
         except Exception as exc:  # download failures, bad files
             raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
+        if spec.checkpoint and load_pretrained:
+            self.clip.load_state_dict(_read_teacher_file(Path(spec.checkpoint))["state_dict"])
         self.tokenizer = oc.get_tokenizer(spec.model_name)
         size = getattr(self.clip.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -128,13 +135,18 @@ def save_teacher(path: str | os.PathLike, teacher: ClipTeacher) -> None:
         torch.save(payload, tmp)
 
 
-def load_teacher(path: str | os.PathLike) -> ClipTeacher:
-    """Rebuild a teacher saved by `save_teacher` (no download: weights come from the file)."""
+def _read_teacher_file(path: Path) -> dict[str, Any]:
     from kdmobile.models.registry import load_checkpoint_file
 
     payload = load_checkpoint_file(path)
     if not isinstance(payload, dict) or payload.get("kind") != "open_clip":
         raise KDError(f"{path}: not a kdmobile teacher file")
-    teacher = ClipTeacher(TeacherSpec(payload["model_name"], payload.get("pretrained")), load_pretrained=False)
+    return payload
+
+
+def load_teacher(path: str | os.PathLike) -> ClipTeacher:
+    """Rebuild a teacher saved by `save_teacher` (no download: weights come from the file)."""
+    payload = _read_teacher_file(Path(path))
+    teacher = ClipTeacher(TeacherSpec(payload["model_name"], payload.get("pretrained"), str(path)), load_pretrained=False)
     teacher.clip.load_state_dict(payload["state_dict"])
     return teacher.eval()
