@@ -163,7 +163,8 @@ class AMMKD:
             img, txt = model(x, core.tokenize(caps))
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
 
-        teacher = trainer.fit(dataset, step, lambda m: self._eval_teacher(m, self.val), resume=self.resume)
+        evaluate = (lambda m: self._eval_teacher(m, self.val)) if len(self.val.images) else None
+        teacher = trainer.fit(dataset, step, evaluate, resume=self.resume)
         if dist.is_main():
             save_teacher(path, teacher)
         return teacher.eval()
@@ -268,7 +269,8 @@ class AMMKD:
         def evaluate(model: nn.Module) -> dict[str, float]:
             return self._eval_student(model, {n: vectors[n]["test"] for n in names}, self.val, tv)
 
-        student = trainer.fit(self._dataset(self.train), step, evaluate, resume=self.resume)
+        student = trainer.fit(self._dataset(self.train), step, evaluate if len(self.val.images) else None,
+                              resume=self.resume)
         if dist.is_main():
             with torch.no_grad():
                 fused = student.fuse_text([tv[n] for n in names]).cpu().numpy() if self.task == "classes" else None

@@ -198,6 +198,8 @@ class Trainer:
                    sched: Any, epoch: int) -> dict[str, Any]:
         sums: dict[str, float] = {}
         seen = 0
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         bar = tqdm(loader, desc=f"{self.stage} {epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True)
@@ -234,6 +236,8 @@ class Trainer:
         record = {"epoch": epoch + 1, **{k: totals[i + 1].item() / seen_all for i, k in enumerate(sums)}}
         record["lr"] = sched.get_last_lr()[0]
         record["seconds"] = round(time.perf_counter() - started, 3)
+        if self.device.type == "cuda":
+            record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return record
 
 

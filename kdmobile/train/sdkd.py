@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from kdmobile.config import SDKDConfig, save_config
 from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
+from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.metrics import forecast_errors, per_step_mse, ssim
 from kdmobile.models import create_model, save_model
@@ -69,7 +70,11 @@ class SDKD:
 
     def __init__(self, cfg: SDKDConfig, resume: bool = False, progress: bool = True) -> None:
         self.cfg, self.resume, self.progress = cfg, resume, progress
-        self.teacher_names = ["teacher"] if cfg.teachers == 1 else [f"teacher{i + 1}" for i in range(cfg.teachers)]
+        count = len(cfg.teacher_files) or cfg.teachers
+        self.teacher_names = ["teacher"] if count == 1 else [f"teacher{i + 1}" for i in range(count)]
+        for f in cfg.teacher_files:
+            if not Path(f).expanduser().is_file():
+                raise KDError(f"teacher file {f}: no such file")
         self.weighting = TeacherWeighting(cfg.weighting, self.teacher_names, cfg.tolerance)
         d = cfg.data
         self.source = Path(d.path).expanduser() if d.path else cached_navier_stokes(cfg, progress)
@@ -133,6 +138,8 @@ class SDKD:
         from kdmobile.models import load_model
 
         path = self.run / "teachers" / f"{name}.pt"
+        if self.cfg.teacher_files:
+            return load_model(Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser())[0].to(self.device)
         if self.resume and path.is_file():
             return load_model(path)[0].to(self.device)
         seed_everything(seed)
