@@ -209,7 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_VERBS: list[Callable[[Any], None]] = []
+def _extra_verbs() -> list[Callable[[Any], None]]:
+    """Verbs defined next to their stage (each module imports only argparse-level code at import time)."""
+    from kdmobile.export.cli import register as export
+
+    return [export]
+
+
+_EXTRA_VERBS: list[Callable[[Any], None]] = _extra_verbs()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kdmobile: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("kdmobile: interrupted; completed checkpoints are kept (rerun with --resume)", file=sys.stderr)
+        print("kdmobile: interrupted; only complete files were kept (train: rerun with --resume)", file=sys.stderr)
         return 130
 
 

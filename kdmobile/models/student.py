@@ -30,7 +30,7 @@ class ImageFusion(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         gates = torch.softmax(self.gates, dim=0)
-        merged = sum(g * head(f.mean(dim=(2, 3))) for g, head, f in zip(gates, self.heads, feats))
+        merged = sum(gates[i] * head(f.mean(dim=(2, 3))) for i, (head, f) in enumerate(zip(self.heads, feats)))
         return merged + self.mlp(merged)
 
 

@@ -1,0 +1,529 @@
+"""`kdmobile export`: a run directory -> checked bundles, one per target x precision, each verified at export.
+
+Reads only the run directory (student.pt, heldout.npz, class vectors, teachers/ for --classes), dispatches to one
+converter per target, writes each bundle atomically through kdmobile.bundle.write_bundle with verification run by
+the runtime's own predictors inside the write (a failed threshold flags the bundle; an exception leaves none).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kdmobile import __version__
+from kdmobile.bundle import Bundle, load_bundle, write_bundle, write_class_vectors
+from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
+from kdmobile.errors import KDError
+from kdmobile.export.quantize import INT8_FORMATS, file_size
+from kdmobile.export.verify import (Reference, Thresholds, format_results, reference_captions, reference_classes,
+                                    reference_forecast, reference_row, require_thresholds, table_row, verify_bundle,
+                                    verify_random)
+from kdmobile.fileio import sha256_file
+from kdmobile.rundir import read_method
+
+TARGETS = ("onnx", "tflite", "coreml")
+PRECISIONS = ("fp32", "fp16", "int8")
+TFLITE_RECIPES = ("auto", "dynamic", "static")
+MODEL_FILE = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
+IO_NAMES = {"retrieval": ("image", "embedding"), "forecast": ("frames", "forecast")}
+DEFAULT_CALIBRATION = 128
+VERIFY_SAMPLES = 1000  # held-out samples used for parity and metrics (the PyTorch reference uses the same ones)
+
+
+# ------------------------------------------------------------------------------------------------- run directory
+@dataclass
+class Run:
+    """What export needs from a run directory: the student, its extra dict and the held-out arrays."""
+
+    path: Path
+    method: str
+    kind: str                    # "classes" | "captions" | "forecast"
+    model: Any
+    extra: dict[str, Any]
+    heldout: dict[str, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def task(self) -> str:
+        """The bundle task."""
+        return "forecast" if self.kind == "forecast" else "retrieval"
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory with one-line errors for a missing/foreign/unfinished one."""
+    p = Path(path).expanduser().resolve()
+    method = read_method(p)
+    if method not in ("ammkd", "sdkd"):
+        raise KDError(f"{p}: method {method!r} has no exporter (expected ammkd or sdkd)")
+    if not (p / "student.pt").is_file():
+        raise KDError(f"{p}: student.pt missing (was the run finished?)")
+    if not (p / "heldout.npz").is_file():
+        raise KDError(f"{p}: heldout.npz missing (held-out and calibration data; was the run finished?)")
+    from kdmobile.models.registry import load_model
+
+    model, extra = load_model(p / "student.pt")
+    try:
+        with np.load(p / "heldout.npz", allow_pickle=False) as z:
+            heldout = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise KDError(f"{p / 'heldout.npz'}: unreadable ({e})") from None
+    kind = extra.get("task", "forecast" if method == "sdkd" else "classes")
+    if method == "sdkd" and kind != "forecast":
+        raise KDError(f"{p / 'student.pt'}: an sdkd student should have task 'forecast', not {kind!r}")
+    if kind not in ("classes", "captions", "forecast"):
+        raise KDError(f"{p / 'student.pt'}: unknown task {kind!r}")
+    return Run(p, method, kind, model.eval(), dict(extra), heldout)
+
+
+def read_classes_file(path: str | Path) -> list[str]:
+    """Class names, one per line (blank lines ignored); one-line errors for missing, empty or duplicate names."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise KDError(f"--classes {p}: no such file")
+    try:
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise KDError(f"--classes {p}: unreadable ({e})") from None
+    names = [n for n in names if n]
+    if not names:
+        raise KDError(f"--classes {p}: no class names (one per line)")
+    seen: set[str] = set()
+    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dups:
+        raise KDError(f"--classes {p}: duplicate class names: {', '.join(dups)}")
+    return names
+
+
+def _need(run: Run, key: str) -> np.ndarray:
+    if key not in run.heldout:
+        raise KDError(f"{run.path / 'heldout.npz'}: no {key!r} array")
+    return run.heldout[key]
+
+
+# ------------------------------------------------------------------------------------------------------ options
+@dataclass
+class ExportOptions:
+    """The export verb's choices, validated by `check`."""
+
+    targets: list[str] = field(default_factory=lambda: ["onnx"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    out: Path = Path("bundles")
+    calibration_samples: int = DEFAULT_CALIBRATION
+    classes_file: Path | None = None
+    strict: bool = False
+    int8_format: str = "auto"
+    tflite_recipe: str = "auto"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def check(self) -> None:
+        """One-line errors for bad values and combinations."""
+        for t in self.targets:
+            if t not in TARGETS:
+                raise KDError(f"unknown target {t!r} (choose {', '.join(TARGETS)} or all)")
+        for pr in self.precisions:
+            if pr not in PRECISIONS:
+                raise KDError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
+        if self.int8_format not in INT8_FORMATS:
+            raise KDError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+        if self.tflite_recipe not in TFLITE_RECIPES:
+            raise KDError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
+        if self.calibration_samples < 0:
+            raise KDError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
+        if self.calibration_samples == 0 and "int8" in self.precisions:
+            raise KDError("--calibration-samples 0 with int8: static int8 needs at least 1 calibration sample")
+        require_thresholds(self.thresholds)
+        if self.classes_file is not None:
+            read_classes_file(self.classes_file)
+        out = Path(self.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise KDError(f"--out {out}: exists and is not a directory")
+
+
+# ------------------------------------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    """One artifact to convert: everything a converter may need."""
+
+    model: Any
+    example: Any
+    out_path: Path
+    precision: str
+    calibration: np.ndarray | None
+    int8_format: str
+    tflite_recipe: str
+    input_name: str
+    output_name: str
+    metadata: dict[str, str]
+
+
+def _onnx(job: Job) -> dict[str, Any]:
+    from kdmobile.export.onnx import convert_onnx
+
+    return convert_onnx(job.model, job.example, job.out_path, job.precision, job.calibration, job.int8_format,
+                        input_name=job.input_name, output_name=job.output_name, metadata=job.metadata)
+
+
+def _tflite(job: Job) -> dict[str, Any]:
+    try:
+        from kdmobile.export.tflite import convert_tflite
+    except ImportError as e:
+        raise KDError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
+    info = convert_tflite(job.model, job.example, job.out_path, job.precision, job.calibration,
+                          recipe=job.tflite_recipe)
+    return {"quantization": {"format": info.get("recipe", job.precision), **info}}
+
+
+def _coreml(job: Job) -> dict[str, Any]:
+    try:
+        from kdmobile.export.coreml import convert_coreml
+    except ImportError as e:
+        raise KDError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
+    import torch
+
+    torch.backends.mha.set_fastpath_enabled(False)
+    info = convert_coreml(job.model, job.example, job.out_path, job.precision, job.metadata,
+                          input_name=job.input_name, output_name=job.output_name)
+    weights = {"fp32": "none", "fp16": "fp16", "int8": "int8 weights"}[job.precision]
+    return {"quantization": {"format": weights}, "coreml": info}
+
+
+# target -> converter(job) -> {"quantization": {...}, other manifest sections...}; tests monkeypatch entries.
+CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
+
+
+@dataclass
+class Artifact:
+    """The outcome of one target x precision: the bundle (or the error) and its verification."""
+
+    target: str
+    precision: str
+    bundle: Path | None = None
+    size: int | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_is_user: bool = False
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.verification.get("flagged"))
+
+    def row(self) -> list[Any]:
+        if self.error is not None:
+            return [self.target, self.precision, None, None, None, "-", "-", f"FAILED: {self.error}"]
+        return table_row(self.target, self.precision, self.size, self.verification)
+
+
+@dataclass
+class ExportReport:
+    """Everything one `kdmobile export` did, and the printed table."""
+
+    artifacts: list[Artifact]
+    table: str
+
+    @property
+    def failed(self) -> list[Artifact]:
+        return [a for a in self.artifacts if a.error is not None]
+
+    @property
+    def flagged(self) -> list[Artifact]:
+        return [a for a in self.artifacts if a.flagged]
+
+
+# ---------------------------------------------------------------------------------------------------- exporter
+class Exporter:
+    """Prepares a run once (class vectors, calibration, reference outputs) and writes one bundle per job."""
+
+    def __init__(self, run: Run, opts: ExportOptions, log: Callable[[str], None] = print,
+                 bundled: tuple[np.ndarray, list[str], bool] | None = None) -> None:
+        """`bundled` = (class vectors, labels, new_classes) of an existing bundle, for --verify."""
+        opts.check()
+        if opts.classes_file is not None and run.task != "retrieval":
+            raise KDError(f"--classes: {run.name} is an {run.method} ({run.kind}) run; new classes only apply to "
+                          "retrieval (ammkd) runs")
+        self.run, self.opts, self.log = run, opts, log
+        self.input_name, self.output_name = IO_NAMES[run.task]
+        self.new_classes = opts.classes_file is not None
+        self.labels: list[str] = []
+        self.class_vectors: np.ndarray | None = None
+        self.class_source = "run"
+        self.model_inputs, self.raw_inputs = self._heldout_inputs()
+        self.example = self._torch(self.model_inputs[:1])
+        if bundled is not None:
+            self.class_vectors, self.labels, self.new_classes = bundled
+        elif run.task == "retrieval":
+            self._prepare_classes()
+        self.calibration = self._calibration() if "int8" in opts.precisions and bundled is None else None
+        self.reference = self._reference()
+
+    # ------------------------------------------------------------------ preparation
+    @staticmethod
+    def _torch(x: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _heldout_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised model inputs, raw runtime inputs) of the held-out split, capped at VERIFY_SAMPLES."""
+        run = self.run
+        if run.task == "forecast":
+            x = _need(run, "x_test")[:VERIFY_SAMPLES].astype(np.float32)
+            return x, (x * self.std + self.mean).astype(np.float32)
+        from kdmobile.data.transforms import normalise
+
+        images = _need(run, "images_test")[:VERIFY_SAMPLES]
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise KDError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")
+        return normalise(images, tuple(self.img_mean), tuple(self.img_std)), images
+
+    @property
+    def img_mean(self) -> list[float]:
+        """Per-channel image mean the student was trained with (CLIP's by default)."""
+        return [float(v) for v in self.run.extra.get("mean", CLIP_MEAN)]
+
+    @property
+    def img_std(self) -> list[float]:
+        """Per-channel image std the student was trained with (CLIP's by default)."""
+        return [float(v) for v in self.run.extra.get("std", CLIP_STD)]
+
+    @property
+    def mean(self) -> float:
+        """Forecast normalisation mean (physical units)."""
+        return float(self.run.extra.get("mean", 0.0))
+
+    @property
+    def std(self) -> float:
+        """Forecast normalisation std (physical units)."""
+        return float(self.run.extra.get("std", 1.0))
+
+    def _fuse(self, vectors: Sequence[Any]) -> np.ndarray:
+        """The student's text fusion of per-teacher vectors -> (K, D) float32 L2-normalised rows."""
+        import torch
+
+        with torch.inference_mode():
+            fused = self.run.model.fuse_text([torch.as_tensor(np.asarray(v, np.float32)) for v in vectors])
+        return fused.float().numpy()
+
+    def _teacher_vectors(self, names: list[str]) -> list[np.ndarray]:
+        """Each teacher's text encoder on the new class names, with the run's prompt templates."""
+        from kdmobile.models.clip_teacher import DEFAULT_TEMPLATES, load_teacher
+
+        templates = list(self.run.extra.get("templates") or DEFAULT_TEMPLATES)
+        out = []
+        for t in self.run.extra.get("teachers", []):
+            path = self.run.path / "teachers" / f"{t}.pt"
+            if not path.is_file():
+                raise KDError(f"--classes needs the teachers' text encoders: {path} missing")
+            out.append(load_teacher(path).class_vectors(names, templates).float().numpy())
+        if not out:
+            raise KDError(f"{self.run.path / 'student.pt'}: no teachers recorded; cannot encode new classes")
+        return out
+
+    def _prepare_classes(self) -> None:
+        """Bundled class vectors + labels: new classes through the teachers, else the run's classes/captions."""
+        run = self.run
+        teachers = list(run.extra.get("teachers", []))
+        if self.opts.classes_file is not None:
+            self.labels = read_classes_file(self.opts.classes_file)
+            self.class_vectors = self._fuse(self._teacher_vectors(self.labels))
+            self.class_source = f"classes file {Path(self.opts.classes_file).name}"
+        elif run.kind == "classes":
+            path = run.path / "class_vectors.npz"
+            if not path.is_file():
+                raise KDError(f"{path}: missing (per-teacher class vectors)")
+            with np.load(path) as z:
+                missing = [t for t in teachers if t not in z.files]
+                if missing:
+                    raise KDError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
+                self.class_vectors = self._fuse([z[t] for t in teachers])
+            self.labels = list(run.extra.get("labels") or json.loads((run.path / "labels.json").read_text()))
+        else:  # captions: the gallery is the held-out captions, fused like class vectors
+            self.class_vectors = self._fuse([_need(run, f"textvec_test_{t}") for t in teachers])
+            self.labels = [str(c) for c in _need(run, "captions_test")]
+            self.class_source = "held-out captions"
+        if self.class_vectors is None or len(self.labels) != len(self.class_vectors):
+            raise KDError(f"{run.path}: {len(self.labels)} labels for "
+                          f"{0 if self.class_vectors is None else len(self.class_vectors)} class vectors")
+
+    def _calibration(self) -> np.ndarray:
+        """Up to --calibration-samples normalised training inputs for static int8."""
+        run, n = self.run, self.opts.calibration_samples
+        if run.task == "forecast":
+            return _need(run, "x_calib")[:n].astype(np.float32)
+        from kdmobile.data.transforms import normalise
+
+        return normalise(_need(run, "images_calib")[:n], tuple(self.img_mean), tuple(self.img_std))
+
+    def _reference(self) -> Reference:
+        """The fp32 PyTorch student's outputs and metric on the held-out inputs."""
+        run, n = self.run, len(self.model_inputs)
+        if run.kind == "forecast":
+            y = _need(run, "y_test")[:n].astype(np.float32)
+            return reference_forecast(run.model, self.model_inputs, y, self.mean, self.std)
+        if run.kind == "captions":
+            owner = _need(run, "caption_owner_test")
+            keep = owner < n
+            text = self._fuse([_need(run, f"textvec_test_{t}")[keep] for t in run.extra.get("teachers", [])])
+            return reference_captions(run.model, self.raw_inputs, self.model_inputs, text, owner[keep])
+        labels = run.heldout.get("labels_test")
+        return reference_classes(run.model, self.raw_inputs, self.model_inputs,
+                                 None if labels is None else labels[:n], self.class_vectors, self.logit_scale,
+                                 self.new_classes)
+
+    @property
+    def logit_scale(self) -> float:
+        scale = getattr(self.run.model, "scale", None)
+        return float(scale().detach()) if callable(scale) else 1.0
+
+    # --------------------------------------------------------------------- manifest
+    def manifest(self, target: str, precision: str, info: dict[str, Any]) -> dict[str, Any]:
+        """The bundle manifest (write_bundle fills schema_version, created and files)."""
+        run = self.run
+        shape = [1, *self.model_inputs.shape[1:]]
+        m: dict[str, Any] = {"task": run.task, "target": target, "precision": precision,
+                             "model_file": MODEL_FILE[target]}
+        if run.task == "retrieval":
+            m["input"] = {"name": self.input_name, "shape": shape, "dtype": "float32", "layout": "NCHW",
+                          "value_range": [0, 255], "mean": self.img_mean, "std": self.img_std,
+                          "resize": "bilinear", "color": "RGB"}
+            k, d = self.class_vectors.shape
+            m["outputs"] = [{"name": self.output_name, "shape": [1, int(d)], "l2_normalised": True}]
+            m["retrieval"] = {"class_vectors": {"file": "class_vectors.f32", "shape": [int(k), int(d)],
+                                                "dtype": "float32", "byte_order": "little"},
+                              "logit_scale": self.logit_scale, "labels_file": "labels.json",
+                              "prompt_templates": list(run.extra.get("templates") or []),
+                              "kind": run.kind if not self.new_classes else "classes",
+                              "class_source": self.class_source, "teachers": list(run.extra.get("teachers", []))}
+        else:
+            calib = run.heldout.get("x_calib", self.model_inputs)
+            raw = calib * self.std + self.mean
+            lo, hi = float(raw.min()), float(raw.max())
+            m["input"] = {"name": self.input_name, "shape": shape, "dtype": "float32", "layout": "NTHW",
+                          "value_range": [lo, hi if hi > lo else lo + 1.0], "mean": [self.mean], "std": [self.std],
+                          "value_range_note": "observed on the calibration windows, physical units"}
+            t_out = int(run.extra.get("frames_out", self.reference.outputs.shape[1]))
+            m["outputs"] = [{"name": self.output_name, "shape": [1, t_out, *shape[2:]]}]
+            m["forecast"] = {"frames_in": int(shape[1]), "frames_out": t_out, "mean": self.mean, "std": self.std,
+                             "height": int(shape[2]), "width": int(shape[3]),
+                             "units": "the model maps (x - mean) / std to (y - mean) / std; predictors take raw units"}
+        m["quantization"] = info.pop("quantization", {"format": "none"})
+        if "coreml" in info:
+            m["coreml"] = info.pop("coreml")
+        m["export"] = {"kdmobile_version": __version__, **info, **self._versions(target)}
+        m["source"] = {"run_dir": str(run.path), "run_name": run.name, "method": run.method,
+                       "student_sha256": sha256_file(run.path / "student.pt"),
+                       "classes_file": None if self.opts.classes_file is None else str(self.opts.classes_file)}
+        return m
+
+    @staticmethod
+    def _versions(target: str) -> dict[str, str | None]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        pkgs = {"onnx": ["torch", "onnx", "onnxruntime"], "tflite": ["torch", "litert-torch", "ai-edge-quantizer"],
+                "coreml": ["torch", "coremltools"]}[target]
+        out = {}
+        for p in pkgs:
+            try:
+                out[p] = version(p)
+            except PackageNotFoundError:
+                out[p] = None
+        return {"versions": out}  # type: ignore[dict-item]
+
+    def metadata(self, target: str, precision: str) -> dict[str, str]:
+        """String metadata carried inside the model file itself."""
+        return {"kdmobile_version": __version__, "kdmobile_task": self.run.task, "kdmobile_run": self.run.name,
+                "kdmobile_target": target, "kdmobile_precision": precision, "input_name": self.input_name,
+                "output_name": self.output_name}
+
+    # ------------------------------------------------------------------------ export
+    def export_one(self, target: str, precision: str) -> Artifact:
+        """Convert, stage, verify and atomically write one bundle."""
+        out = Path(self.opts.out).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        name = f"{self.run.name}-{target}-{precision}"
+        art = Artifact(target, precision)
+        with tempfile.TemporaryDirectory(prefix=f".{name}.work.", dir=out) as tmp:
+            model_path = Path(tmp) / MODEL_FILE[target]
+            job = Job(self.run.model, self.example, model_path, precision, self.calibration, self.opts.int8_format,
+                      self.opts.tflite_recipe, self.input_name, self.output_name, self.metadata(target, precision))
+            info = dict(CONVERTERS[target](job) or {})
+            if not model_path.exists():
+                raise RuntimeError(f"the {target} converter wrote no {model_path.name}")
+            manifest = self.manifest(target, precision, info)
+            files: dict[str, Any] = {MODEL_FILE[target]: model_path}
+            if self.run.task == "retrieval":
+                cv = self.class_vectors
+                files["class_vectors.f32"] = lambda p: write_class_vectors(p, cv)
+                files["labels.json"] = (json.dumps(self.labels, indent=1, ensure_ascii=False) + "\n").encode()
+            th = self.opts.thresholds
+
+            def verify(bundle: Bundle) -> dict[str, Any]:
+                result = verify_bundle(bundle, self.reference, th)
+                art.verification = result
+                return result
+
+            art.bundle = write_bundle(out / name, manifest, files, verify=verify)
+        art.size = file_size(art.bundle / MODEL_FILE[target])
+        return art
+
+    def export_all(self) -> ExportReport:
+        """Every requested target x precision; a failing artifact is reported and the others still exported."""
+        from kdmobile.export.opcheck import check_ops
+
+        check_ops(self.run.model, self.example, self.opts.targets)
+        arts = []
+        for target in self.opts.targets:
+            for precision in self.opts.precisions:
+                try:
+                    art = self.export_one(target, precision)
+                    self.log(f"{target} {precision}: {art.bundle} ({art.verification.get('status', '-')})")
+                except KDError as e:
+                    art = Artifact(target, precision, error=str(e), error_is_user=True)
+                    self.log(f"{target} {precision}: failed: {e}")
+                except Exception as e:  # noqa: BLE001 - one converter failing must not lose the other bundles
+                    msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                    art = Artifact(target, precision, error=msg)
+                    self.log(f"{target} {precision}: failed: {msg}")
+                arts.append(art)
+        rows = [reference_row(self.reference, None), *[a.row() for a in arts]]
+        return ExportReport(arts, format_results(rows))
+
+
+def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
+    """Export a run directory to bundles (see Exporter)."""
+    opts.check()
+    return Exporter(load_run(run_dir), opts, log).export_all()
+
+
+# ------------------------------------------------------------------------------------------------ --verify BUNDLE
+def verify_existing(bundle_path: str | Path, thresholds: Thresholds) -> ExportReport:
+    """Re-verify a bundle: checksums, then parity/metric against its run directory, or random inputs without it."""
+    require_thresholds(thresholds)
+    bundle = load_bundle(bundle_path)  # refuses bad checksums / schema with the file named
+    source = bundle.manifest.get("source") or {}
+    run_dir = source.get("run_dir")
+    art = Artifact(bundle.target, bundle.precision, bundle=bundle.path, size=file_size(bundle.model_path))
+    ref: Reference | None = None
+    if run_dir and (Path(run_dir) / "method.json").is_file() and (Path(run_dir) / "student.pt").is_file():
+        run = load_run(run_dir)
+        opts = ExportOptions(targets=[bundle.target], precisions=[bundle.precision], thresholds=thresholds)
+        bundled = None
+        if bundle.task == "retrieval":
+            new = bundle.manifest["retrieval"].get("class_source", "run") not in ("run", "held-out captions")
+            bundled = (bundle.class_vectors, bundle.labels, new and run.kind != "captions")
+        ref = Exporter(run, opts, bundled=bundled).reference
+        art.verification = verify_bundle(bundle, ref, thresholds)
+        if source.get("student_sha256") not in (None, sha256_file(run.path / "student.pt")):
+            art.verification["note"] = "student.pt changed since export: compared with the current student"
+    else:
+        why = f"run directory {run_dir} not found" if run_dir else "no run directory recorded"
+        art.verification = verify_random(bundle, why)
+    rows = ([reference_row(ref, None)] if ref is not None else []) + [art.row()]
+    return ExportReport([art], format_results(rows))

@@ -1,0 +1,236 @@
+"""ONNX int8: the format choice per ISA, static QDQ / dynamic quantization, and weight-only int8 storage.
+
+Formats (`--int8-format`):
+  s8s8     static QDQ, int8 activations + int8 weights (calibrated)
+  u8s8     static QDQ, uint8 activations + int8 weights (calibrated)
+  dynamic  dynamic quantization: int8 weights, activations quantized per call at run time
+  w8a32    weight-only int8: int8 weights (per output channel, symmetric) stored as Cast + Mul, which onnxruntime
+           constant-folds into fp32 weights when the session loads, so the file is ~3.5x smaller and inference
+           runs at exactly fp32 speed and accuracy (standard ONNX ops only, no calibration)
+  auto     pick one of the above from the host's ISA (choose_int8_format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from kdmobile.errors import KDError
+
+INT8_FORMATS = ("auto", "s8s8", "u8s8", "dynamic", "w8a32")
+STATIC_FORMATS = ("s8s8", "u8s8")
+MIN_WEIGHT_ELEMENTS = 256  # smaller weight tensors stay fp32 in w8a32 (scales would cost more than they save)
+
+# The `auto` choice, measured with benchmarks/int8_onnx_speed.py (default AMMKD student, random weights with
+# randomised BatchNorm, batch 1, one thread, onnxruntime 1.32; results in benchmarks/results/int8_onnx_speed.md):
+#   AMD EPYC with AVX-512 + AVX512-VNNI (this project's CI host), p50 latency and file size at 32 px:
+#       fp32 0.147 ms 2636 KB | w8a32 0.147 ms 756 KB | u8s8 0.239 ms 975 KB | s8s8 0.981 ms | dynamic 1.045 ms
+#     i.e. u8s8 0.61x, s8s8 0.15x, dynamic 0.14x the fp32 speed; at 64 / 128 px u8s8 0.71x / 0.69x, s8s8
+#     0.18x / 0.23x (and ~0.34x / 0.15x at 224 px in a one-off run). onnxruntime's x86 int8 kernels lose to its
+#     AVX-512 fp32 (NCHWc) kernels on this MobileNetV3 student, VNNI or not: hard-swish and the SE blocks leave
+#     dozens of QuantizeLinear/DequantizeLinear pairs around float ops. So on x86 `auto` picks w8a32, which keeps
+#     fp32 speed and accuracy at 1/3.5 the size. The "VNNI -> s8s8" rule of thumb was measured wrong here.
+#   AMD EPYC Zen 3, AVX2 without VNNI (DESIGN.md): s8s8 0.1-0.7x, u8s8 0.3-2.1x, dynamic 0.05-0.5x the fp32
+#     speed -> w8a32 as well (never slower than fp32).
+#   ARM64 with dot-product instructions (phones): not measured in this project; onnxruntime's ARM64 kernels run
+#     s8s8 QDQ with SDOT, so `auto` picks s8s8 there, and u8s8 on ARM64 without dotprod.
+# `auto` looks at the machine running the export: export on x86 for an ARM phone with --int8-format s8s8.
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+_ARM = ("aarch64", "arm64", "armv8", "armv8l")
+
+
+def _arm_dotprod() -> bool:
+    """Whether this ARM64 CPU has the dot-product extension (Linux: 'asimddp'; Apple silicon always has it)."""
+    if platform.system() == "Darwin":
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("Features") and "asimddp" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def choose_int8_format(host: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The int8 format `auto` resolves to on this host, with the ISA facts behind the choice (for the manifest)."""
+    if host is None:
+        from kdmobile.runtime.measure import host_info
+
+        host = host_info()
+    machine = str(host.get("machine", platform.machine())).lower()
+    isa = dict(host.get("isa", {}))
+    facts: dict[str, Any] = {"cpu": host.get("cpu"), "machine": machine, "isa": isa}
+    if machine in _ARM:
+        dotprod = bool(isa.get("dotprod", _arm_dotprod()))
+        facts["isa"] = {**isa, "dotprod": dotprod}
+        if dotprod:
+            return "s8s8", {**facts, "reason": "ARM64 with dot-product: onnxruntime runs s8s8 QDQ with SDOT"}
+        return "u8s8", {**facts, "reason": "ARM64 without dot-product: u8s8 QDQ"}
+    vnni = bool(isa.get("avx512_vnni") or isa.get("avx_vnni"))
+    if machine in _X86:
+        which = "with VNNI" if vnni else ("AVX2 without VNNI" if isa.get("avx2") else "without AVX2")
+        return "w8a32", {**facts, "reason": f"x86 {which}: measured activation-int8 (u8s8/s8s8/dynamic) slower than "
+                                            "fp32 for the student; weight-only int8 keeps fp32 speed at ~1/3.5 "
+                                            "the size (benchmarks/int8_onnx_speed.py)"}
+    return "w8a32", {**facts, "reason": f"unknown machine {machine!r}: weight-only int8 is never slower than fp32"}
+
+
+def resolve_int8_format(requested: str, host: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Validate `--int8-format` and resolve `auto`; returns (format, manifest facts incl. the host ISA)."""
+    if requested not in INT8_FORMATS:
+        raise KDError(f"--int8-format {requested!r}: choose one of {', '.join(INT8_FORMATS)}")
+    fmt, facts = choose_int8_format(host)
+    if requested == "auto":
+        return fmt, {**facts, "requested": "auto"}
+    return requested, {**facts, "requested": requested, "reason": "requested with --int8-format",
+                       "auto_would_pick": fmt}
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over (N, ...) float32 calibration inputs, one sample per call."""
+
+    def __init__(self, input_name: str, data: np.ndarray) -> None:
+        self.input_name = input_name
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self._it: Iterator[int] = iter(range(len(self.data)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        i = next(self._it, None)
+        return None if i is None else {self.input_name: self.data[i:i + 1]}
+
+    def rewind(self) -> None:
+        self._it = iter(range(len(self.data)))
+
+
+def _reader(input_name: str, data: np.ndarray) -> Any:
+    """A _Reader that is also an instance of onnxruntime's CalibrationDataReader ABC."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    cls = type("KDCalibrationReader", (_Reader, CalibrationDataReader), {})
+    return cls(input_name, data)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence onnxruntime.quantization's root-logger warnings and Python warnings (e.g. per-channel axis notes)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_onnx(src: Path, dst: Path, fmt: str, calibration: np.ndarray | None, input_name: str,
+                  workdir: Path) -> dict[str, Any]:
+    """Quantize the fp32 model at `src` into `dst` in format `fmt`; returns the manifest's quantization details."""
+    import onnxruntime
+
+    if fmt == "w8a32":
+        return weight_only_int8(src, dst)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = workdir / "preprocessed.onnx"
+    with quiet():
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        if fmt == "dynamic":
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=False)
+            return {"activations": "dynamic int8 (per call)", "weights": "int8 per-tensor",
+                    "tool": f"onnxruntime.quantization {onnxruntime.__version__} quantize_dynamic",
+                    "calibration_samples": 0}
+        if fmt not in STATIC_FORMATS:
+            raise KDError(f"unknown ONNX int8 format {fmt!r}")
+        if calibration is None or len(calibration) == 0:
+            raise KDError(f"int8 format {fmt} needs calibration samples (--calibration-samples N, N >= 1)")
+        act = QuantType.QInt8 if fmt == "s8s8" else QuantType.QUInt8
+        quantize_static(str(pre), str(dst), _reader(input_name, calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=act, weight_type=QuantType.QInt8, per_channel=True)
+    return {"activations": "int8" if fmt == "s8s8" else "uint8", "weights": "int8 per-channel",
+            "layout": "QDQ", "calibration_samples": int(len(calibration)), "calibration_method": "minmax",
+            "tool": f"onnxruntime.quantization {onnxruntime.__version__} quantize_static"}
+
+
+def _weight_axis(op: str, node: Any, rank: int) -> int | None:
+    """The output-channel axis of a node's weight input (input 1), or None if the op is not handled."""
+    if op == "Conv":
+        return 0
+    if op == "ConvTranspose":
+        return 1 if rank > 1 else None
+    if op == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if op == "MatMul":
+        return rank - 1 if rank >= 2 else None
+    return None
+
+
+def weight_only_int8(src: Path, dst: Path) -> dict[str, Any]:
+    """Store Conv/Gemm/MatMul weights as int8 + per-channel fp32 scale, dequantized by Cast + Mul (folded at load)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    chosen: dict[str, int] = {}
+    for node in graph.node:
+        if len(node.input) < 2 or node.input[1] not in inits or node.input[1] in graph_inputs:
+            continue
+        t = inits[node.input[1]]
+        if t.data_type != TensorProto.FLOAT:
+            continue
+        axis = _weight_axis(node.op_type, node, len(t.dims))
+        if axis is None or int(np.prod(t.dims)) < MIN_WEIGHT_ELEMENTS:
+            continue
+        if chosen.get(t.name, axis) != axis:  # shared with a different layout: leave it fp32
+            chosen[t.name] = -1
+            continue
+        chosen[t.name] = axis
+    new_nodes, n_q, n_el = [], 0, 0
+    for name, axis in chosen.items():
+        if axis < 0:
+            continue
+        w = numpy_helper.to_array(inits[name]).astype(np.float32)
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        scale = (np.maximum(np.abs(w).max(axis=reduce), 1e-12) / 127.0).astype(np.float32).reshape(shape)
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}_int8"),
+                                  numpy_helper.from_array(scale, f"{name}_scale")])
+        new_nodes += [helper.make_node("Cast", [f"{name}_int8"], [f"{name}_f32"], to=TensorProto.FLOAT,
+                                       name=f"{name}_dequant_cast"),
+                      helper.make_node("Mul", [f"{name}_f32", f"{name}_scale"], [name], name=f"{name}_dequant_mul")]
+        n_q += 1
+        n_el += int(q.size)
+    if not n_q:
+        raise KDError("w8a32: the model has no Conv/Gemm/MatMul weights to quantize")
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)  # dequantization first keeps the graph topologically sorted
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+    return {"activations": "float32", "weights": "int8 per-channel symmetric (weight-only)",
+            "compute": "float32 (onnxruntime folds Cast+Mul into fp32 weights at session load)",
+            "quantized_tensors": n_q, "quantized_weights": n_el, "calibration_samples": 0,
+            "tool": "kdmobile weight-only int8 (Cast + Mul)"}
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file under a directory (.mlpackage)."""
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size

@@ -1,0 +1,372 @@
+"""PyTorch -> TFLite (LiteRT) with litert-torch, then fp16 / int8 with ai-edge-quantizer.
+
+The float model keeps the PyTorch signature: one NCHW float32 input, float32 outputs. Every quantized variant
+keeps float32 input and output tensors too (static int8 adds a QUANTIZE after the input and a DEQUANTIZE before
+the output), so the runtime feeds every precision the same way.
+
+int8 comes in two recipes:
+
+- ``dynamic``: int8 per-channel weights, float activations quantized on the fly by the kernels
+  (``ai_edge_quantizer.recipe.dynamic_wi8_afp32()``). No calibration.
+- ``static``: int8 per-channel weights and int8 activations, ranges calibrated on sample inputs
+  (``ai_edge_quantizer.recipe.static_wi8_ai8()``, graph input/output left float).
+- ``auto`` picks per model (see DESIGN.md, "Measured on this machine"): LiteRT static int8 ran 2-3x slower than
+  fp32 for MobileNetV3 on x86, because hard-swish splits the XNNPACK int8 graph, but faster for networks without
+  it (RepViT, MobileNetV3-Large at 64 px). So: hard-swish anywhere in the model -> dynamic, otherwise static
+  (dynamic as well when no calibration data was given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdmobile.errors import KDError
+from kdmobile.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_RECIPES = ("auto", "dynamic", "static")
+MAX_CALIBRATION_SAMPLES = 128
+
+# TFLite builtin operator code of HARD_SWISH (tflite schema, BuiltinOperator).
+_TFL_HARD_SWISH = 117
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[list[str]]:
+    """Silence stdout/stderr at the file-descriptor level for the block (C++ absl logs, progress bars, rich).
+
+    The converters print from native code, tqdm and rich; only an fd-level redirect catches all of it. Yields a
+    list that holds the captured text once the block exits (it is logged at DEBUG level too).
+    """
+    captured: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):  # no real fds (e.g. a notebook): just run the block
+        yield captured
+        return
+    saved = [os.dup(fd) for fd in fds]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in fds:
+                os.dup2(sink.fileno(), fd)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield captured
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            for fd, old in zip(fds, saved):
+                os.dup2(old, fd)
+                os.close(old)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            captured.append(text)
+            if text.strip():
+                log.debug("converter output:\n%s", text)
+
+
+@contextlib.contextmanager
+def _litert_quiet() -> Iterator[None]:
+    """litert-torch's own progress display and torch log silencing are env-var switches: set them, then restore."""
+    keys = ("LITERT_TORCH_SHOW_PROGRESS", "LITERT_TORCH_SILENCE_TORCH_LOGS", "TF_CPP_MIN_LOG_LEVEL")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"LITERT_TORCH_SHOW_PROGRESS": "n", "LITERT_TORCH_SILENCE_TORCH_LOGS": "y",
+                       "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode (and the MHA fast path off, see DESIGN.md) for the block; restore both after."""
+    was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipe choice
+
+
+def hard_swish_modules(model: nn.Module) -> list[str]:
+    """Names of modules that compute hard-swish: nn.Hardswish and timm's HardSwish / HardSwishMe variants."""
+    found = []
+    for name, module in model.named_modules():
+        cls = type(module).__name__.lower().replace("_", "")
+        if isinstance(module, nn.Hardswish) or cls.startswith("hardswish"):
+            found.append(name or type(module).__name__)
+    return found
+
+
+def tflite_op_counts(model_bytes: bytes) -> dict[str, int]:
+    """Builtin operator name -> count over all subgraphs of a .tflite flatbuffer."""
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    fb = tfl_flatbuffer_utils.read_model(bytearray(model_bytes))
+    codes = [max(oc.builtinCode, oc.deprecatedBuiltinCode) for oc in fb.operatorCodes]
+    names = {int(v): k for k, v in vars(qtyping.BuiltinOperator).items() if isinstance(v, int) and k.isupper()}
+    counts: dict[str, int] = {}
+    for sg in fb.subgraphs:
+        for op in sg.operators or []:
+            code = codes[op.opcodeIndex]
+            name = names.get(code, f"BUILTIN_{code}")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def choose_int8_recipe(model: nn.Module, recipe: str, have_calibration: bool,
+                       float_ops: dict[str, int] | None = None) -> tuple[str, str]:
+    """Resolve `recipe` ("auto", "dynamic", "static") to ("dynamic" | "static", reason)."""
+    if recipe not in INT8_RECIPES:
+        raise KDError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+    if recipe == "static":
+        if not have_calibration:
+            raise KDError("static int8 needs calibration data (a few hundred training inputs); none was given")
+        return "static", "requested: int8 weights and activations, calibrated"
+    if recipe == "dynamic":
+        return "dynamic", "requested: int8 weights, activations quantized at run time"
+    hs = hard_swish_modules(model)
+    hs_ops = (float_ops or {}).get("HARD_SWISH", 0)
+    if hs or hs_ops:
+        what = f"{len(hs)} hard-swish modules" if hs else f"{hs_ops} HARD_SWISH ops"
+        return "dynamic", (f"auto: model has {what}; LiteRT static int8 ran 2-3x slower than fp32 on such "
+                           "networks on x86 (hard-swish splits the XNNPACK int8 graph), so int8 weights with "
+                           "dynamic-range activations")
+    if not have_calibration:
+        return "dynamic", "auto: no hard-swish, but no calibration data for static int8, so dynamic-range int8"
+    return "static", ("auto: no hard-swish; LiteRT static int8 (weights and activations) ran 1.0-1.8x faster "
+                      "than fp32 on such networks")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion and quantization
+
+
+# The last float conversion, keyed by model identity + a digest of its weights and of the example: an export of
+# fp32, fp16 and int8 converts the model once (~15 s for the MobileNetV3 student) and quantizes that thrice.
+_last_float: tuple[tuple, bytes] | None = None
+
+
+def _float_key(model: nn.Module, example: torch.Tensor) -> tuple:
+    h = hashlib.sha256()
+    for name, t in list(model.state_dict().items()) + [("__example__", example)]:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return (id(model), type(model).__qualname__, h.hexdigest())
+
+
+def convert_float(model: nn.Module, example: torch.Tensor, reuse: bool = True) -> bytes:
+    """litert-torch conversion of `model(example)` to a float32 .tflite flatbuffer (bytes).
+
+    With `reuse`, a repeat call for the same model object with the same weights and example returns the previous
+    result instead of converting again.
+    """
+    global _last_float
+    key = _float_key(model, example) if reuse else None
+    if key is not None and _last_float is not None and _last_float[0] == key:
+        return _last_float[1]
+    data = _convert_float(model, example)
+    if key is not None:
+        _last_float = (key, data)
+    return data
+
+
+def _convert_float(model: nn.Module, example: torch.Tensor) -> bytes:
+    with eval_mode(model), torch.no_grad(), _litert_quiet():
+        try:
+            with quiet_native_output():
+                try:
+                    import litert_torch
+                except ImportError as exc:
+                    raise KDError("TFLite export needs litert-torch: pip install 'kdmobile[tflite]'") from exc
+                edge = litert_torch.convert(model, (example,))
+                data = edge.model_content()
+        except KDError:
+            raise
+        except Exception as exc:  # litert-torch raises many types (export, lowering, MLIR, converter)
+            raise KDError(f"tflite conversion failed: {_first_line(exc)}") from exc
+    return bytes(data)
+
+
+def _signature_io(model_bytes: bytes) -> tuple[str, str]:
+    """(signature key, input name) of a single-input float model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with quiet_native_output():
+        interp = Interpreter(model_content=model_bytes)
+        sigs = interp.get_signature_list()
+    if len(sigs) != 1:
+        raise KDError(f"tflite model has {len(sigs)} signatures; expected one")
+    key, sig = next(iter(sigs.items()))
+    if len(sig["inputs"]) != 1:
+        raise KDError(f"tflite model has {len(sig['inputs'])} inputs; expected one")
+    return key, sig["inputs"][0]
+
+
+def calibration_batches(calibration: np.ndarray, example_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Split calibration data into inputs shaped exactly like the example.
+
+    Accepted: (N, *example.shape[1:]) samples, grouped by the example's batch size (a trailing partial batch is
+    dropped); or (N, *example.shape) whole inputs. At most MAX_CALIBRATION_SAMPLES inputs are used.
+    """
+    cal = np.asarray(calibration, dtype=np.float32)
+    shape = tuple(example_shape)
+    if cal.ndim == len(shape) + 1 and cal.shape[1:] == shape:
+        batches = list(cal)
+    elif cal.ndim == len(shape) and cal.shape[1:] == shape[1:]:
+        b = shape[0]
+        batches = [cal[i : i + b] for i in range(0, len(cal) - b + 1, b)]
+    else:
+        raise KDError(f"calibration data shaped {cal.shape} does not match the model input {shape}")
+    if not batches:
+        raise KDError(f"calibration data has {len(cal)} samples; need at least {shape[0]}")
+    return [np.ascontiguousarray(x) for x in batches[:MAX_CALIBRATION_SAMPLES]]
+
+
+def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
+                    calibration: list[np.ndarray] | None = None) -> bytes:
+    """Quantize a float .tflite with ai-edge-quantizer. precision fp16, or int8 with kind dynamic | static.
+
+    fp16:    weight-only float casting of every supported op's weights (FLOAT_CASTING, 16 bits);
+    dynamic: recipe.dynamic_wi8_afp32();
+    static:  recipe.static_wi8_ai8() with the graph INPUT/OUTPUT left float (NO_QUANTIZE), calibrated on
+             `calibration` (inputs shaped like the model input).
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
+
+    algo = algorithm_manager.AlgorithmName
+    ops = qtyping.TFLOperationName
+    try:
+        with quiet_native_output():
+            if precision == "fp16":
+                q = quantizer.Quantizer(bytearray(float_bytes))
+                q.add_weight_only_config(regex=".*", operation_name=ops.ALL_SUPPORTED, num_bits=16,
+                                         algorithm_key=algo.FLOAT_CASTING)
+            elif kind == "dynamic":
+                q = quantizer.Quantizer(bytearray(float_bytes), recipe.dynamic_wi8_afp32())
+            elif kind == "static":
+                if not calibration:
+                    raise KDError("static int8 needs calibration data; none was given")
+                q = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
+                for op in (ops.INPUT, ops.OUTPUT):  # keep float32 I/O: the runtime feeds float
+                    q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=algo.NO_QUANTIZE)
+            else:
+                raise KDError(f"cannot quantize to {precision}/{kind}")
+            calib = None
+            if q.need_calibration:
+                sig, name = _signature_io(float_bytes)
+                calib = q.calibrate({sig: [{name: x} for x in calibration or []]},
+                                    num_threads=max(1, min(4, os.cpu_count() or 1)))
+            result = q.quantize(calib, enable_progress_bar=False, enable_progress_report=False)
+    except KDError:
+        raise
+    except Exception as exc:
+        raise KDError(f"tflite {precision} quantization failed: {_first_line(exc)}") from exc
+    if result.quantized_model is None:
+        raise KDError(f"tflite {precision} quantization produced no model")
+    return bytes(result.quantized_model)
+
+
+def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, precision: str,
+                   calibration: np.ndarray | None, recipe: str = "auto") -> dict[str, Any]:
+    """Convert `model` to a .tflite file at `out_path` in fp32, fp16 or int8; return a manifest entry.
+
+    `example` is one input as PyTorch takes it (NCHW, fixed batch); the file keeps that layout and float32 I/O.
+    `calibration` (float32, (N, *example.shape[1:]) or (N, *example.shape)) is used by static int8 only.
+    `recipe` matters for int8 only: "auto" | "dynamic" | "static" (see the module docstring).
+    The file is written to a temporary sibling and renamed into place; errors are one-line KDErrors.
+    """
+    if precision not in PRECISIONS:
+        raise KDError(f"unknown precision '{precision}' for tflite; choose one of {', '.join(PRECISIONS)}")
+    if recipe not in INT8_RECIPES:
+        raise KDError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+    if precision == "int8" and recipe == "static" and calibration is None:  # fail before the slow conversion
+        raise KDError("static int8 needs calibration data (a few hundred training inputs); none was given")
+    # Check the calibration data's shape before the slow conversion, too.
+    batches = (calibration_batches(calibration, tuple(example.shape))
+               if precision == "int8" and calibration is not None and recipe != "dynamic" else None)
+    t0 = time.perf_counter()
+    cached = _last_float
+    float_bytes = convert_float(model, example)
+    t_convert = time.perf_counter() - t0
+    reused = cached is not None and _last_float is cached
+    info: dict[str, Any] = {
+        "converter": f"litert-torch {_version('litert-torch')}",
+        "quantizer": None,
+        "recipe": "float32",
+        "reason": "fp32: as converted",
+        "input_layout": "NCHW",
+        "convert_seconds": round(t_convert, 2),
+        "reused_float_conversion": reused,
+    }
+    data = float_bytes
+    if precision != "fp32":
+        info["quantizer"] = f"ai-edge-quantizer {_version('ai-edge-quantizer')}"
+        t1 = time.perf_counter()
+        if precision == "fp16":
+            data = quantize_tflite(float_bytes, "fp16")
+            info.update(recipe="fp16_weights", reason="fp16: weights stored as float16 (FLOAT_CASTING), "
+                                                      "float32 compute and I/O")
+        else:
+            float_ops = tflite_op_counts(float_bytes)
+            kind, reason = choose_int8_recipe(model, recipe, batches is not None, float_ops)
+            data = quantize_tflite(float_bytes, "int8", kind, batches if kind == "static" else None)
+            info.update(recipe="dynamic_wi8_afp32" if kind == "dynamic" else "static_wi8_ai8", reason=reason)
+            if kind == "static":
+                info["calibration_inputs"] = len(batches)
+        info["quantize_seconds"] = round(time.perf_counter() - t1, 2)
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(data)
+    info["bytes"] = len(data)
+    info["float_bytes"] = len(float_bytes)
+    return info

@@ -1,0 +1,285 @@
+"""Verify exported bundles with the phone-side runtime code: tensor parity vs the fp32 PyTorch student and the task
+metric on the run's held-out split, with thresholds that flag a degraded artifact (Optimum-style validation)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from kdmobile.bundle import Bundle
+from kdmobile.errors import KDError
+from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
+from kdmobile.table import format_table
+
+MIN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
+PREPROCESS_TOL = 1e-3    # max |runtime preprocessing - training preprocessing| before flagging
+TABLE_HEADERS = ["target", "precision", "size KB", "max|Δ|", "cosine", "metric", "Δ vs fp32", "status"]
+
+
+@dataclass
+class Thresholds:
+    """When an artifact is flagged: top-1 (or R@1) drop in points, relative MSE rise."""
+
+    top1: float = 1.0
+    mse: float = 0.05
+
+
+@dataclass
+class Reference:
+    """Held-out inputs and what the fp32 PyTorch student gives on them (computed once per export)."""
+
+    kind: str                      # "classes" | "captions" | "forecast"
+    inputs: np.ndarray             # what the runtime predictor takes: uint8 (N,S,S,3) images or raw-unit frames
+    model_inputs: np.ndarray       # the normalised tensor the student saw
+    outputs: np.ndarray            # the student's outputs (embeddings or normalised forecasts)
+    metric: dict[str, float] = field(default_factory=dict)
+    headline: str | None = None    # the metric that gates: "top1", "R@1" or "mse"; None = parity only
+    note: str | None = None        # why there is no metric ("new classes")
+    labels: np.ndarray | None = None
+    text_vectors: np.ndarray | None = None
+    caption_owner: np.ndarray | None = None
+    targets: np.ndarray | None = None   # normalised forecast targets
+    mean: float = 0.0
+    std: float = 1.0
+
+
+def _student_outputs(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Run the PyTorch student on normalised inputs in batches (float32 numpy out)."""
+    import torch
+
+    model = model.eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], np.float32))).float().numpy())
+    return np.concatenate(outs)
+
+
+def _headline_captions(m: dict[str, float]) -> float:
+    """R@1 averaged over both retrieval directions."""
+    return 0.5 * (m["i2t_R@1"] + m["t2i_R@1"])
+
+
+def reference_classes(model: Any, images: np.ndarray, model_inputs: np.ndarray, labels: np.ndarray | None,
+                      class_vectors: np.ndarray, logit_scale: float, new_classes: bool) -> Reference:
+    """Reference for a class-retrieval bundle; the metric is skipped when the bundle holds new classes."""
+    out = _student_outputs(model, model_inputs)
+    ref = Reference("classes", images, model_inputs, out, labels=labels)
+    if new_classes or labels is None:
+        ref.note = "new classes" if new_classes else "no held-out labels"
+        return ref
+    ref.metric = topk_accuracy(logit_scale * out @ class_vectors.T, labels)
+    ref.headline = "top1"
+    return ref
+
+
+def reference_captions(model: Any, images: np.ndarray, model_inputs: np.ndarray, text_vectors: np.ndarray,
+                       owner: np.ndarray) -> Reference:
+    """Reference for a caption-retrieval run: Recall@K between image embeddings and fused caption vectors."""
+    out = _student_outputs(model, model_inputs)
+    ref = Reference("captions", images, model_inputs, out, text_vectors=text_vectors, caption_owner=owner)
+    ref.metric = retrieval_recall(out, text_vectors, owner)
+    ref.metric["R@1"] = _headline_captions(ref.metric)
+    ref.headline = "R@1"  # caption recall does not depend on the bundled class vectors, so --classes keeps it
+    return ref
+
+
+def reference_forecast(model: Any, x: np.ndarray, y: np.ndarray, mean: float, std: float) -> Reference:
+    """Reference for a forecast bundle: inputs/targets are normalised windows; the runtime gets raw units."""
+    out = _student_outputs(model, x)
+    ref = Reference("forecast", (x * std + mean).astype(np.float32), x, out, targets=y, mean=mean, std=std)
+    ref.metric = _forecast_metric(out, y, mean, std)
+    ref.headline = "mse"
+    return ref
+
+
+def _forecast_metric(pred_norm: np.ndarray, y_norm: np.ndarray, mean: float, std: float) -> dict[str, float]:
+    """MSE in normalised units (the headline) plus physical-unit MSE/MAE/relative L2."""
+    phys = forecast_errors(pred_norm * std + mean, y_norm * std + mean)
+    return {"mse": float(np.mean((pred_norm - y_norm) ** 2)), "mse_phys": phys["mse"], "mae_phys": phys["mae"],
+            "rel_l2": phys["rel_l2"]}
+
+
+def parity(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max absolute difference and mean per-sample cosine similarity between two output batches."""
+    a = y.reshape(len(y), -1).astype(np.float64)
+    b = ref.reshape(len(ref), -1).astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"max_abs_diff": float(np.max(np.abs(a - b))), "mean_cosine": float(cos.mean()),
+            "min_cosine": float(cos.min())}
+
+
+def _coreml_spec(bundle: Bundle) -> dict[str, Any]:
+    """Validate a CoreML package's spec on a machine that cannot run it: loads, one input/output, shapes match."""
+    try:
+        import coremltools as ct
+    except ImportError:
+        return {"status": "not checked (coremltools not installed)", "flagged": False}
+    try:
+        spec = ct.models.MLModel(str(bundle.model_path), skip_model_load=True).get_spec()
+    except Exception as e:  # noqa: BLE001 - a corrupt package raises many kinds
+        return {"status": f"FLAGGED: CoreML spec unreadable ({type(e).__name__})", "flagged": True}
+    ins = [(i.name, [int(s) for s in i.type.multiArrayType.shape]) for i in spec.description.input]
+    outs = [o.name for o in spec.description.output]
+    problems = []
+    if len(ins) != 1 or len(outs) != 1:
+        problems.append(f"expected 1 input and 1 output, got {len(ins)} and {len(outs)}")
+    elif ins[0][1] and ins[0][1][1:] != list(bundle.input["shape"][1:]):
+        problems.append(f"input shape {ins[0][1]} != manifest {bundle.input['shape']}")
+    status = ("FLAGGED: " + "; ".join(problems)) if problems else "spec ok (CoreML predicts on macOS only)"
+    return {"status": status, "flagged": bool(problems), "spec": {"inputs": ins, "outputs": outs},
+            "spec_version": int(spec.specificationVersion)}
+
+
+def _run_bundle(bundle: Bundle, ref: Reference) -> tuple[np.ndarray, dict[str, float], float | None]:
+    """Outputs, metric and preprocessing difference from the runtime predictor (the phone-side code)."""
+    from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
+
+    if ref.kind == "forecast":
+        fp = ForecastPredictor(bundle)
+        pred = (fp.predict(ref.inputs) - ref.mean) / ref.std
+        return pred, _forecast_metric(pred, ref.targets, ref.mean, ref.std), None
+    rp = RetrievalPredictor(bundle)
+    images = list(ref.inputs)
+    pre_diff = float(np.max(np.abs(rp.preprocess(images) - ref.model_inputs)))
+    emb = rp.embed(images)
+    metric: dict[str, float] = {}
+    if ref.kind == "classes" and ref.headline is not None:
+        metric = topk_accuracy(rp.scores(images), ref.labels)
+    elif ref.kind == "captions":
+        metric = retrieval_recall(emb, ref.text_vectors, ref.caption_owner)
+        metric["R@1"] = _headline_captions(metric)
+    return emb, metric, pre_diff
+
+
+def _judge(ref: Reference, metric: dict[str, float], th: Thresholds) -> tuple[float | None, list[str]]:
+    """Delta of the headline metric vs the PyTorch student, and the reasons to flag it (if any)."""
+    if ref.headline is None or ref.headline not in metric:
+        return None, []
+    value, base = metric[ref.headline], ref.metric[ref.headline]
+    delta = value - base
+    if ref.headline == "mse":
+        rel = delta / max(base, 1e-12)
+        return delta, [f"mse +{rel * 100:.1f}% > {th.mse * 100:g}%"] if rel > th.mse else []
+    return delta, [f"{ref.headline} {delta:+.2f} pts (limit -{th.top1:g})"] if -delta > th.top1 else []
+
+
+def verify_bundle(bundle: Bundle, ref: Reference, th: Thresholds) -> dict[str, Any]:
+    """Parity and metric of one bundle against the reference; the dict goes to manifest["verification"]."""
+    base = {"reference": "fp32 PyTorch student", "samples": int(len(ref.inputs)),
+            "thresholds": {"top1_points": th.top1, "mse_relative": th.mse}}
+    if bundle.target == "coreml" and platform.system() != "Darwin":
+        return {**base, "parity": None, "metric": {"name": None, "note": "n/a (CoreML predicts on macOS)"},
+                **_coreml_spec(bundle),
+                "note": "CoreML prediction needs macOS: the spec was validated instead"}
+    y, metric, pre_diff = _run_bundle(bundle, ref)
+    flags: list[str] = []
+    if not np.all(np.isfinite(y)):
+        flags.append("non-finite outputs")
+    par = parity(y, ref.outputs)
+    if par["mean_cosine"] < MIN_COSINE:
+        flags.append(f"cosine {par['mean_cosine']:.3f} < {MIN_COSINE}")
+    if pre_diff is not None and pre_diff > PREPROCESS_TOL:
+        flags.append(f"runtime preprocessing differs from training by {pre_diff:.2g}")
+    delta, metric_flags = _judge(ref, metric, th)
+    flags += metric_flags
+    result: dict[str, Any] = {**base, "parity": par, "preprocess_max_abs_diff": pre_diff}
+    if ref.headline is None:
+        result["metric"] = {"name": None, "note": f"n/a ({ref.note})"}
+    else:
+        result["metric"] = {"name": ref.headline, "value": metric[ref.headline],
+                            "reference": ref.metric[ref.headline], "delta": delta, "all": metric,
+                            "reference_all": ref.metric}
+    result["flagged"] = bool(flags)
+    result["status"] = "FLAGGED: " + "; ".join(flags) if flags else (
+        "ok" if ref.headline is not None else f"ok (parity only: {ref.note})")
+    return result
+
+
+def random_inputs(bundle: Bundle, n: int = 4, seed: int = 0) -> np.ndarray:
+    """Inputs of the bundle's declared shape in its raw value range (images uint8, forecasts ~N(mean, std))."""
+    rng = np.random.default_rng(seed)
+    shape = list(bundle.input["shape"])
+    if bundle.task == "retrieval":
+        _, c, h, w = shape
+        return rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+    fc = bundle.manifest["forecast"]
+    return (rng.standard_normal((n, *shape[1:])) * fc["std"] + fc["mean"]).astype(np.float32)
+
+
+def verify_random(bundle: Bundle, why: str) -> dict[str, Any]:
+    """Without held-out data: checksums (already checked by load_bundle) and a run on random inputs."""
+    from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
+
+    base = {"reference": None, "parity": None, "metric": {"name": None, "note": f"n/a ({why})"}}
+    if bundle.target == "coreml" and platform.system() != "Darwin":
+        return {**base, **_coreml_spec(bundle), "note": f"checksums ok; {why}"}
+    x = random_inputs(bundle)
+    flags = []
+    if bundle.task == "retrieval":
+        y = RetrievalPredictor(bundle).embed(list(x))
+        d = bundle.class_vectors.shape[1]
+        if y.shape != (len(x), d):
+            flags.append(f"embedding shape {y.shape} != ({len(x)}, {d})")
+        elif not np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-2):
+            flags.append("embeddings are not L2-normalised")
+    else:
+        fp = ForecastPredictor(bundle)
+        y = fp.predict(x)
+        want = (len(x), fp.frames_out, *fp.frame_shape)
+        if y.shape != want:
+            flags.append(f"forecast shape {y.shape} != {want}")
+    if not np.all(np.isfinite(y)):
+        flags.append("non-finite outputs")
+    status = "FLAGGED: " + "; ".join(flags) if flags else f"ran on random inputs only ({why})"
+    return {**base, "samples": int(len(x)), "flagged": bool(flags), "status": status,
+            "note": f"checksums ok; {why}: no parity or metric, ran {len(x)} random inputs"}
+
+
+def _fmt_metric(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "-"
+    if v.get("name") is None:
+        return str(v.get("note", "n/a"))
+    value = v["value"]
+    return f"{v['name']} {value:.4g}" if v["name"] == "mse" else f"{v['name']} {value:.2f}"
+
+
+def _fmt_delta(v: dict[str, Any] | None) -> str:
+    if not v or v.get("delta") is None:
+        return "-"
+    if v["name"] == "mse":
+        return f"{v['delta'] / max(v['reference'], 1e-12) * 100:+.1f}%"
+    return f"{v['delta']:+.2f}"
+
+
+def table_row(target: str, precision: str, size_bytes: int | None, result: dict[str, Any]) -> list[Any]:
+    """One row of the verification table from a manifest["verification"] dict."""
+    par = result.get("parity") or {}
+    return [target, precision, None if size_bytes is None else round(size_bytes / 1024, 1),
+            None if not par else f"{par['max_abs_diff']:.2e}", None if not par else f"{par['mean_cosine']:.6f}",
+            _fmt_metric(result.get("metric")), _fmt_delta(result.get("metric")), result.get("status", "-")]
+
+
+def reference_row(ref: Reference, size_bytes: int | None) -> list[Any]:
+    """The PyTorch fp32 student's row (what every artifact is compared with)."""
+    m = {"name": ref.headline, "value": ref.metric.get(ref.headline)} if ref.headline else {"name": None,
+                                                                                           "note": f"n/a ({ref.note})"}
+    return ["pytorch", "fp32", None if size_bytes is None else round(size_bytes / 1024, 1), "0", "1", _fmt_metric(m),
+            "-", "reference"]
+
+
+def format_results(rows: Sequence[Sequence[Any]]) -> str:
+    """The verification table."""
+    return format_table(TABLE_HEADERS, rows)
+
+
+def require_thresholds(th: Thresholds) -> None:
+    """One-line error for thresholds that make no sense."""
+    if not (th.top1 >= 0):
+        raise KDError(f"--threshold-top1 must be >= 0 points, got {th.top1}")
+    if not (th.mse >= 0):
+        raise KDError(f"--threshold-mse must be >= 0 (a relative rise, 0.05 = 5%), got {th.mse}")
