@@ -145,3 +145,25 @@ def test_two_process_gloo_ddp_run(tiny_ammkd_args, tmp_path):
     epochs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
               if '"stage": "student"' in line and '"event": "epoch"' in line]
     assert len(epochs) == 2  # one record per epoch, not one per rank
+
+
+def test_caption_data_gives_recall_metrics(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 40
+    images = rng.integers(0, 255, size=(n, 16, 16, 3), dtype=np.uint8)
+    captions = [[f"a photo number {i}", f"picture {i} of something"] for i in range(n)]
+    np.savez(tmp_path / "caps.npz", images=images, captions=np.asarray(json.dumps(captions)),
+             filenames=np.asarray([f"{i}.jpg" for i in range(n)]))
+    args = ["train", "ammkd", "--data", f"captions:{tmp_path / 'caps.npz'}", "--teachers", "kd-vit-tiny,kd-rn-tiny",
+            "--teacher-epochs", "1", "--epochs", "1", "--no-progress", "--set", "embed_dim=16",
+            "--set", "student=mobilenetv3_small_050", "--batch-size", "16", "--set", "teacher_train.batch_size=16",
+            "--out", str(tmp_path / "runs"), "--name", "cap"]
+    assert _run(args) == 0
+    metrics = json.loads((tmp_path / "runs" / "cap" / "metrics.json").read_text())
+    assert metrics["task"] == "captions"
+    for m in metrics["models"].values():
+        for key in ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@10"):
+            assert 0 <= m[key] <= 100
+        assert m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"]
+    held = np.load(tmp_path / "runs" / "cap" / "heldout.npz")
+    assert "textvec_test_kd-vit-tiny" in held and len(held["caption_owner_test"]) == 2 * len(held["images_test"])
