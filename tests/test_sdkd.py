@@ -24,18 +24,23 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_tiny_sdkd_run(tmp_path, capsys):
-    assert main(["train", "sdkd", *TINY, "--out", str(tmp_path / "runs"), "--name", "s"]) == 0
+    assert main(["train", "sdkd", *TINY, "--teachers", "2", "--out", str(tmp_path / "runs"), "--name", "s"]) == 0
     out = capsys.readouterr().out
     assert "student_nokd" in out and "MSE" in out and "reduction" in out
     run = tmp_path / "runs" / "s"
-    for name in ["metrics.json", "student.pt", "student_nokd.pt", "teachers/teacher.pt", "forecast.png",
+    for name in ["metrics.json", "student.pt", "student_nokd.pt", "teachers/teacher1.pt", "teachers/teacher2.pt",
+                 "forecast.png",
                  "heldout.npz", "normalisation.json", "config.yaml", "log.jsonl"]:
         assert (run / name).exists(), name
     assert (tmp_path / "cache").is_dir() and list((tmp_path / "cache").glob("*.npz"))
     metrics = json.loads((run / "metrics.json").read_text())
     for m in metrics["models"].values():
         assert m["mse"] > 0 and m["mae"] > 0 and -1 <= m["ssim"] <= 1 and len(m["per_step_mse"]) == 10
-    assert metrics["models"]["student"]["params"] < metrics["models"]["teacher"]["params"]
+    assert metrics["models"]["student"]["params"] < metrics["models"]["teacher1"]["params"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    sdkd = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
+    assert sdkd and abs(sdkd[0]["w_teacher1"] + sdkd[0]["w_teacher2"] - 1) < 1e-5  # shared adaptive weighting
+    assert any(k.startswith("teacher1_low@") for k in sdkd[0]) and any(k.startswith("teacher1_high@") for k in sdkd[0])
     student, extra = load_model(run / "student.pt")
     assert extra["task"] == "forecast" and extra["frames_in"] == 10
     assert student(torch.zeros(1, 10, 16, 16)).shape == (1, 10, 16, 16)
