@@ -211,9 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_verbs() -> list[Callable[[Any], None]]:
     """Verbs defined next to their stage (each module imports only argparse-level code at import time)."""
+    from kdmobile.bench.cli import register as bench
     from kdmobile.export.cli import register as export
+    from kdmobile.runtime.cli import register as predict
 
-    return [export]
+    return [export, predict, bench]
 
 
 _EXTRA_VERBS: list[Callable[[Any], None]] = _extra_verbs()

@@ -1,0 +1,187 @@
+"""The `kdmobile predict` verb: run a bundle on images or frame arrays with the torch-free runtime.
+
+Lives in runtime/ so a phone- or server-side user with only onnxruntime or LiteRT installed can use it; nothing
+here (or in what it imports) needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from kdmobile.errors import KDError
+
+_DESCRIPTION = """\
+Run an exported bundle (from `kdmobile export`) with the torch-free runtime: the same code a phone-side user runs.
+
+retrieval bundles: INPUT... are image files (PNG, JPEG, anything Pillow reads); prints the top-k class labels
+  with softmax probabilities for each image (logit scale x cosine similarity to the bundled class vectors).
+forecast bundles: INPUT... are .npy arrays of frames in physical units, (T_in, H, W) or (N, T_in, H, W); writes
+  the forecast (T_out, H, W) or (N, T_out, H, W) to --out (default: INPUT's stem + .forecast.npy, beside it).
+  --steps N rolls the forecast out autoregressively to N x T_out frames.
+
+The bundle's schema version and checksums are checked first; a changed file is refused.
+"""
+
+_EPILOG = """\
+examples:
+  kdmobile predict bundles/demo-onnx-fp32 cat.png dog.jpg --top-k 3
+  kdmobile predict bundles/demo-tflite-int8 photos/*.png --json > predictions.json
+  kdmobile predict bundles/ns-onnx-fp32 frames.npy --steps 4 --out rollout.npy
+
+exit codes: 0 ok, 2 bad input (missing or changed bundle, unreadable image, wrong array shape; one line)
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the `predict` sub-command to the `kdmobile` parser's sub-parsers."""
+    p = sub.add_parser("predict", help="run a bundle on images (retrieval) or frame arrays (forecast); no torch",
+                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle directory written by `kdmobile export`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (retrieval bundles) or .npy frame arrays (forecast bundles)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="retrieval: number of labels per image (default 5; capped at the number of classes)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="inference threads (default 1)")
+    p.add_argument("--out", metavar="FILE.npy",
+                   help="forecast: where to write the forecast (one INPUT only; default INPUT stem + .forecast.npy)")
+    p.add_argument("--steps", type=int, default=1, metavar="N",
+                   help="forecast: autoregressive roll-out steps, each adding T_out frames (default 1)")
+    p.set_defaults(func=handler)
+
+
+def _check_args(args: argparse.Namespace, task: str) -> None:
+    """One-line errors for values and flags that do not fit the bundle's task."""
+    if args.threads < 1:
+        raise KDError(f"--threads must be >= 1, got {args.threads}")
+    if task == "retrieval":
+        if args.top_k < 1:
+            raise KDError(f"--top-k must be >= 1, got {args.top_k}")
+        if args.out is not None or args.steps != 1:
+            flag = "--out" if args.out is not None else "--steps"
+            raise KDError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
+    else:
+        if args.steps < 1:
+            raise KDError(f"--steps must be >= 1, got {args.steps}")
+        if args.out is not None and len(args.inputs) != 1:
+            raise KDError(f"--out names one output file but {len(args.inputs)} inputs were given")
+
+
+def _softmax_rows(z: Any) -> Any:
+    """Row-wise softmax in float64."""
+    import numpy as np
+
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_images(bundle: Any, paths: Sequence[str], k: int, threads: int) -> list[dict[str, Any]]:
+    """Top-k (rank, label, class index, probability) per image file, best first."""
+    import numpy as np
+
+    from kdmobile.runtime.predictors import RetrievalPredictor, load_image
+
+    images = [load_image(p) for p in paths]  # every file checked before the model is loaded
+    predictor = RetrievalPredictor(bundle, threads=threads)
+    probs = _softmax_rows(predictor.scores(images))
+    k = min(int(k), probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [{"input": str(path),
+             "top_k": [{"rank": r + 1, "label": predictor.labels[j], "index": int(j), "probability": float(p[j])}
+                       for r, j in enumerate(row)]}
+            for path, p, row in zip(paths, probs, order)]
+
+
+def load_frames(path: str | Path) -> Any:
+    """A numeric array from a .npy file (or an .npz holding exactly one array); one-line KDError otherwise."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise KDError(f"{p}: no such file")
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise KDError(f"{p}: not a .npy array (a forecast bundle takes NumPy .npy frame arrays)")
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise KDError(f"{p}: unreadable .npy array ({' '.join(str(e).split())[:120]})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if len(loaded.files) != 1:
+                raise KDError(f"{p}: an .npz must hold exactly one array, found {len(loaded.files)}")
+            loaded = loaded[loaded.files[0]]
+    if loaded.dtype.kind not in "fiub":
+        raise KDError(f"{p}: frames must be numeric, got dtype {loaded.dtype}")
+    return loaded
+
+
+def default_output(path: str | Path) -> Path:
+    """Where a forecast of INPUT goes by default: INPUT's directory, stem + .forecast.npy."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.forecast.npy")
+
+
+def predict_frames(bundle: Any, paths: Sequence[str], out: str | None, steps: int,
+                   threads: int) -> list[dict[str, Any]]:
+    """Forecast each frame array and write it (atomically) as .npy; returns what was written."""
+    import numpy as np
+
+    from kdmobile.fileio import atomic_path
+    from kdmobile.runtime.predictors import ForecastPredictor
+
+    arrays = [load_frames(p) for p in paths]
+    predictor = ForecastPredictor(bundle, threads=threads)
+    results = []
+    for path, frames in zip(paths, arrays):
+        y = predictor.predict(frames) if steps == 1 else predictor.rollout(frames, steps)
+        dest = Path(out) if out is not None else default_output(path)
+        if dest.is_dir():
+            raise KDError(f"--out {dest}: is a directory (give a file name ending in .npy)")
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as f:  # a file object: np.save would otherwise append .npy to the temp name
+                np.save(f, np.asarray(y, dtype=np.float32))
+        results.append({"input": str(path), "output": str(dest), "input_shape": list(np.shape(frames)),
+                        "output_shape": list(y.shape), "steps": int(steps),
+                        "frames_in": predictor.frames_in, "frames_out": predictor.frames_out})
+    return results
+
+
+def _print_text(bundle: Any, task: str, results: list[dict[str, Any]]) -> None:
+    """Human-readable output."""
+    print(f"{bundle.path} ({task}, {bundle.target} {bundle.precision})")
+    for r in results:
+        if task == "retrieval":
+            print(r["input"])
+            for t in r["top_k"]:
+                print(f"  {t['rank']:>2}. {t['label']}  {t['probability']:.4f}")
+        else:
+            print(f"{r['input']} {tuple(r['input_shape'])} -> {r['output']} {tuple(r['output_shape'])}"
+                  + (f" ({r['steps']} roll-out steps)" if r["steps"] > 1 else ""))
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run `kdmobile predict`; KDError -> one line and exit 2 via kdmobile.cli.main."""
+    from kdmobile.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    task = bundle.task
+    _check_args(args, task)
+    if task == "retrieval":
+        results = predict_images(bundle, args.inputs, args.top_k, args.threads)
+    else:
+        results = predict_frames(bundle, args.inputs, args.out, args.steps, args.threads)
+    if args.json:
+        doc = {"bundle": str(bundle.path), "task": task, "target": bundle.target, "precision": bundle.precision,
+               "results": results}
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        _print_text(bundle, task, results)
+    return 0
