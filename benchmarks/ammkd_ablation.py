@@ -1,7 +1,8 @@
 """AMMKD ablation on real CIFAR-10 (8,000 train / 2,000 test from ../shared/data/cifar10), over seeds.
 
-Per seed: both teachers are pre-trained once (in the `adaptive` run); the other students reuse those teacher
-files (teacher epochs 0), so every variant distils from the same teachers:
+Both teachers are pre-trained once (seed 0, in its `adaptive` run); every other student, of every seed, reuses those
+teacher files (teacher epochs 0), so all variants distil from the same teachers and the seeds measure the
+students' variance (initialisation, data order, augmentation):
   student without KD | single-teacher KD (each teacher) | equal weights | adaptive (AE-KD) weights.
 Writes benchmarks/results/ammkd_ablation.{json,md}: mean +- std of top-1 over seeds, and parameters.
 
@@ -32,8 +33,8 @@ VARIANTS = [("no KD", "none"), ("KD kd-vit-s only", "single:kd-vit-s"), ("KD kd-
             ("KD equal weights", "equal"), ("KD adaptive (AE-KD)", "adaptive")]
 
 
-def run_seed(seed: int, args: argparse.Namespace) -> dict:
-    """Train the teachers and the five students for one seed; return their metrics."""
+def run_seed(seed: int, args: argparse.Namespace, teacher_files: list[str]) -> dict:
+    """The five students of one seed (training the shared teachers first if `teacher_files` is empty)."""
     base = {"data.spec": f"cifar10:{args.data}", "data.val_frac": 0.0, "data.test_frac": 0.2,
             "data.max_train": args.max_train, "data.max_test": args.max_test, "data.augment": "crop-flip",
             "seed": seed, "out": args.runs, "teacher_train.epochs": args.teacher_epochs,
@@ -42,8 +43,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
             "teacher_train.lr": args.teacher_lr}
     sets = list(args.set)
     results: dict = {"seed": seed, "students": {}}
-    order = [VARIANTS[-1]] + VARIANTS[:-1]  # adaptive first: it trains the teachers the others reuse
-    teacher_files: list[str] = []
+    order = [VARIANTS[-1]] + VARIANTS[:-1]  # adaptive first: without teacher files it trains them
     for label, weighting in order:
         over = {**base, "name": f"s{seed}-{weighting.replace(':', '-')}", "weighting": weighting}
         if teacher_files:
@@ -54,8 +54,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         print(f"seed {seed} {label}: top-1 {metrics['models']['student']['top1']:.2f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         if not teacher_files:
-            teacher_files = [str(run / "teachers" / f"{t}.pt") for t in TEACHERS]
-            results["teachers"] = {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"}
+            teacher_files.extend(str(run / "teachers" / f"{t}.pt") for t in TEACHERS)
+        results.setdefault("teachers", {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"})
         results["students"][label] = metrics["models"]["student"]
         results["split_sizes"] = metrics["split_sizes"]
     return results
@@ -96,13 +96,14 @@ def main() -> int:
     p.add_argument("--data", default=str(default / "cifar10" / "cifar10_test.npz") if default else None,
                    help="CIFAR-10 npz (default: $KDMOBILE_SHARED_DATA or ../shared/data)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--teacher-epochs", type=int, default=15)
+    p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--teacher-lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-train", type=int, default=8000)
     p.add_argument("--max-test", type=int, default=2000)
     p.add_argument("--device", default="auto")
+    p.add_argument("--teacher-files", nargs=2, help="reuse these two trained teacher files instead of training")
     p.add_argument("--runs", default="runs/ablation", help="where the per-variant run directories go")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
     p.add_argument("--progress", action="store_true")
@@ -115,8 +116,9 @@ def main() -> int:
             return 2
         import torch
 
+        teacher_files = list(args.teacher_files or [])
         for seed in args.seeds:
-            result = run_seed(seed, args)
+            result = run_seed(seed, args, teacher_files)
             result["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" \
                 else f"CPU ({platform.processor() or platform.machine()})"
             result["settings"] = {k: getattr(args, k) for k in ("teacher_epochs", "teacher_lr", "epochs", "batch_size")}

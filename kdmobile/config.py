@@ -63,7 +63,7 @@ class AMMKDConfig(_Strict):
     seed: int = 0
     data: ImageDataConfig = ImageDataConfig()
     teachers: list[str] = ["kd-vit-s", "kd-rn-s"]
-    teacher_train: TrainConfig = TrainConfig(epochs=6, lr=5e-4, batch_size=64)
+    teacher_train: TrainConfig = TrainConfig(epochs=8, lr=1e-3, batch_size=64)
     templates: list[str] = [
         "a photo of a {}.",
         "a picture of a {}.",

@@ -1,0 +1,118 @@
+"""The `kdmobile bench` verb: parser and handler (measurement code is imported inside the handler)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdmobile.errors import KDError
+
+_DESCRIPTION = """\
+Benchmark bundles against their teachers: one table (model, backend, precision, size, metric, p50/p90/p99
+latency, memory, speed-up vs teacher) that a CI can gate on.
+
+RUN|BUNDLE... are bundles (from `kdmobile export`) or run directories (from `kdmobile train`). For a run, every bundle
+BUNDLES/RUNNAME-TARGET-PRECISION is measured; a run without bundles has its PyTorch student measured instead
+("torch eager"). The run's teachers run in PyTorch: on the CPU (same threads), plus CUDA when available.
+
+Latency: p50/p90/p99/mean over --runs timed calls after --warmup calls, at batch 1 and each --batch (a model
+whose batch dimension is fixed at 1 is looped). Memory: resident-memory growth while loading and running (GPU:
+peak allocated). Metric on the run's held-out split: top-1 % (class data), mean image/text Recall@1 %
+(captions) or MSE in physical units (forecast); teachers' metric comes from the run's metrics.json (same split).
+Host (CPU, AVX2/AVX-512/VNNI/AMX, threads, library versions, GPU) is printed above the table and stored.
+
+Writes OUT/report.json, OUT/report.md and OUT/latency_vs_accuracy.png (atomically).
+"""
+
+_EPILOG = """\
+examples:
+  kdmobile bench runs/demo                                   all bundles of the run + its teachers
+  kdmobile bench bundles/demo-onnx-fp32 bundles/demo-tflite-int8 --batch 8 --threads 4
+  kdmobile bench runs/demo --no-teachers --min-metric 90 --max-latency-ms 5     CI gate
+
+exit codes: 0 ok, 1 a gate failed or a model could not run (named on stderr), 2 bad input (one line),
+            130 interrupted
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the `bench` sub-command to the `kdmobile` parser's sub-parsers."""
+    p = sub.add_parser("bench", help="latency, memory, size and metric of bundles vs teachers, with CI gates",
+                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="RUN|BUNDLE", help="run directories and/or bundle directories")
+    p.add_argument("--bundles", metavar="DIR", default="bundles",
+                   help="where a run's bundles are looked up, as DIR/RUNNAME-TARGET-PRECISION (default: bundles)")
+    p.add_argument("--runs", type=int, default=200, metavar="N", help="timed calls per measurement (default 200)")
+    p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed calls first (default 20)")
+    p.add_argument("--batch", type=int, nargs="+", default=[], metavar="B",
+                   help="batch sizes measured besides batch 1, e.g. --batch 8 32")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="inference threads for every backend, torch included (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where PyTorch models (teachers) run: auto = CPU, plus CUDA when available (default); "
+                        "bundles always run on the CPU")
+    p.add_argument("--no-teachers", action="store_true", help="do not measure the runs' teachers")
+    p.add_argument("--max-time", type=float, default=60.0, metavar="S",
+                   help="time budget per measurement: slow models get fewer runs (at least 10; default 60 s)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output directory (default: bench/RUNNAME when every path belongs to one run, else "
+                        "bench/latest)")
+    p.add_argument("--min-metric", type=float, metavar="X",
+                   help="gate: every student's top-1 / R@1 must be >= X (percent)")
+    p.add_argument("--max-mse", type=float, metavar="X", help="gate: every forecast student's MSE must be <= X")
+    p.add_argument("--max-latency-ms", type=float, metavar="Y",
+                   help="gate: every student's p50 latency at batch 1 must be <= Y ms")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=handler)
+
+
+def _default_out(runs: list[Any], subjects: list[Any]) -> Path:
+    """bench/RUNNAME when everything measured belongs to one run, else bench/latest."""
+    names = {getattr(s, "run_name", None) or (s.run.name if s.run else None) for s in subjects}
+    names |= {r.name for r in runs}
+    names.discard(None)
+    return Path("bench") / (names.pop() if len(names) == 1 else "latest")
+
+
+def handler(args: argparse.Namespace) -> int:
+    """Run `kdmobile bench`; returns 1 when a gate fails (KDError -> 2 via kdmobile.cli.main)."""
+    from kdmobile.bench import report as rep
+    from kdmobile.bench.runner import Settings, bench_host, measure, plan
+    from kdmobile.table import format_table
+
+    if args.max_latency_ms is not None and not args.max_latency_ms > 0:
+        raise KDError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
+    settings = Settings(runs=args.runs, warmup=args.warmup, batches=list(dict.fromkeys([1, *args.batch])),
+                        threads=args.threads, device=args.device, teachers=not args.no_teachers,
+                        max_time_s=args.max_time, progress=not args.no_progress)
+    settings.check()
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise KDError(f"--out {out}: exists and is not a directory")
+    p = plan(args.paths, args.bundles, settings)
+    out = out or _default_out(p.runs, p.subjects)
+    for note in p.notes:
+        print(f"note: {note}", file=sys.stderr)
+    host = bench_host(settings)
+    print(rep.host_line(host))
+    rows = measure(p.subjects, settings)
+    gates = rep.evaluate_gates(rows, args.min_metric, args.max_mse, args.max_latency_ms)
+    settings_doc = {**settings.as_dict(), "inputs": [str(x) for x in args.paths], "bundles_dir": args.bundles}
+    report = rep.build_report(host, settings_doc, rows, gates, p.notes)
+    paths = rep.write_report(out, report)
+    print(format_table(rep.MD_HEADERS, rep.table_rows(report["rows"])))
+    for line in rep.render_markdown(report).splitlines():
+        if line.startswith("- speed-up"):
+            print(line[2:])
+    print(f"wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
+    failed = [g for g in gates if not g["passed"]]
+    for g in failed:
+        for f in g["failures"]:
+            print(f"kdmobile: gate --{g['gate']} {g['threshold']:g} failed: {f['model']}: {f['reason']}",
+                  file=sys.stderr)
+    broken = rep.failed_models(rows)
+    if broken:
+        print(f"kdmobile: {len(broken)} model(s) could not be measured: {', '.join(broken)}", file=sys.stderr)
+    return 1 if failed or broken else 0

@@ -1,0 +1,289 @@
+"""Bench rows -> report.json, report.md and latency_vs_accuracy.png, plus speed-ups and CI gates (no torch).
+
+report.json (schema "kdmobile.bench/1"):
+
+    {
+      "schema": "kdmobile.bench/1", "kdmobile_version": str, "created": ISO-8601 UTC,
+      "host": {cpu, machine, os, isa: {avx2, avx512f, avx512_vnni, avx_vnni, amx: bool}, cores, cores_physical,
+               python, numpy, onnxruntime, ai_edge_litert, tflite_runtime, torch, gpu, threads},
+      "settings": {runs, warmup, batches: [int], threads, device, max_time_s, inputs: [path]},
+      "rows": [{
+        "model": str,                 bundle directory name, or RUN/student, RUN/teacher:NAME
+        "role": "student" | "teacher",
+        "run": str | null,            run directory name the model comes from
+        "source": str,                bundle directory or checkpoint file
+        "backend": str,               onnxruntime | litert | coreml | torch eager
+        "device": "cpu" | "cuda",
+        "precision": str,             fp32 | fp16 | int8
+        "quantization": str | null,   the int8 format recorded in the manifest (w8a32, u8s8, static, ...)
+        "size_bytes": int | null,     model file (bundle) or checkpoint file (torch) on disk
+        "params": int | null,         parameters of the part that runs per input (image tower / forecaster)
+        "flops": int | null,          FLOPs of one batch-1 forward pass (from the run's metrics.json)
+        "metric_name": "top1" | "R@1" | "mse" | null,   top-1 %, mean image/text Recall@1 %, MSE (physical units)
+        "metric": float | null,
+        "metric_source": str,         "measured on held-out (N=...)", "run metrics.json (same split)", ...
+        "batch": int,                 inputs per timed call
+        "batch_mode": "batched" | "loop",   one call, or a loop of batch-1 calls (batch dimension fixed at 1)
+        "threads": int,
+        "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms": float,   per call of `batch` inputs
+        "n_runs": int, "warmup": int,
+        "peak_rss_mb": float | null,  resident-memory growth while loading + running (CPU rows)
+        "peak_gpu_mb": float | null,  torch.cuda.max_memory_allocated while loading + running (CUDA rows)
+        "speedup_vs_teacher": float | null,   reference teacher p50 / this p50, same run, batch and device
+        "speedup_reference": str | null,      the reference teacher: the first teacher measured on the same device
+        "status": "ok" | "FAILED: reason"     a model that could not run has null latency, memory and metric
+      }],
+      "gates": [{"gate": "min-metric" | "max-mse" | "max-latency-ms", "threshold": float, "passed": bool,
+                 "failures": [{"model": str, "value": float | null, "reason": str}]}],
+      "notes": [str]
+    }
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from kdmobile import __version__
+from kdmobile.fileio import atomic_path, write_json
+from kdmobile.runtime.measure import latency_stats
+from kdmobile.table import format_table
+
+SCHEMA = "kdmobile.bench/1"
+LOWER_IS_BETTER = frozenset({"mse"})
+MD_HEADERS = ["model", "backend", "precision", "batch", "size", "metric", "metric source", "p50 ms", "p90 ms",
+              "p99 ms", "memory", "speed-up vs teacher"]
+
+
+def latency_fields(samples_ms: Sequence[float]) -> dict[str, float | int]:
+    """Row fields from raw per-call latencies: p50/p90/p99/mean/min/max/std in ms and the number of runs."""
+    s = latency_stats(samples_ms)
+    return {"p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"], "mean_ms": s["mean"], "min_ms": s["min"],
+            "max_ms": s["max"], "std_ms": s["std"], "n_runs": s["n"]}
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Fill speedup_vs_teacher for student rows: the first teacher of the same run, batch and device is the
+    reference (so CPU rows are compared with a teacher measured on the CPU)."""
+    for row in rows:
+        row.setdefault("speedup_vs_teacher", None)
+        row.setdefault("speedup_reference", None)
+        if row["role"] == "teacher" or not row.get("p50_ms"):
+            continue
+        ref = next((t for t in rows if t["role"] == "teacher" and t.get("run") == row.get("run")
+                    and t["batch"] == row["batch"] and t["device"] == row["device"] and t.get("p50_ms")), None)
+        if ref is not None:
+            row["speedup_vs_teacher"] = ref["p50_ms"] / row["p50_ms"]
+            row["speedup_reference"] = f"{ref['model']} ({ref['backend']}, {ref['device']})"
+
+
+def _student_models(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One row per student model (the batch-1 row when there is one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["role"] == "student" and (r["model"] not in out or r["batch"] == 1):
+            out[r["model"]] = r
+    return out
+
+
+def evaluate_gates(rows: list[dict[str, Any]], min_metric: float | None = None, max_mse: float | None = None,
+                   max_latency_ms: float | None = None) -> list[dict[str, Any]]:
+    """CI gates over student rows: metric >= min_metric (top-1 / R@1), MSE <= max_mse, batch-1 p50 <= max_latency_ms."""
+    students = _student_models(rows)
+    gates = []
+    if min_metric is not None:
+        fails = []
+        for m, r in students.items():
+            if r.get("metric_name") in LOWER_IS_BETTER:
+                continue
+            if r.get("metric") is None:
+                fails.append({"model": m, "value": None, "reason": "no metric measured"})
+            elif r["metric"] < min_metric:
+                fails.append({"model": m, "value": r["metric"],
+                              "reason": f"{r['metric_name']} {r['metric']:.2f} < {min_metric:g}"})
+        gates.append({"gate": "min-metric", "threshold": min_metric, "passed": not fails, "failures": fails})
+    if max_mse is not None:
+        fails = []
+        for m, r in students.items():
+            if r.get("metric_name") not in LOWER_IS_BETTER and r.get("metric_name") is not None:
+                continue
+            if r.get("metric") is None:
+                fails.append({"model": m, "value": None, "reason": "no MSE measured"})
+            elif r["metric"] > max_mse:
+                fails.append({"model": m, "value": r["metric"], "reason": f"mse {r['metric']:.4g} > {max_mse:g}"})
+        gates.append({"gate": "max-mse", "threshold": max_mse, "passed": not fails, "failures": fails})
+    if max_latency_ms is not None:
+        fails = []
+        for r in rows:
+            if r["role"] == "student" and r["batch"] == 1 and r.get("p50_ms") is None:
+                fails.append({"model": r["model"], "value": None, "reason": "did not run"})
+            elif r["role"] == "student" and r["batch"] == 1 and r["p50_ms"] > max_latency_ms:
+                fails.append({"model": r["model"], "value": r["p50_ms"],
+                              "reason": f"p50 {r['p50_ms']:.4g} ms > {max_latency_ms:g} ms at batch 1"})
+        gates.append({"gate": "max-latency-ms", "threshold": max_latency_ms, "passed": not fails, "failures": fails})
+    return gates
+
+
+def failed_models(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Models that could not be measured."""
+    return list(dict.fromkeys(r["model"] for r in rows if r.get("status", "ok") != "ok"))
+
+
+def build_report(host: dict[str, Any], settings: dict[str, Any], rows: list[dict[str, Any]],
+                 gates: list[dict[str, Any]] | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The report.json document (speed-ups are filled in here)."""
+    add_speedups(rows)
+    return {"schema": SCHEMA, "kdmobile_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": host, "settings": settings, "rows": rows, "gates": list(gates or []), "notes": list(notes)}
+
+
+# --------------------------------------------------------------------------------------------- formatting
+def fmt_size(n: int | None) -> str:
+    """Bytes as KB/MB."""
+    if n is None:
+        return "-"
+    return f"{n / 1024:.1f} KB" if n < 1024 * 1024 else f"{n / 1024 ** 2:.2f} MB"
+
+
+def fmt_metric(name: str | None, value: float | None) -> str:
+    """'top1 93.20', 'mse 0.01234' or '-'."""
+    if name is None or value is None:
+        return "-"
+    return f"{name} {value:.4g}" if name in LOWER_IS_BETTER else f"{name} {value:.2f}"
+
+
+def fmt_ms(v: float | None) -> str:
+    """Milliseconds with 3 significant digits below 10, 1 decimal above."""
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if v < 10 else f"{v:.1f}"
+
+
+def fmt_memory(row: dict[str, Any]) -> str:
+    """'12.3 MB RSS' / '45.0 MB GPU'."""
+    if row.get("peak_gpu_mb") is not None:
+        return f"{row['peak_gpu_mb']:.1f} MB GPU"
+    if row.get("peak_rss_mb") is not None:
+        return f"{row['peak_rss_mb']:.1f} MB RSS"
+    return "-"
+
+
+def fmt_precision(row: dict[str, Any]) -> str:
+    """Precision with the int8 format, e.g. 'int8 (u8s8)'."""
+    q = row.get("quantization")
+    return f"{row['precision']} ({q})" if q and q not in ("none", row["precision"]) else row["precision"]
+
+
+def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The cells of the report table, one list per row (MD_HEADERS order)."""
+    out = []
+    for r in rows:
+        backend = r["backend"] if r["device"] == "cpu" else f"{r['backend']} ({r['device']})"
+        speed = "-" if r.get("speedup_vs_teacher") is None else f"{r['speedup_vs_teacher']:.1f}x"
+        if r["role"] == "teacher":
+            speed = "teacher"
+        batch = f"{r['batch']}" + (" (loop)" if r.get("batch_mode") == "loop" and r["batch"] > 1 else "")
+        out.append([r["model"], backend, fmt_precision(r), batch, fmt_size(r.get("size_bytes")),
+                    fmt_metric(r.get("metric_name"), r.get("metric")), r.get("metric_source") or "-",
+                    fmt_ms(r["p50_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r["p99_ms"]), fmt_memory(r), speed])
+    return out
+
+
+def host_line(host: dict[str, Any]) -> str:
+    """One line describing where the numbers come from (CPU, int8-relevant ISA, threads, library versions, GPU)."""
+    isa = host.get("isa", {})
+    flags = ", ".join(f"{k.upper().replace('_', '-')} {'yes' if v else 'no'}" for k, v in isa.items())
+    libs = ", ".join(f"{k} {host[k]}" for k in ("onnxruntime", "ai_edge_litert", "tflite_runtime", "torch")
+                     if host.get(k))
+    return (f"host: {host.get('cpu')} ({host.get('cores')} cores visible), {host.get('machine')}; ISA: {flags}; "
+            f"threads {host.get('threads')}; {libs}; GPU: {host.get('gpu') or 'none'}")
+
+
+def _speedup_note(rows: Sequence[dict[str, Any]]) -> list[str]:
+    refs = sorted({r["speedup_reference"] for r in rows if r.get("speedup_reference")})
+    if not refs:
+        return ["speed-up: no teacher measured for these students (pass a run directory, without --no-teachers)"]
+    return [f"speed-up = teacher p50 / model p50 at the same batch on the same device; reference teacher(s): "
+            f"{'; '.join(refs)}"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: host and settings, one Markdown table, notes and gates."""
+    s = report["settings"]
+    lines = ["# kdmobile bench", "", host_line(report["host"]), "",
+             f"{s['runs']} timed runs after {s['warmup']} warm-up runs (fewer where a call exceeds the "
+             f"{s['max_time_s']:g} s budget; see n_runs in report.json); latencies are per call of `batch` inputs; "
+             "memory is resident-memory growth while loading and running (GPU: peak allocated).", "",
+             format_table(MD_HEADERS, table_rows(report["rows"]), markdown=True), ""]
+    notes = _speedup_note(report["rows"]) + list(report.get("notes", []))
+    notes += [f"{r['model']} ({r['backend']}, {r['device']}, batch {r['batch']}): {r['status']}"
+              for r in report["rows"] if r.get("status", "ok") != "ok"]
+    if any(r["precision"] == "int8" for r in report["rows"]):
+        notes.append("int8 speed depends on the ISA above (VNNI/AMX on x86, dotprod on ARM); int8 always pays in size")
+    lines += [f"- {n}" for n in notes]
+    for g in report.get("gates", []):
+        status = "passed" if g["passed"] else "FAILED: " + "; ".join(f"{f['model']}: {f['reason']}"
+                                                                      for f in g["failures"])
+        lines.append(f"- gate --{g['gate']} {g['threshold']:g}: {status}")
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(rows: Sequence[dict[str, Any]]) -> bytes:
+    """latency_vs_accuracy.png: batch-1 p50 (log x) against the metric, one labelled point per model and metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("p50_ms")]
+    pts = [r for r in rows if r["batch"] == min(x["batch"] for x in rows)] if rows else []
+    metrics = sorted({r["metric_name"] for r in pts if r.get("metric") is not None})
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(6.5 * max(1, len(metrics)), 4.8), squeeze=False)
+    if not metrics:
+        axes[0][0].text(0.5, 0.5, "no metric measured", ha="center", va="center", transform=axes[0][0].transAxes)
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for ax, name in zip(axes[0], metrics):
+        group = sorted((r for r in pts if r.get("metric_name") == name and r.get("metric") is not None),
+                       key=lambda r: (r["metric"], r["p50_ms"]))
+        for i, r in enumerate(group):
+            color = "tab:red" if r["role"] == "teacher" else "tab:blue"
+            marker = "s" if r["role"] == "teacher" else "o"
+            ax.scatter([r["p50_ms"]], [r["metric"]], c=color, marker=marker)
+            label = r["model"] if r["device"] == "cpu" else f"{r['model']} ({r['device']})"
+            ax.annotate(label, (r["p50_ms"], r["metric"]), textcoords="offset points",
+                        xytext=(5, 5 - 11 * (i % 3)), fontsize=7)  # staggered so neighbours stay readable
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=6)
+        ax.set_xlabel(f"p50 latency, ms (batch {pts[0]['batch']}, log scale)")
+        ax.set_ylabel(f"{name} ({'lower' if name in LOWER_IS_BETTER else 'higher'} is better)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_title("latency vs task metric (squares: teachers)", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
+    """Write report.json, report.md and latency_vs_accuracy.png into out_dir, each atomically."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "latency_vs_accuracy.png"}
+    json.dumps(report)  # fail before writing anything if a value is not JSON-serialisable
+    write_json(paths["json"], report)
+    with atomic_path(paths["md"]) as tmp:
+        tmp.write_text(render_markdown(report))
+    png = render_plot(report["rows"])
+    with atomic_path(paths["png"]) as tmp:
+        tmp.write_bytes(png)
+    return paths
