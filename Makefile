@@ -16,10 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+NAME   := $(notdir $(DEMO))
+
+# The main job: distil on the embedded dataset -> export ONNX and TFLite, fp32 and int8 -> benchmark vs teachers.
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	$(KD) train ammkd --out $(dir $(DEMO)) --name $(notdir $(DEMO))
-	@echo "outputs: $(DEMO)/ (metrics.json, student.pt, teachers/, class_vectors.npz, log.jsonl)"
+	rm -rf $(DEMO) bundles/$(NAME)-* bench/$(NAME)
+	$(KD) train ammkd --out $(dir $(DEMO)) --name $(NAME)
+	$(KD) export $(DEMO) --target onnx,tflite --precision fp32,int8 --out bundles
+	$(KD) bench $(DEMO) --bundles bundles --runs 100 --out bench/$(NAME)
+	@echo "outputs: $(DEMO)/ (run: metrics.json, student.pt, teachers/), bundles/$(NAME)-*/ (bundles),"
+	@echo "         bench/$(NAME)/ (report.md, report.json, latency_vs_accuracy.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
