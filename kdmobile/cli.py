@@ -41,17 +41,21 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to log.jsonl)")
 
 
+def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keys set by the flags every method has (None = not given)."""
+    return {"name": args.name, "out": args.out, "seed": args.seed, "teacher_train.epochs": args.teacher_epochs,
+            "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+            "train.device": args.device, "teacher_train.device": args.device}
+
+
 def _train_ammkd(args: argparse.Namespace) -> int:
     from kdmobile.config import AMMKDConfig, load_config
 
     overrides: dict[str, Any] = {
-        "name": args.name, "out": args.out, "seed": args.seed, "data.spec": args.data,
-        "data.max_train": args.max_train, "data.max_test": args.max_test, "data.image_size": args.image_size,
-        "teachers": _csv(args.teachers) if args.teachers else None, "teacher_train.epochs": args.teacher_epochs,
-        "student": args.student, "fusion": args.fusion, "weighting": args.weighting,
-        "temperature": args.temperature, "tolerance": args.tolerance, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
-        "teacher_train.device": args.device,
+        **_common_overrides(args), "data.spec": args.data, "data.max_train": args.max_train,
+        "data.max_test": args.max_test, "data.image_size": args.image_size,
+        "teachers": _csv(args.teachers) if args.teachers else None, "student": args.student, "fusion": args.fusion,
+        "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
     }
     cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
     from kdmobile.train import distributed as dist
@@ -69,11 +73,8 @@ def _train_sdkd(args: argparse.Namespace) -> int:
     from kdmobile.config import SDKDConfig, load_config
 
     overrides: dict[str, Any] = {
-        "name": args.name, "out": args.out, "seed": args.seed, "data.path": args.data, "data.n": args.n,
-        "data.res": args.res, "teachers": args.teachers, "teacher_train.epochs": args.teacher_epochs,
-        "student": args.student, "kd": args.kd, "weighting": args.weighting, "train.epochs": args.epochs,
-        "train.batch_size": args.batch_size, "train.lr": args.lr, "train.device": args.device,
-        "teacher_train.device": args.device,
+        **_common_overrides(args), "data.path": args.data, "data.n": args.n, "data.res": args.res,
+        "teachers": args.teachers, "student": args.student, "kd": args.kd, "weighting": args.weighting,
     }
     cfg = load_config(SDKDConfig, args.config, overrides, args.set)
     from kdmobile.train import distributed as dist
