@@ -36,7 +36,7 @@ VARIANTS = [("no KD", "none"), ("KD kd-vit-s only", "single:kd-vit-s"), ("KD kd-
 def run_seed(seed: int, args: argparse.Namespace, teacher_files: list[str]) -> dict:
     """The five students of one seed (training the shared teachers first if `teacher_files` is empty)."""
     base = {"data.spec": f"cifar10:{args.data}", "data.val_frac": 0.0, "data.test_frac": 0.2,
-            "data.max_train": args.max_train, "data.max_test": args.max_test, "data.augment": "crop-flip",
+            "data.max_train": args.max_train, "data.max_test": args.max_test, "data.augment": "crop-flip", "data.split_seed": 0,
             "seed": seed, "out": args.runs, "teacher_train.epochs": args.teacher_epochs,
             "teacher_train.batch_size": args.batch_size, "train.batch_size": args.batch_size,
             "train.epochs": args.epochs, "train.device": args.device, "teacher_train.device": args.device,

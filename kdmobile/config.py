@@ -53,6 +53,7 @@ class ImageDataConfig(_Strict):
     max_train: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
     augment: Literal["none", "crop", "crop-flip"] = "crop"
+    split_seed: int | None = None  # seed of the train/val/test split; None = the run's seed. Fix it to compare seeds.
 
 
 class AMMKDConfig(_Strict):

@@ -92,7 +92,8 @@ class AMMKD:
         data = load_dataset(cfg.data.spec)
         self.task = "classes" if isinstance(data, ClassData) else "captions"
         self.classes = list(data.classes) if isinstance(data, ClassData) else []
-        train, val, test = split_dataset(data, cfg.seed, cfg.data.val_frac, cfg.data.test_frac,
+        split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+        train, val, test = split_dataset(data, split_seed, cfg.data.val_frac, cfg.data.test_frac,
                                          cfg.data.max_train, cfg.data.max_test)
         size = cfg.data.image_size
         self.train, self.val, self.test = (_as_split(s, size) for s in (train, val, test))
