@@ -202,6 +202,15 @@ def test_model_that_fails_to_run_is_reported(tmp_path) -> None:
         def load(self, settings):
             raise RuntimeError("converter produced garbage")
 
+        def probe_spec(self, settings):  # never reached: load fails first
+            raise AssertionError("probe_spec called after a failed load")
+
+        def timed(self, batch, settings):
+            raise AssertionError("timed called after a failed load")
+
+        def metric(self):
+            raise AssertionError("metric called after a failed load")
+
     s = Broken("broken-onnx-fp32", "student", None, "onnxruntime", "cpu", "fp32", "x", None, None, None)
     rows = measure([s], Settings(runs=1, warmup=0, batches=[1, 2], progress=False))
     assert [r["batch"] for r in rows] == [1, 2]

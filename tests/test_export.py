@@ -223,9 +223,7 @@ def test_verify_reruns_against_the_run_or_random_inputs(onnx_bundles, tmp_path, 
 @pytest.fixture(scope="module")
 def other_bundles(ammkd_run, tmp_path_factory) -> tuple[Path, str]:
     """TFLite and CoreML in every precision, in one CLI call (one opcheck and one PyTorch reference)."""
-    targets = [t for t in ("tflite", "coreml") if _importable(f"kdmobile.export.{t}")]
-    if not targets:
-        pytest.skip("kdmobile.export.tflite / coreml not available")
+    targets = ["tflite", "coreml"]
     out = tmp_path_factory.mktemp("other")
     import contextlib
     import io
@@ -238,20 +236,10 @@ def other_bundles(ammkd_run, tmp_path_factory) -> tuple[Path, str]:
     return out, buf.getvalue()
 
 
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except ImportError:
-        return False
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_tflite_bundles(other_bundles, precision):
     out, _ = other_bundles
     path = out / f"tiny-tflite-{precision}"
-    if not path.exists():
-        pytest.skip("kdmobile.export.tflite not available")
     b = load_bundle(path)
     v = b.manifest["verification"]
     assert b.manifest["model_file"] == "model.tflite" and v["status"] == "ok", v
@@ -265,8 +253,6 @@ def test_tflite_bundles(other_bundles, precision):
 def test_coreml_bundles_have_their_spec_validated(other_bundles, precision):
     out, table = other_bundles
     path = out / f"tiny-coreml-{precision}"
-    if not path.exists():
-        pytest.skip("kdmobile.export.coreml not available")
     b = load_bundle(path)
     v = b.manifest["verification"]
     assert b.model_path.is_dir() and b.model_path.name == "model.mlpackage"

@@ -6,6 +6,7 @@ bundle yet ("torch eager"), run in PyTorch, imported lazily so benchmarking bund
 
 from __future__ import annotations
 
+import abc
 import importlib
 import json
 import logging
@@ -184,7 +185,7 @@ def _probe_ms(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> 
 
 # ------------------------------------------------------------------------------------------------- subjects
 @dataclass
-class Subject:
+class Subject(abc.ABC):
     """One model to measure and the row fields that describe it."""
 
     model: str
@@ -205,22 +206,22 @@ class Subject:
                 "quantization": self.quantization, "size_bytes": self.size_bytes, "params": self.params,
                 "flops": self.flops}
 
-    # Subclasses implement these.
+    # Each kind of measured model (bundle, PyTorch teacher, PyTorch student) implements these.
+    @abc.abstractmethod
     def probe_spec(self, settings: Settings) -> dict[str, Any]:
         """What a fresh process needs to load and run this model once (for the memory probe)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load(self, settings: Settings) -> None:
         """Load the model in this process and run it once at the largest batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def timed(self, batch: int, settings: Settings) -> tuple[list[float], str, int]:
         """(per-call ms samples, batch mode, warm-up runs done) at this batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def metric(self) -> tuple[str | None, float | None, str]:
         """(metric name, value, where it comes from)."""
-        raise NotImplementedError
 
     def memory(self, settings: Settings) -> dict[str, float | None]:
         """Peak resident growth (MB) while loading and running once at the largest batch, in a fresh process

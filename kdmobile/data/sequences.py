@@ -85,18 +85,21 @@ def _mat_to_ntHW(arr: np.ndarray, path: Path) -> np.ndarray:
     raise KDError(f"{path}: 'u' must be 4-D (N, H, W, T) as in the FNO files, got shape {arr.shape}")
 
 
+def _pick_variable(names: list[str], path: Path) -> str:
+    """The FNO files' variable `u`, or the file's only variable."""
+    if "u" in names:
+        return "u"
+    if len(names) == 1:
+        return names[0]
+    raise KDError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
+
+
 def _read_mat_v5(path: Path) -> np.ndarray:
     """Variable `u` (or the only variable) from a MATLAB v4/v5/v7 file via scipy."""
     import scipy.io
 
     data = scipy.io.loadmat(path)
-    names = [k for k in data if not k.startswith("__")]
-    if "u" in data:
-        arr = data["u"]
-    elif len(names) == 1:
-        arr = data[names[0]]
-    else:
-        raise KDError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
+    arr = data[_pick_variable([k for k in data if not k.startswith("__")], path)]
     if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.names is not None:
         raise KDError(f"{path}: variable 'u' is not a numeric array")
     return _mat_to_ntHW(arr, path)
@@ -107,13 +110,7 @@ def _read_mat_v73(path: Path) -> np.ndarray:
     import h5py
 
     with h5py.File(path, "r") as f:
-        names = [k for k in f.keys() if not k.startswith("#")]
-        if "u" in f:
-            obj = f["u"]
-        elif len(names) == 1:
-            obj = f[names[0]]
-        else:
-            raise KDError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
+        obj = f[_pick_variable([k for k in f.keys() if not k.startswith("#")], path)]
         if not isinstance(obj, h5py.Dataset) or obj.dtype.names is not None or obj.dtype.kind not in "biuf":
             raise KDError(f"{path}: variable 'u' is not a numeric array")
         arr = obj[()]
