@@ -6,7 +6,7 @@ KD     := $(VENV)/bin/kdmobile
 STAMP  := $(VENV)/.kdmobile-installed
 DEMO   ?= runs/demo-ammkd
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow clean android-tools web-demo android apk
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,27 @@ demo: $(STAMP)
 	@echo "outputs: $(DEMO)/ (run: metrics.json, student.pt, teachers/), bundles/$(NAME)-*/ (bundles),"
 	@echo "         bench/$(NAME)/ (report.md, report.json, latency_vs_accuracy.png)"
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+# Android demo tools (apt + bullseye dx/android.jar + npm ci), idempotent: checks before installing.
+android-tools:
+	android_demo/tools.sh
+
+# `make test` runs the whole suite, which includes the Android demo's JVM tests, the page in headless Chromium and
+# the APK build + apksigner/aapt checks (tests/test_android_demo.py); CI=1 makes a missing tool a failure.
+test: $(STAMP) android-tools
+	CI=$${CI:-1} $(PY) -m pytest -q
+
+# Serve the inference page with the demo's ONNX bundles on 127.0.0.1 (prints the address).
+WEB_BUNDLES ?= $(wildcard bundles/$(NAME)-onnx-*)
+web-demo: $(STAMP) android-tools
+	$(PY) android_demo/serve.py $(WEB_BUNDLES)
+
+# Copy the demo's ONNX bundles into the app's assets and build the signed debug APK (android_demo/build/).
+android: $(STAMP) android-tools
+	$(PY) -m kdmobile.export.android android_demo/app/assets $(WEB_BUNDLES)
+	android_demo/build_apk.sh
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) runs bundles .pytest_cache
+	rm -rf $(VENV) runs bundles .pytest_cache android_demo/build

@@ -70,6 +70,9 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold-mse", type=float, metavar="REL",
                    help="flag a forecast artifact whose MSE is more than REL above the student's, relative "
                         "(default 0.05 = 5%%)")
+    p.add_argument("--android-assets", metavar="DIR",
+                   help="also copy each exported ONNX bundle into the Android demo's assets "
+                        "(e.g. android_demo/app/assets) and update its bundles/index.json")
     p.set_defaults(func=handler)
 
 
@@ -96,7 +99,8 @@ def _check_verify_args(args: argparse.Namespace) -> None:
     given = [flag for flag, v in (("--target", args.target), ("--precision", args.precision),
                                   ("--classes", args.classes), ("--out", args.out),
                                   ("--calibration-samples", args.calibration_samples),
-                                  ("--int8-format", args.int8_format), ("--tflite-recipe", args.tflite_recipe))
+                                  ("--int8-format", args.int8_format), ("--tflite-recipe", args.tflite_recipe),
+                                  ("--android-assets", args.android_assets))
              if v is not None]
     if given:
         raise KDError(f"--verify re-checks an existing bundle and takes no {', '.join(given)}")
@@ -133,6 +137,12 @@ def handler(args: argparse.Namespace) -> int:
                           f"{read_method(args.run)} run")
         report = export_run(args.run, opts)
     print(report.table)
+    if getattr(args, "android_assets", None):
+        from kdmobile.export.android import copy_to_assets
+
+        for a in report.artifacts:
+            if a.bundle is not None and a.error is None and a.target == "onnx":
+                print(f"android assets: {copy_to_assets(a.bundle, args.android_assets)}")
     failed, flagged = report.failed, report.flagged
     if failed and len(failed) == len(report.artifacts) and all(a.error_is_user for a in failed):
         raise KDError(failed[0].error or "export failed")

@@ -1,0 +1,222 @@
+// kdcore.js: the bundle contract in the browser, dependency-free (no DOM, no runtime): manifest checks, WebCrypto
+// checksums, preprocessing bit-exact with kdmobile.runtime.predictors (Pillow bilinear resize, no centre crop),
+// cosine top-k and forecast (de)normalisation. Shared by the web demo, the Android WebView and the tests.
+
+export const SCHEMA_VERSION = 1;
+const PRECISION_BITS = 22; // Pillow's 8-bit resampling: 32 - 8 - 2
+
+/** A bundle problem (bad manifest, changed or missing file): shown to the user, reported by the tests. */
+export class BundleError extends Error {}
+
+/** Check the manifest fields the page needs; throws BundleError naming the problem. */
+export function checkManifest(m) {
+  const need = (cond, what) => { if (!cond) throw new BundleError(`manifest.json: ${what}`); };
+  need(m && typeof m === 'object', 'not a JSON object');
+  need(m.schema_version === SCHEMA_VERSION, `schema_version ${m.schema_version}; this page reads ${SCHEMA_VERSION}`);
+  need(m.target === 'onnx', `target ${m.target}: this page runs ONNX bundles (ONNX Runtime Web)`);
+  need(typeof m.model_file === 'string' && m.files && m.files[m.model_file], 'model_file is not listed in files');
+  for (const rel of Object.keys(m.files)) {
+    need(!rel.startsWith('/') && !rel.split('/').includes('..'), `files entry ${rel} escapes the bundle`);
+  }
+  const inp = m.input || {};
+  need(Array.isArray(inp.shape) && inp.shape.length === 4, 'input.shape should have 4 entries');
+  if (m.task === 'retrieval') {
+    const cv = m.retrieval.class_vectors;
+    need(inp.layout === 'NCHW' && inp.mean.length === inp.shape[1] && inp.std.length === inp.shape[1],
+      'a retrieval input must be NCHW with one mean/std per channel');
+    need((inp.resize || 'bilinear') === 'bilinear', `input.resize ${inp.resize} is not supported (bilinear)`);
+    need(cv.dtype === 'float32' && cv.byte_order === 'little', 'class vectors must be little-endian float32');
+    need(m.files[cv.file] && m.files[m.retrieval.labels_file], 'class vectors and labels must be listed in files');
+  } else {
+    need(m.task === 'forecast' && m.forecast && m.forecast.std > 0, `unknown task ${m.task}`);
+  }
+  return m;
+}
+
+/** Lower-case hex sha256 of an ArrayBuffer (WebCrypto; needs a secure context: https or 127.0.0.1). */
+export async function sha256Hex(buffer) {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', buffer));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Fetch manifest.json and every listed file, verify each sha256 before use; returns {manifest, files}. */
+export async function loadBundle(baseUrl, fetchFn = fetch) {
+  const base = baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`;
+  const res = await fetchFn(`${base}manifest.json`, { cache: 'no-store' });
+  if (!res.ok) throw new BundleError(`bundle ${base}: no readable manifest.json (HTTP ${res.status})`);
+  let manifest;
+  try { manifest = JSON.parse(await res.text()); } catch (e) { throw new BundleError(`manifest.json: ${e.message}`); }
+  checkManifest(manifest);
+  const files = {};
+  for (const [rel, want] of Object.entries(manifest.files)) {
+    const r = await fetchFn(`${base}${rel}`, { cache: 'no-store' });
+    if (!r.ok) throw new BundleError(`bundle file ${rel} is missing or unreadable (HTTP ${r.status})`);
+    const buf = await r.arrayBuffer();
+    const got = await sha256Hex(buf);
+    if (got !== want.toLowerCase()) {
+      throw new BundleError(`checksum mismatch for ${rel}: the manifest says ${want.slice(0, 12)}..., ` +
+        `the file has ${got.slice(0, 12)}...`);
+    }
+    files[rel] = buf;
+  }
+  return { manifest, files };
+}
+
+function bilinear(x) {
+  const a = Math.abs(x);
+  return a < 1.0 ? 1.0 - a : 0.0;
+}
+
+/** Pillow's precompute_coeffs + normalize_coeffs_8bpc (bilinear, full source box). */
+export function coeffs(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1.0);
+  const support = 1.0 * filterscale;
+  const ksize = Math.ceil(support) * 2 + 1;
+  const bounds = new Int32Array(outSize * 2);
+  const weights = new Int32Array(outSize * ksize);
+  const k = new Float64Array(ksize);
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const ss = 1.0 / filterscale;
+    let ww = 0.0;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+    for (let x = 0; x < xmax; x++) {
+      k[x] = bilinear((x + xmin - center + 0.5) * ss);
+      ww += k[x];
+    }
+    for (let x = 0; x < ksize; x++) {
+      const v = x < xmax ? (ww !== 0.0 ? k[x] / ww : k[x]) : 0.0;
+      weights[xx * ksize + x] = v < 0 ? Math.trunc(-0.5 + v * (1 << PRECISION_BITS))
+        : Math.trunc(0.5 + v * (1 << PRECISION_BITS));
+    }
+    bounds[xx * 2] = xmin;
+    bounds[xx * 2 + 1] = xmax;
+  }
+  return { ksize, bounds, weights };
+}
+
+function clip8(ss) {
+  const v = Math.floor(ss / (1 << PRECISION_BITS));
+  return v < 0 ? 0 : (v > 255 ? 255 : v);
+}
+
+/** Resize one 8-bit plane exactly as Pillow's Image.resize(..., BILINEAR): horizontal pass, then vertical. */
+export function resizePlane(src, w, h, outW, outH) {
+  let cur = src;
+  let curW = w;
+  if (outW !== w) {
+    const c = coeffs(w, outW);
+    const tmp = new Uint8Array(outW * h);
+    for (let y = 0; y < h; y++) {
+      for (let xx = 0; xx < outW; xx++) {
+        const xmin = c.bounds[xx * 2];
+        const xmax = c.bounds[xx * 2 + 1];
+        let ss = 1 << (PRECISION_BITS - 1);
+        for (let x = 0; x < xmax; x++) ss += cur[y * curW + x + xmin] * c.weights[xx * c.ksize + x];
+        tmp[y * outW + xx] = clip8(ss);
+      }
+    }
+    cur = tmp;
+    curW = outW;
+  }
+  if (outH !== h) {
+    const c = coeffs(h, outH);
+    const tmp = new Uint8Array(curW * outH);
+    for (let yy = 0; yy < outH; yy++) {
+      const ymin = c.bounds[yy * 2];
+      const ymax = c.bounds[yy * 2 + 1];
+      for (let xx = 0; xx < curW; xx++) {
+        let ss = 1 << (PRECISION_BITS - 1);
+        for (let y = 0; y < ymax; y++) ss += cur[(y + ymin) * curW + xx] * c.weights[yy * c.ksize + y];
+        tmp[yy * curW + xx] = clip8(ss);
+      }
+    }
+    cur = tmp;
+  }
+  return cur === src ? Uint8Array.from(src) : cur;
+}
+
+/** RGBA bytes (canvas ImageData order) to planes: R, G, B, or Pillow's L for 1-channel models. */
+export function planes(rgba, channels) {
+  const n = rgba.length / 4;
+  if (channels === 3) {
+    const out = [new Uint8Array(n), new Uint8Array(n), new Uint8Array(n)];
+    for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) out[c][i] = rgba[i * 4 + c];
+    return out;
+  }
+  if (channels === 1) {
+    const l = new Uint8Array(n);
+    for (let i = 0; i < n; i++) {
+      l[i] = (rgba[i * 4] * 19595 + rgba[i * 4 + 1] * 38470 + rgba[i * 4 + 2] * 7471 + 0x8000) >>> 16;
+    }
+    return [l];
+  }
+  throw new BundleError(`images must have 1 or 3 channels, not ${channels}`);
+}
+
+/** The model input (1, C, H, W) float32 NCHW: resize, scale value_range to [0, 1], (x - mean) / std in float32. */
+export function imageTensor(manifest, rgba, w, h) {
+  const [, channels, outH, outW] = manifest.input.shape;
+  const f = Math.fround;
+  const lo = f(manifest.input.value_range[0]);
+  const span = f(f(manifest.input.value_range[1]) - lo);
+  const out = new Float32Array(channels * outH * outW);
+  planes(rgba, channels).forEach((plane, c) => {
+    const p = resizePlane(plane, w, h, outW, outH);
+    const mean = f(manifest.input.mean[c]);
+    const std = f(manifest.input.std[c]);
+    const base = c * outH * outW;
+    for (let i = 0; i < p.length; i++) out[base + i] = f(f(f(p[i] - lo) / span) - mean) / std;
+  });
+  return out;
+}
+
+/** Little-endian float32 values of class_vectors.f32. */
+export function littleEndianFloats(buffer) {
+  const view = new DataView(buffer);
+  const out = new Float32Array(buffer.byteLength / 4);
+  for (let i = 0; i < out.length; i++) out[i] = view.getFloat32(i * 4, true);
+  return out;
+}
+
+/** Per class (index, label, probability), best first: softmax(logit_scale x embedding . class vector). */
+export function topK(embedding, classVectors, labels, logitScale, k) {
+  const n = labels.length;
+  const dim = classVectors.length / n;
+  const z = new Float64Array(n);
+  for (let c = 0; c < n; c++) {
+    let s = 0.0;
+    for (let d = 0; d < dim; d++) s += embedding[d] * classVectors[c * dim + d];
+    z[c] = logitScale * s;
+  }
+  const max = Math.max(...z);
+  const e = Array.from(z, (v) => Math.exp(v - max));
+  const sum = e.reduce((a, b) => a + b, 0);
+  const order = e.map((v, i) => i).sort((a, b) => e[b] - e[a] || a - b); // stable: ties keep the lower index
+  return order.slice(0, Math.min(k, n)).map((i) => ({ index: i, label: labels[i], probability: e[i] / sum }));
+}
+
+/** (x - mean) / std in float32, as ForecastPredictor feeds the model. */
+export function normaliseFrames(x, mean, std) {
+  const f = Math.fround;
+  const m = f(mean);
+  const s = f(std);
+  return Float32Array.from(x, (v) => f(f(v) - m) / s);
+}
+
+/** y * std + mean in float32: the model's normalised forecast back in physical units. */
+export function denormaliseFrames(y, mean, std) {
+  const f = Math.fround;
+  const m = f(mean);
+  const s = f(std);
+  return Float32Array.from(y, (v) => f(f(v) * s) + m);
+}
+
+/** Mean and p90 (nearest rank) of latencies in milliseconds. */
+export function latencyStats(ms) {
+  const sorted = [...ms].sort((a, b) => a - b);
+  const mean = ms.reduce((a, b) => a + b, 0) / ms.length;
+  return { runs: ms.length, mean_ms: mean, p90_ms: sorted[Math.ceil(0.9 * sorted.length) - 1] };
+}
