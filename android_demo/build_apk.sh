@@ -43,7 +43,8 @@ javac -nowarn -source 8 -target 8 -encoding UTF-8 -Xlint:-options -bootclasspath
 java -jar "$TOOLS/dx.jar" --dex --min-sdk-version=26 --output="$WORK/classes.dex" "$WORK/classes"
 
 # 3. manifest + assets -> APK, add classes.dex, align, sign.
-aapt2 link -o "$WORK/unsigned.apk" -I "$ANDROID_JAR" --manifest "$HERE/app/AndroidManifest.xml" \
+sed 's|<manifest |<manifest package="org.kdmobile.demo" |' "$HERE/app/AndroidManifest.xml" > "$WORK/AndroidManifest.xml"
+aapt2 link -o "$WORK/unsigned.apk" -I "$ANDROID_JAR" --manifest "$WORK/AndroidManifest.xml" \
   --min-sdk-version 26 --target-sdk-version 26 -A "$WORK/assets"
 (cd "$WORK" && aapt add unsigned.apk classes.dex >/dev/null)
 zipalign -f -p 4 "$WORK/unsigned.apk" "$WORK/aligned.apk"

@@ -1,7 +1,9 @@
 """Cross-language golden checks: the page (headless Chromium) and the Java core against `kdmobile predict`.
 
-As a script, for the lead: check the page against `kdmobile predict` on a run's held-out images for some bundles:
+As a script, for the lead: check the page against `kdmobile predict` on a run's held-out images (retrieval
+bundles) and against the Python forecast on the run's first held-out window (forecast bundles):
   python android_demo/golden.py runs/demo-ammkd bundles/demo-ammkd-onnx-fp32 bundles/demo-ammkd-onnx-int8
+  python android_demo/golden.py RUN_SDKD bundles/NAME-onnx-fp32
 """
 
 from __future__ import annotations
@@ -73,26 +75,52 @@ def compare_topk(page: list[dict[str, Any]], ref: list[dict[str, Any]], k: int =
     return problems
 
 
+def forecast_problems(bundle: Path, sample: dict[str, Any], page: list[float], tol: float = TOL) -> list[str]:
+    """Problems (empty when equal): the page's forecast against ForecastPredictor.predict within tol."""
+    from kdmobile.bundle import load_bundle
+    from kdmobile.runtime.predictors import ForecastPredictor
+
+    x = np.asarray(sample["x"], np.float32).reshape(sample["frames_in"], sample["height"], sample["width"])
+    want = ForecastPredictor(load_bundle(bundle)).predict(x).ravel()
+    got = np.asarray(page, np.float32)
+    if got.shape != want.shape:
+        return [f"page forecast has {got.size} values, Python {want.size}"]
+    worst = float(np.max(np.abs(got - want)))
+    return [] if worst <= tol else [f"max |page - python| forecast = {worst:.3g} > {tol}"]
+
+
 def check_bundles(run_dir: Path, bundles: Sequence[Path], n: int = 20, work: Path | None = None) -> dict[str, Any]:
-    """Page vs `kdmobile predict` top-5 on n held-out images of run_dir for each bundle; returns a summary."""
+    """Page vs Python for each bundle (top-5 on n held-out images, or the forecast); returns a summary."""
     import tempfile
 
+    from kdmobile.bundle import load_bundle
+
     work = Path(work or tempfile.mkdtemp(prefix="kdm-golden-"))
-    with np.load(run_dir / "heldout.npz") as z:
-        images = z["images_test"][:n]
-    pngs = write_pngs(images, work / "fixtures")
-    (work / "fixtures" / "cases.json").write_text(json.dumps(
-        {"images": [f"/fixtures/{p.name}" for p in pngs], "k": 10}))
+    fx = work / "fixtures"
+    fx.mkdir(parents=True, exist_ok=True)
+    pngs: list[Path] = []
     out: dict[str, Any] = {}
-    with DemoServer({b.name: b for b in bundles}, fixtures=work / "fixtures") as srv:
+    with DemoServer({b.name: b for b in bundles}, fixtures=fx) as srv:
         for b in bundles:
             t0 = time.monotonic()
-            report = run_page(srv, f"/bundles/{b.name}/", "/fixtures/cases.json")
+            task = load_bundle(b).task
+            if task == "retrieval" and not pngs:
+                with np.load(run_dir / "heldout.npz") as z:
+                    pngs = write_pngs(z["images_test"][:n], fx)
+                (fx / "cases.json").write_text(json.dumps({"images": [f"/fixtures/{p.name}" for p in pngs], "k": 10}))
+            cases = fx / f"{b.name}.cases.json"
+            cases.write_text((fx / "cases.json").read_text() if task == "retrieval"
+                             else json.dumps({"sample": f"/samples/{b.name}.json"}))
+            report = run_page(srv, f"/bundles/{b.name}/", f"/fixtures/{cases.name}")
             if not report.get("ok"):
                 out[b.name] = {"ok": False, "problems": [report.get("error")]}
                 continue
-            problems = compare_topk(report["results"], predict_reference(b, pngs, 10))
-            out[b.name] = {"ok": not problems, "problems": problems, "images": len(pngs),
+            if task == "retrieval":
+                problems = compare_topk(report["results"], predict_reference(b, pngs, 10))
+            else:
+                problems = forecast_problems(b, srv.samples[b.name], report["forecast"])
+            out[b.name] = {"ok": not problems, "problems": problems, "task": task,
+                           "images": len(pngs) if task == "retrieval" else 0,
                            "latency": report["latency"], "seconds": round(time.monotonic() - t0, 1)}
     return out
 
