@@ -152,6 +152,11 @@ def test_apk_builds_signed_without_network_permission(golden, tmp_path) -> None:
     from kdmobile.export.android import copy_to_assets
 
     copy_to_assets(t["a_onnx"], assets)
+    from kdmobile.errors import KDError
+
+    with pytest.raises(KDError, match="checksum mismatch for model.onnx"):  # a changed bundle is not copied in
+        copy_to_assets(tamper(t["a_onnx"], tmp_path / "t" / "a-bad", "model.onnx"), assets)
+    assert not (assets / "bundles" / "a-bad").exists()
     index = json.loads((assets / "bundles" / "index.json").read_text())
     assert {e["name"] for e in index} == {"s-onnx-fp32", "a-onnx-fp32"}
     assert next(e for e in index if e["task"] == "forecast")["sample"] == "samples/s-onnx-fp32.json"

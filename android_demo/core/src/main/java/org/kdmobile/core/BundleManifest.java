@@ -86,7 +86,8 @@ public final class BundleManifest {
             logitScale = r.getDouble("logit_scale");
             labelsFile = r.getString("labels_file");
             if (!"NCHW".equals(layout) || mean.length != inputShape[1] || std.length != inputShape[1]) {
-                throw new BundleException("manifest.json: a retrieval input must be NCHW with one mean/std per channel");
+                throw new BundleException(
+                        "manifest.json: a retrieval input must be NCHW with one mean/std per channel");
             }
             if (!"bilinear".equals(resize)) {
                 throw new BundleException("manifest.json: input.resize " + resize + " is not supported (bilinear)");

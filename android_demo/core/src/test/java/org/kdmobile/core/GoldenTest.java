@@ -18,7 +18,7 @@ import org.json.JSONObject;
 import org.junit.BeforeClass;
 import org.junit.Test;
 
-/** Cross-language golden checks: the Java core reproduces the Python runtime's tensors and top-k (fixtures from pytest). */
+/** Cross-language golden checks: the Java core reproduces the Python runtime's tensors and top-k (pytest fixtures). */
 public class GoldenTest {
     private static File dir;
     private static JSONObject golden;
