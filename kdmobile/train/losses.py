@@ -1,4 +1,5 @@
-"""Distillation losses: temperature KD, CLIP contrastive, output MSE and spectral (frequency-band) latent KD.
+"""Distillation losses: temperature KD, CLIP contrastive, CLIP-KD feature and interactive-contrastive terms, output
+MSE and spectral (frequency-band) latent KD.
 
 Every loss computes in float32 (inputs are cast), so they are safe under autocast, and every
 teacher-side input is detached.
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 __all__ = [
     "band_name",
     "clip_contrastive",
+    "feature_distill",
+    "interactive_contrastive",
     "kd_kl",
     "output_distill",
     "radial_masks",
@@ -27,14 +30,39 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: student shape {tuple(a.shape)} != teacher shape {tuple(b.shape)}")
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """Hinton KD: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the last dim, mean over dim 0."""
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float, reduce: bool = True) -> torch.Tensor:
+    """Hinton KD: T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the last dim; mean over dim 0, or the
+    per-sample terms (B,) with `reduce=False` (for per-sample teacher weights)."""
     if not T > 0:
         raise ValueError(f"temperature must be > 0, got {T}")
     _check_same_shape(student_logits, teacher_logits, "kd_kl")
     s = F.log_softmax(student_logits.float() / T, dim=-1)
     t = F.log_softmax(teacher_logits.detach().float() / T, dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean") * (T * T)
+    per_sample = (t.exp() * (t - s)).sum(dim=-1) * (T * T)
+    return per_sample.mean() if reduce else per_sample
+
+
+def feature_distill(projected: torch.Tensor, teacher_emb: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """CLIP-KD feature distillation: squared L2 between the L2-normalised student embedding (already projected
+    into the teacher's space) and the teacher's normalised image embedding; mean over the batch or (B,)."""
+    _check_same_shape(projected, teacher_emb, "feature_distill")
+    diff = F.normalize(projected.float(), dim=-1) - F.normalize(teacher_emb.detach().float(), dim=-1)
+    per_sample = diff.square().sum(dim=-1)
+    return per_sample.mean() if reduce else per_sample
+
+
+def interactive_contrastive(projected: torch.Tensor, teacher_text: torch.Tensor, target: torch.Tensor,
+                            logit_scale: float | torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """CLIP-KD interactive contrastive learning (image side): the student's image embedding, projected into the
+    teacher's space, must pick its own text among the *teacher's* text vectors (class vectors, or the batch's
+    captions) -- cross-entropy of scale * cos(student image, teacher text) against `target`; mean or (B,)."""
+    if projected.dim() != 2 or teacher_text.dim() != 2 or projected.shape[1] != teacher_text.shape[1]:
+        raise ValueError(f"interactive_contrastive: expected (B, D) and (K, D), got {tuple(projected.shape)} "
+                         f"and {tuple(teacher_text.shape)}")
+    scale = logit_scale.detach().float() if isinstance(logit_scale, torch.Tensor) else float(logit_scale)
+    logits = scale * F.normalize(projected.float(), dim=-1) @ F.normalize(teacher_text.detach().float(), dim=-1).T
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    return per_sample.mean() if reduce else per_sample
 
 
 def clip_contrastive(

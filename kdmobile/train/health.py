@@ -1,0 +1,45 @@
+"""Teacher health check, shared by AMMKD and SDKD: a teacher that is not clearly better than the student trained
+alone has nothing to teach, so it is reported loudly and taken out of the distillation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+
+@dataclass
+class TeacherHealth:
+    """One teacher's verdict: its held-out metric, the no-KD student's, and whether it may teach."""
+
+    teacher: str
+    metric: str
+    teacher_value: float
+    student_value: float
+    margin: float
+    healthy: bool
+
+    def message(self) -> str:
+        """One line for the console and the log."""
+        verdict = "ok" if self.healthy else "WEAK: not clearly better than the student alone"
+        return (f"teacher {self.teacher}: {self.metric} {self.teacher_value:.4g} vs no-KD student "
+                f"{self.student_value:.4g} (margin {self.margin:g}) -> {verdict}")
+
+
+def check_teachers(teacher_values: Mapping[str, float], student_value: float, metric: str,
+                   higher_is_better: bool, margin: float) -> list[TeacherHealth]:
+    """Compare every teacher with the no-KD student: healthy when better by at least `margin` (points for
+    accuracies, a relative fraction for errors: teacher error <= (1 - margin) * student error)."""
+    out = []
+    for name, value in teacher_values.items():
+        if higher_is_better:
+            healthy = value >= student_value + margin
+        else:
+            healthy = value <= (1.0 - margin) * student_value
+        out.append(TeacherHealth(name, metric, float(value), float(student_value), float(margin), bool(healthy)))
+    return out
+
+
+def health_record(checks: list[TeacherHealth], dropped: list[str]) -> dict[str, Any]:
+    """The `teacher_health` entry of metrics.json."""
+    return {"teachers": [asdict(c) for c in checks], "weak": [c.teacher for c in checks if not c.healthy],
+            "excluded_from_kd": dropped}
