@@ -1,14 +1,16 @@
-"""AMMKD ablation on real CIFAR-10 (8,000 train / 2,000 test from ../shared/data/cifar10), over seeds.
+"""AMMKD ablation on real data from ../shared/data: CIFAR-10 (top-1) or the Flickr8k caption subset (Recall@K).
 
-Both teachers are pre-trained once (seed 0, in its `adaptive` run); every other student, of every seed, reuses those
-teacher files (teacher epochs 0), so all variants distil from the same teachers and the seeds measure the
-students' variance (initialisation, data order, augmentation):
-  student without KD | single-teacher KD (each teacher) | equal weights | adaptive (AE-KD) weights.
-Writes benchmarks/results/ammkd_ablation.{json,md}: mean +- std of top-1 over seeds, and parameters.
+One fixed data split (split seed 0). The two teachers are trained ONCE for that split (a teacher-only run) and every
+student of every seed distils from those same files, so the seeds measure the students' variance (initialisation,
+data order, augmentation). Variants: each teacher; no KD; KD from each single teacher; equal; adaptive (AE-KD);
+confidence (CA-MKD); reliable (min-norm x confidence); and the best weighting with the CLIP-KD feature terms.
 
-  python benchmarks/ammkd_ablation.py --seeds 0 1 2             # all seeds in this process
-  python benchmarks/ammkd_ablation.py --seeds 1 --no-merge &    # one seed per process (e.g. on a GPU) ...
-  python benchmarks/ammkd_ablation.py --merge-only              # ... then merge the per-seed files
+Resumable: every finished variant x seed is recorded at once in results/ammkd_ablation_<dataset>_records.json and
+skipped when the script is run again, so a long run can be interrupted and continued.
+
+  python benchmarks/ammkd_ablation.py --dataset cifar10 --seeds 0 1 2 3 4
+  python benchmarks/ammkd_ablation.py --dataset flickr8k --seeds 0 1 2 --teacher-epochs 60
+  python benchmarks/ammkd_ablation.py --dataset cifar10 --report-only      # tables from the records so far
 """
 
 from __future__ import annotations
@@ -19,113 +21,185 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
+from kdmobile.fileio import write_json
 from kdmobile.table import format_table
 from kdmobile.train.ammkd import run_ammkd
 
 RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["kd-vit-s", "kd-rn-s"]
-VARIANTS = [("no KD", "none"), ("KD kd-vit-s only", "single:kd-vit-s"), ("KD kd-rn-s only", "single:kd-rn-s"),
-            ("KD equal weights", "equal"), ("KD adaptive (AE-KD)", "adaptive")]
+WEIGHTINGS = ["none", *(f"single:{t}" for t in TEACHERS), "equal", "adaptive", "confidence", "reliable"]
+FEATURE_TERMS = {"fd": 1.0, "icl": 1.0}
+DATASETS: dict[str, dict[str, Any]] = {
+    "cifar10": {"spec": "cifar10:{root}/cifar10/cifar10_test.npz", "max_train": 8000, "max_test": 2000,
+                "metrics": ["top1"], "image_size": 32},
+    "flickr8k": {"spec": "captions:{root}/flickr8k/flickr8k_1000_64.npz", "max_train": None, "max_test": 200,
+                 "metrics": ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"],
+                 "image_size": 64},
+}
 
 
-def run_seed(seed: int, args: argparse.Namespace, teacher_files: list[str]) -> dict:
-    """The five students of one seed (training the shared teachers first if `teacher_files` is empty)."""
-    base = {"data.spec": f"cifar10:{args.data}", "data.val_frac": 0.0, "data.test_frac": 0.2,
-            "data.max_train": args.max_train, "data.max_test": args.max_test, "data.augment": "crop-flip", "data.split_seed": 0,
-            "seed": seed, "out": args.runs, "teacher_train.epochs": args.teacher_epochs,
-            "teacher_train.batch_size": args.batch_size, "train.batch_size": args.batch_size,
-            "train.epochs": args.epochs, "train.device": args.device, "teacher_train.device": args.device,
-            "teacher_train.lr": args.teacher_lr}
-    sets = list(args.set)
-    results: dict = {"seed": seed, "students": {}}
-    order = [VARIANTS[-1]] + VARIANTS[:-1]  # adaptive first: without teacher files it trains them
-    for label, weighting in order:
-        over = {**base, "name": f"s{seed}-{weighting.replace(':', '-')}", "weighting": weighting}
-        if teacher_files:
-            over.update({"teachers": teacher_files, "teacher_train.epochs": 0})
-        cfg = load_config(AMMKDConfig, None, over, sets)
+def _base(args: argparse.Namespace, ds: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Config overrides every run of this ablation shares."""
+    return {"data.spec": ds["spec"].format(root=args.data_root), "data.val_frac": 0.0, "data.test_frac": 0.2,
+            "data.max_train": ds["max_train"], "data.max_test": ds["max_test"], "data.split_seed": 0,
+            "data.image_size": ds["image_size"], "seed": seed, "out": args.runs, "baseline": False,
+            "health.drop_weak": False, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+            "train.device": args.device, "teacher_train.device": args.device,
+            "teacher_train.epochs": args.teacher_epochs, "teacher_train.batch_size": args.teacher_batch_size}
+
+
+class Records:
+    """The per-(variant, seed) results file: written after every run, read to skip finished work."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data["runs"].get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.data["runs"][key] = value
+        write_json(self.path, self.data)
+
+
+def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> list[str]:
+    """Train the teacher pair once for the fixed split (or reuse it); returns the teacher files."""
+    rec = records.get("teachers")
+    if rec is None or not all(Path(f).is_file() for f in rec["files"]):
+        over = {**_base(args, ds, 0), "name": f"{args.dataset}-teachers", "weighting": "none", "train.epochs": 0,
+                "teachers": TEACHERS}
+        cfg = load_config(AMMKDConfig, None, over, args.set)
         started = time.perf_counter()
-        run, metrics = run_ammkd(cfg, progress=args.progress)
-        print(f"seed {seed} {label}: top-1 {metrics['models']['student']['top1']:.2f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-        if not teacher_files:
-            teacher_files.extend(str(run / "teachers" / f"{t}.pt") for t in TEACHERS)
-        results.setdefault("teachers", {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"})
-        results["students"][label] = metrics["models"]["student"]
-        results["split_sizes"] = metrics["split_sizes"]
-    return results
+        run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
+        rec = {"files": [str(run / "teachers" / f"{t}.pt") for t in TEACHERS],
+               "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"},
+               "seconds": round(time.perf_counter() - started, 1), "teacher_epochs": args.teacher_epochs}
+        records.put("teachers", rec)
+    print("teachers (trained once for this split): " + ", ".join(
+        f"{k} {v[ds['metrics'][0]]:.2f}" for k, v in rec["models"].items()), flush=True)
+    return rec["files"]
 
 
-def merge(files: list[Path], args: argparse.Namespace) -> dict:
-    """Aggregate per-seed results into mean +- std tables (JSON and Markdown)."""
-    seeds = [json.loads(f.read_text()) for f in files]
+def best_weighting(records: Records, ds: dict[str, Any], seeds: list[int]) -> str | None:
+    """The KD weighting with the best mean over the seeds finished by every candidate (None until one exists)."""
+    metric = ds["metrics"][0]
+    means = {}
+    for w in WEIGHTINGS[1:]:
+        vals = [r["student"][metric] for s in seeds if (r := records.get(f"{w}/{s}"))]
+        if vals:
+            means[w] = float(np.mean(vals))
+    return max(means, key=means.get) if means else None
+
+
+def run_variant(args: argparse.Namespace, ds: dict[str, Any], records: Records, files: list[str], variant: str,
+                seed: int, weighting: str, terms: dict[str, float] | None = None) -> None:
+    """One student (skipped when already recorded)."""
+    key = f"{variant}/{seed}"
+    if records.get(key):
+        return
+    over = {**_base(args, ds, seed), "name": f"{args.dataset}-{variant.replace(':', '-')}-s{seed}",
+            "weighting": weighting, "teachers": files, "teacher_train.epochs": 0}
+    if terms:
+        over["loss.terms"] = {"ce": 1.0, "kl": 1.0, **terms}
+    cfg = load_config(AMMKDConfig, None, over, args.set)
+    started = time.perf_counter()
+    _, metrics = run_ammkd(cfg, progress=args.progress)
+    student = metrics["models"]["student"]
+    records.put(key, {"student": student, "seconds": round(time.perf_counter() - started, 1),
+                      "weighting": weighting, "terms": metrics["loss_terms"]})
+    print(f"{key}: {ds['metrics'][0]} {student[ds['metrics'][0]]:.2f} ({time.perf_counter() - started:.0f} s)",
+          flush=True)
+
+
+def report(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> dict[str, Any]:
+    """ammkd_ablation_<dataset>.json and .md from the records (mean +- std over the seeds recorded so far)."""
     rows, table = [], []
-    names = [f"teacher:{t}" for t in TEACHERS] + [label for label, _ in VARIANTS]
-    for name in names:
-        models = [s["teachers"][name] if name.startswith("teacher:") else s["students"][name] for s in seeds]
-        top1 = np.array([m["top1"] for m in models])
-        row = {"model": name, "top1_mean": float(top1.mean()), "top1_std": float(top1.std(ddof=1)) if len(top1) > 1
-               else 0.0, "top1_per_seed": top1.tolist(), "params": models[0]["params"],
-               "image_params": models[0]["image_params"], "mflops": models[0]["flops"] / 1e6}
-        rows.append(row)
-        table.append([name, f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}", row["params"], row["image_params"],
-                      row["mflops"]])
-    out = {"benchmark": "ammkd_ablation", "dataset": "CIFAR-10 test split (../shared/data/cifar10), "
-           f"{seeds[0]['split_sizes']['train']} train / {seeds[0]['split_sizes']['test']} test",
-           "seeds": [s["seed"] for s in seeds], "settings": seeds[0].get("settings", {}),
-           "device": seeds[0].get("device"), "rows": rows}
+    teachers = (records.get("teachers") or {}).get("models", {})
+    variants = [*(f"teacher:{t}" for t in TEACHERS), *WEIGHTINGS,
+                *sorted({k.split("/")[0] for k in records.data["runs"] if k.startswith("features:")})]
+    for variant in variants:
+        for metric in ds["metrics"]:
+            if variant.startswith("teacher:"):
+                per_seed = [teachers[variant][metric]] if variant in teachers else []
+                seeds: list[int] = [0] if per_seed else []
+            else:
+                found = sorted((int(k.split("/")[1]), r) for k, r in records.data["runs"].items()
+                               if k.split("/")[0] == variant)
+                seeds, per_seed = [s for s, _ in found], [r["student"][metric] for _, r in found]
+            if not per_seed:
+                continue
+            arr = np.asarray(per_seed, dtype=float)
+            row = {"variant": variant, "metric": metric, "seeds": seeds, "per_seed": arr.tolist(),
+                   "mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+            rows.append(row)
+            table.append([variant, metric, f"{row['mean']:.2f} ± {row['std']:.2f}", len(arr)])
+    out = {"benchmark": "ammkd_ablation", "dataset": args.dataset, "data": ds["spec"].format(root="../shared/data"),
+           "split": "fixed (split seed 0); teachers trained once for it; students over the seeds listed per row",
+           "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size")}
+           | {"image_size": ds["image_size"], "overrides": args.set},
+           "host": f"{platform.machine()} {_cpu_name()}", "device": args.device, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ammkd_ablation.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = format_table(["model", "top-1 % (mean ± std)", "params", "image params", "MFLOPs/img"], table,
-                      markdown=True)
-    (RESULTS / "ammkd_ablation.md").write_text(
-        f"# AMMKD ablation on CIFAR-10\n\n{out['dataset']}; seeds {out['seeds']}; device {out['device']}; "
-        f"settings {json.dumps(out['settings'])}.\n\n{md}\n")
+    write_json(RESULTS / f"ammkd_ablation_{args.dataset}.json", out)
+    md = format_table(["variant", "metric", "mean ± std", "seeds"], table, markdown=True)
+    (RESULTS / f"ammkd_ablation_{args.dataset}.md").write_text(
+        f"# AMMKD ablation: {args.dataset}\n\n{out['data']}; {out['split']}. Host: {out['host']}, device "
+        f"{args.device}. Settings: {json.dumps(out['settings'])}.\n\n{md}\n")
     print(md)
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = shared_data_dir()
-    p.add_argument("--data", default=str(default / "cifar10" / "cifar10_test.npz") if default else None,
-                   help="CIFAR-10 npz (default: $KDMOBILE_SHARED_DATA or ../shared/data)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--teacher-epochs", type=int, default=10)
-    p.add_argument("--teacher-lr", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-train", type=int, default=8000)
-    p.add_argument("--max-test", type=int, default=2000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--teacher-files", nargs=2, help="reuse these two trained teacher files instead of training")
-    p.add_argument("--runs", default="runs/ablation", help="where the per-variant run directories go")
-    p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
+    root = shared_data_dir()
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
+    p.add_argument("--data-root", default=str(root) if root else None,
+                   help="folder holding cifar10/ and flickr8k/ (default: $KDMOBILE_SHARED_DATA or ../shared/data)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--variants", nargs="+", help="only these (e.g. none adaptive features); default: all")
+    p.add_argument("--teacher-epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=15, help="student epochs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--teacher-batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--runs", default="runs/ablation", help="where the run directories go")
+    p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--no-merge", action="store_true", help="only write the per-seed file(s)")
-    p.add_argument("--merge-only", action="store_true", help="merge existing per-seed files")
+    p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
     args = p.parse_args()
-    if not args.merge_only:
-        if not args.data or not Path(args.data).is_file():
-            print("ammkd_ablation: CIFAR-10 npz not found; set --data or KDMOBILE_SHARED_DATA", file=sys.stderr)
+    ds = DATASETS[args.dataset]
+    records = Records(RESULTS / f"ammkd_ablation_{args.dataset}_records.json")
+    if not args.report_only:
+        if not args.data_root or not Path(ds["spec"].format(root=args.data_root).split(":", 1)[1]).is_file():
+            print("ammkd_ablation: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
             return 2
-        import torch
-
-        teacher_files = list(args.teacher_files or [])
+        files = train_teachers(args, ds, records)
+        wanted = set(args.variants or [*WEIGHTINGS, "features"])
         for seed in args.seeds:
-            result = run_seed(seed, args, teacher_files)
-            result["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" \
-                else f"CPU ({platform.processor() or platform.machine()})"
-            result["settings"] = {k: getattr(args, k) for k in ("teacher_epochs", "teacher_lr", "epochs", "batch_size")}
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / f"ammkd_ablation_seed{seed}.json").write_text(json.dumps(result, indent=2) + "\n")
-    if not args.no_merge:
-        merge(sorted(RESULTS.glob("ammkd_ablation_seed*.json")), args)
+            for weighting in WEIGHTINGS:
+                if weighting in wanted:
+                    run_variant(args, ds, records, files, weighting, seed, weighting)
+        best = best_weighting(records, ds, args.seeds)
+        if "features" in wanted and best is not None:
+            for seed in args.seeds:
+                run_variant(args, ds, records, files, f"features:{best}", seed, best, FEATURE_TERMS)
+    report(args, ds, records)
     return 0
 
 

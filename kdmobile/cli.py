@@ -56,6 +56,7 @@ def _train_ammkd(args: argparse.Namespace) -> int:
         "data.max_test": args.max_test, "data.image_size": args.image_size,
         "teachers": _csv(args.teachers) if args.teachers else None, "student": args.student, "fusion": args.fusion,
         "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
+        "loss.terms": _loss_terms(args.loss) if args.loss else None,
     }
     cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
     from kdmobile.train import distributed as dist
@@ -67,6 +68,20 @@ def _train_ammkd(args: argparse.Namespace) -> int:
         print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
         print(f"run directory: {run}  (metrics.json, student.pt, teachers/, class_vectors.npz, log.jsonl)")
     return 0
+
+
+def _loss_terms(text: str) -> dict[str, float]:
+    """`ce=1,kl=1,fd=0.5` -> {"ce": 1.0, ...}; validated by the config."""
+    terms: dict[str, float] = {}
+    for item in _csv(text):
+        key, eq, value = item.partition("=")
+        try:
+            terms[key.strip()] = float(value)
+        except ValueError:
+            raise KDError(f"--loss {item}: expected TERM=WEIGHT, e.g. ce=1,kl=1,fd=1") from None
+        if not eq:
+            raise KDError(f"--loss {item}: expected TERM=WEIGHT, e.g. ce=1,kl=1,fd=1")
+    return terms
 
 
 def _train_sdkd(args: argparse.Namespace) -> int:
@@ -105,10 +120,16 @@ def _add_train(sub: Any) -> None:
     a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
     a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_075)")
     a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
-    a.add_argument("--weighting", help="adaptive (default), equal, none (no KD), single:TEACHER")
+    a.add_argument("--weighting", help="how the teachers are combined: adaptive (AE-KD, default), confidence "
+                                       "(CA-MKD per-sample), reliable (min-norm x confidence), equal, none (no KD), "
+                                       "single:TEACHER")
     a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
+    a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
+                                                       "feature distillation), icl (interactive contrastive); default "
+                                                       "ce=1,kl=1")
     a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")
-    a.add_argument("--image-size", type=int, help="student input size in pixels (default 32)")
+    a.add_argument("--image-size", type=int, help="input size in pixels (default: from the data: 32 for digits and "
+                                                  "CIFAR, the native size up to 96 for photos)")
     a.add_argument("--max-train", type=int, help="use at most N training images")
     a.add_argument("--max-test", type=int, help="use at most N test images")
     _add_common_train(a)

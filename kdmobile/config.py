@@ -31,6 +31,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     grad_clip: float = Field(5.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # on the class/contrastive cross-entropy of the step
+    ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the weights (0 = off); the EMA copy is the result
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     workers: int = Field(0, ge=0)
@@ -47,13 +49,36 @@ class ImageDataConfig(_Strict):
     """Which image dataset to use and how to split it."""
 
     spec: str = "digits"
-    image_size: int = Field(32, ge=8)
+    image_size: int | None = Field(None, ge=8)  # None: from the data (32 for digits/CIFAR, up to 96 for photos)
     val_frac: float = Field(0.1, ge=0, lt=1)
     test_frac: float = Field(0.2, gt=0, lt=1)
     max_train: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
-    augment: Literal["none", "crop", "crop-flip"] = "crop"
+    augment: Literal["auto", "none", "crop", "crop-flip", "strong"] = "auto"  # auto: strong unless flips matter
     split_seed: int | None = None  # seed of the train/val/test split; None = the run's seed. Fix it to compare seeds.
+
+
+class LossConfig(_Strict):
+    """Named loss terms and their weights: ce (labels), kl (AMMKD), fd and icl (CLIP-KD feature terms)."""
+
+    terms: dict[str, float] = {"ce": 1.0, "kl": 1.0, "fd": 0.0, "icl": 0.0}
+
+    @field_validator("terms")
+    @classmethod
+    def _terms(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - {"ce", "kl", "fd", "icl"})
+        if unknown:
+            raise ValueError(f"unknown loss terms {unknown}; known: ce, kl, fd, icl")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("loss term weights must be >= 0")
+        return {"ce": 0.0, "kl": 0.0, "fd": 0.0, "icl": 0.0, **v}
+
+
+class HealthConfig(_Strict):
+    """Teacher health check: each teacher must beat the no-KD student by `margin` (points; SDKD: a fraction)."""
+
+    margin: float = Field(2.0, ge=0, lt=100)
+    drop_weak: bool = True  # leave weak teachers out of the distillation (they are still reported)
 
 
 class AMMKDConfig(_Strict):
@@ -64,7 +89,7 @@ class AMMKDConfig(_Strict):
     seed: int = 0
     data: ImageDataConfig = ImageDataConfig()
     teachers: list[str] = ["kd-vit-s", "kd-rn-s"]
-    teacher_train: TrainConfig = TrainConfig(epochs=8, lr=1e-3, batch_size=64)
+    teacher_train: TrainConfig = TrainConfig(epochs=18, lr=5e-4, batch_size=32, warmup_epochs=2, label_smoothing=0.1)
     templates: list[str] = [
         "a photo of a {}.",
         "a picture of a {}.",
@@ -75,11 +100,12 @@ class AMMKDConfig(_Strict):
     embed_dim: int = Field(128, ge=8)
     fusion: Literal["full", "none"] = "full"
     temperature: float = Field(4.0, gt=0)
-    ce_weight: float = Field(1.0, ge=0)
-    kd_weight: float = Field(1.0, ge=0)
+    loss: LossConfig = LossConfig()
     weighting: str = "adaptive"
     tolerance: float = Field(0.6, gt=0, le=1)
     train: TrainConfig = TrainConfig(epochs=12)
+    baseline: bool = True  # also train the student without KD: the health check and the "KD helps" figure need it
+    health: HealthConfig = HealthConfig()
 
     @field_validator("teachers")
     @classmethod
@@ -187,6 +213,7 @@ class SDKDConfig(_Strict):
     tolerance: float = Field(0.6, gt=0, le=1)
     train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
     baseline: bool = True
+    health: HealthConfig = HealthConfig(margin=0.1)  # a teacher's val MSE must be <= 0.9 x the no-KD student's
 
     @field_validator("cutoffs")
     @classmethod

@@ -30,7 +30,7 @@ def test_tiny_run_writes_the_run_directory(tiny_ammkd_args, tmp_path, capsys):
                  "heldout.npz", "log.jsonl", "teachers/kd-vit-tiny.pt", "teachers/kd-rn-tiny.pt"]:
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"teacher:kd-vit-tiny", "teacher:kd-rn-tiny", "student"}
+    assert set(metrics["models"]) == {"teacher:kd-vit-tiny", "teacher:kd-rn-tiny", "student_nokd", "student"}
     for m in metrics["models"].values():
         assert 0 <= m["top1"] <= 100 and m["top1"] <= m["top5"] and m["params"] > 0 and m["flops"] > 0
     student, extra = load_model(run / "student.pt")
@@ -167,3 +167,48 @@ def test_caption_data_gives_recall_metrics(tmp_path, capsys):
         assert m["i2t_R@1"] <= m["i2t_R@5"] <= m["i2t_R@10"]
     held = np.load(tmp_path / "runs" / "cap" / "heldout.npz")
     assert "textvec_test_kd-vit-tiny" in held and len(held["caption_owner_test"]) == 2 * len(held["images_test"])
+
+
+def test_untrained_teachers_are_flagged_and_left_out_of_kd(tiny_ammkd_args, tmp_path, capsys):
+    """Random (0-epoch) teachers: flagged WEAK, and the student distils from none. (The margin of 50 points makes the
+    verdict certain on 40 test images; the comparison itself has known-answer tests in test_teacher_trust.py.)"""
+    args = list(tiny_ammkd_args)
+    args[args.index("--teacher-epochs") + 1] = "0"
+    assert _run([*args, "--name", "weak", "--epochs", "3", "--set", "health.margin=50"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "weak"
+    metrics = json.loads((run / "metrics.json").read_text())
+    health = metrics["teacher_health"]
+    assert set(health["weak"]) == {"kd-vit-tiny", "kd-rn-tiny"} == set(health["excluded_from_kd"])
+    assert "WEAK" in out and "no teacher beats the student alone" in out
+    assert "(WEAK)" in out  # the end-of-run table marks them too
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    student = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
+    assert student and all("kl" not in r for r in student)  # no KD term was computed
+    assert (run / "student_nokd.pt").is_file() and "kd_gain_points" in metrics
+
+
+def test_feature_terms_and_confidence_weighting_are_logged(tiny_ammkd_args, tmp_path):
+    assert _run([*tiny_ammkd_args, "--name", "fd", "--weighting", "confidence", "--loss", "ce=1,kl=1,fd=1,icl=0.5",
+                 "--set", "baseline=false"]) == 0
+    run = tmp_path / "runs" / "fd"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
+    for r in epochs:
+        for term in ("ce", "kl", "fd", "icl"):
+            assert term in r and np.isfinite(r[term])
+        for term in ("kl", "fd", "icl"):
+            assert abs(r[f"w_{term}_kd-vit-tiny"] + r[f"w_{term}_kd-rn-tiny"] - 1) < 1e-5
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["loss_terms"] == {"ce": 1.0, "kl": 1.0, "fd": 1.0, "icl": 0.5}
+    assert "student_nokd" not in metrics["models"]
+    student, _ = load_model(run / "student.pt")  # the training-only projectors are not part of the student
+    assert not any(k.startswith("proj.") for k in student.state_dict())
+
+
+def test_bad_loss_terms_are_one_line_errors(tmp_path, capsys):
+    for bad, needle in (("ce=1,zz=2", "zz"), ("ce=x", "ce=x"), ("ce", "TERM=WEIGHT")):
+        assert _run(["train", "ammkd", "--out", str(tmp_path / "runs"), "--loss", bad]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()

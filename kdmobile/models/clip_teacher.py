@@ -7,8 +7,9 @@ needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file), 
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path
+from kdmobile.models.conv_stem import use_conv_stem
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 BUILTIN_TEACHERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -48,6 +50,7 @@ class TeacherSpec:
     model_name: str
     pretrained: str | None
     checkpoint: str | None = None
+    image_size: int | None = None  # built-in configs only: the input size the tower is scaled to
 
     @property
     def label(self) -> str:
@@ -55,12 +58,35 @@ class TeacherSpec:
         return self.model_name.replace("/", "_")
 
 
+def builtin_config(name: str, image_size: int | None) -> dict[str, Any]:
+    """A built-in teacher's config (open_clip's, plus `kdmobile_conv_stem`) scaled to the data: the tower's input size, and for ViTs a patch size
+    giving an 8x8 token grid (a fixed patch of 8 px left 16 tokens at 32 px, too coarse to learn CIFAR from scratch);
+    ResNet towers take the data's size as it is (at 64 px one CIFAR step cost 2.5x the 32 px one)."""
+    cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+    vision = cfg["vision_cfg"]
+    if image_size is not None:
+        if vision.get("patch_size"):
+            vision["patch_size"] = max(2, image_size // 8)
+            vision["image_size"] = vision["patch_size"] * 8
+        else:
+            vision["image_size"] = image_size
+    return cfg
+
+
+def with_image_size(spec: TeacherSpec, image_size: int) -> TeacherSpec:
+    """The spec scaled to the data's image size when it is a built-in config trained here (others keep theirs)."""
+    if spec.model_name in BUILTIN_TEACHERS and spec.pretrained is None and spec.checkpoint is None:
+        return replace(spec, image_size=int(image_size))
+    return spec
+
+
 def parse_teacher(spec: str) -> TeacherSpec:
     """Parse `NAME[:TAG|:PATH]`, checking the model name and that a local weights file exists."""
     oc = _open_clip()
     as_file = Path(spec).expanduser()
     if as_file.suffix == ".pt" and as_file.is_file():
-        return TeacherSpec(_read_teacher_file(as_file)["model_name"], None, str(as_file))
+        payload = _read_teacher_file(as_file)
+        return TeacherSpec(payload["model_name"], None, str(as_file), payload.get("image_size"))
     name, _, pretrained = spec.partition(":")
     if name not in oc.list_models():
         raise KDError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
@@ -80,7 +106,19 @@ class ClipTeacher(nn.Module):
         self.spec = spec
         pretrained = spec.pretrained if load_pretrained else None
         try:
-            self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
+            if spec.model_name in BUILTIN_TEACHERS:  # offline config: built here, weights from a file if given
+                cfg = builtin_config(spec.model_name, spec.image_size)
+                conv_stem = cfg.pop("kdmobile_conv_stem", False)
+                self.clip = oc.CLIP(**cfg)
+                if conv_stem:
+                    use_conv_stem(self.clip.visual)
+                if pretrained:
+                    oc.load_checkpoint(self.clip, pretrained, weights_only=True)
+                # A random, frozen token table serves as well as a learned one for a few prompts, and training the
+                # 49,408 x width table made the AdamW step cost more than the rest of the teacher's step.
+                self.clip.token_embedding.requires_grad_(False)
+            else:
+                self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
         except Exception as exc:  # download failures, bad files
             raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
         if spec.checkpoint and load_pretrained:
@@ -130,6 +168,7 @@ class ClipTeacher(nn.Module):
 def save_teacher(path: str | os.PathLike, teacher: ClipTeacher) -> None:
     """Atomically save a (fine-tuned) teacher with its open_clip name, so it reloads offline."""
     payload = {"kind": "open_clip", "model_name": teacher.spec.model_name, "pretrained": teacher.spec.pretrained,
+               "image_size": teacher.spec.image_size,
                "state_dict": {k: v.detach().cpu() for k, v in teacher.clip.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -147,6 +186,7 @@ def _read_teacher_file(path: Path) -> dict[str, Any]:
 def load_teacher(path: str | os.PathLike) -> ClipTeacher:
     """Rebuild a teacher saved by `save_teacher` (no download: weights come from the file)."""
     payload = _read_teacher_file(Path(path))
-    teacher = ClipTeacher(TeacherSpec(payload["model_name"], payload.get("pretrained"), str(path)), load_pretrained=False)
+    spec = TeacherSpec(payload["model_name"], payload.get("pretrained"), str(path), payload.get("image_size"))
+    teacher = ClipTeacher(spec, load_pretrained=False)
     teacher.clip.load_state_dict(payload["state_dict"])
     return teacher.eval()

@@ -1,13 +1,13 @@
 """AMMKD (arXiv 2509.00039): two CLIP teachers -> a mobile image encoder with fused class vectors.
 
-Stage 1 pre-trains each teacher contrastively on the data; their text encoders then encode the class prompts (or
-captions) once. Stage 2 trains the student with cross-entropy + T^2-scaled KL to each teacher, the teachers'
-KL terms weighted adaptively in gradient space (shared `TeacherWeighting`). Both stages run on `Trainer`.
+Stage 1 pre-trains each teacher contrastively on the data (augmentation, warm-up + cosine, label smoothing); their
+text encoders then encode the class prompts (or captions) once. A no-KD student is trained as the baseline, and
+every teacher must beat it clearly (health check) to teach. Stage 2 trains the student on the named loss terms of
+`ammkd_loss`, the teachers combined per term by the shared `TeacherWeighting`. All stages run on `Trainer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,72 +15,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from kdmobile.config import AMMKDConfig, save_config
 from kdmobile.data import CaptionData, ClassData, load_dataset, split_dataset
-from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, resize_images
+from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
 from kdmobile.fileio import atomic_path, write_json
-from kdmobile.metrics import retrieval_recall, topk_accuracy
 from kdmobile.models import create_model, save_model
-from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher
+from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher, with_image_size
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.rundir import new_run_dir, write_method
-from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
-from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
-from kdmobile.train.losses import clip_contrastive, kd_kl
+from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
+from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
+from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
+from kdmobile.train.augment import AugmentedImages, resolve_augment
+from kdmobile.train.health import TeacherHealth, check_teachers, health_record
+from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
+from kdmobile.train.losses import clip_contrastive
 from kdmobile.train.weighting import TeacherWeighting
 
-
-class Preprocess:
-    """uint8 (B,3,H,W) batches -> augmented, CLIP-normalised float batches, on the batch's device."""
-
-    def __init__(self, augment: str) -> None:
-        self.augment = augment
-        self.mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-    def __call__(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        x = x.float() / 255.0
-        if train and self.augment != "none":
-            x = _random_crop(x, pad=max(1, x.shape[-1] // 16))
-            if self.augment == "crop-flip":
-                flip = torch.rand(x.shape[0], device=x.device) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
 
 
-def _random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Pad by reflection and crop back to size at a random offset per image."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (b,))
-    dx = torch.randint(0, 2 * pad + 1, (b,))
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-
-
-@dataclass
-class Split:
-    """One split as tensors: images (N,3,S,S) uint8 and labels (class data) or caption ownership (captions)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor | None
-    captions: list[str]
-    caption_owner: np.ndarray
-
-
-def _as_split(data: ClassData | CaptionData, size: int) -> Split:
-    images = torch.from_numpy(resize_images(data.images, size)).permute(0, 3, 1, 2).contiguous()
-    if isinstance(data, ClassData):
-        return Split(images, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64))
-    caps = [c for cs in data.captions for c in cs]
-    owner = np.concatenate([np.full(len(cs), i) for i, cs in enumerate(data.captions)]).astype(np.int64)
-    return Split(images, None, caps, owner)
+def auto_image_size(data: ClassData | CaptionData) -> int:
+    """The default input size from the data: 32 px for small images (digits, CIFAR), else the native size up to
+    96 px (photos: enough detail to learn from, still trainable on a CPU)."""
+    native = int(min(data.images.shape[1:3]))
+    return 32 if native <= 32 else min(native, 96)
 
 
 class AMMKD:
-    """One AMMKD run: data, teachers, class vectors, student, metrics, all under `self.run`."""
+    """One AMMKD run: data, teachers, class vectors, baseline, student, metrics, all under `self.run`."""
 
     def __init__(self, cfg: AMMKDConfig, resume: bool = False, progress: bool = True) -> None:
         self.cfg = cfg
@@ -95,9 +60,13 @@ class AMMKD:
         split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
         train, val, test = split_dataset(data, split_seed, cfg.data.val_frac, cfg.data.test_frac,
                                          cfg.data.max_train, cfg.data.max_test)
-        size = cfg.data.image_size
-        self.train, self.val, self.test = (_as_split(s, size) for s in (train, val, test))
-        self.pre = Preprocess(cfg.data.augment if self.task == "classes" else "none")
+        if cfg.data.image_size is None:
+            cfg.data.image_size = auto_image_size(data)
+        flip_ok = cfg.data.spec.split(":", 1)[0] not in NOT_FLIP_INVARIANT
+        cfg.data.augment = resolve_augment(cfg.data.augment, flip_ok)
+        self.size = cfg.data.image_size
+        self.specs = [with_image_size(s, self.size) for s in self.specs]
+        self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
         self.run = new_run_dir(cfg.out, cfg.name, resume)
         self.log: RunLog | None = None
         self.device = dist.pick_device(cfg.train.device)
@@ -111,9 +80,14 @@ class AMMKD:
             names.append(name)
         return names
 
+    @property
+    def health_split(self) -> Split:
+        """Where teachers and the no-KD student are compared: validation when there is one, else test."""
+        return self.val if len(self.val.images) else self.test
+
     # ------------------------------------------------------------------ driver
     def run_all(self) -> dict[str, Any]:
-        """Pre-train teachers, encode class vectors, distil the student, evaluate; returns metrics.json's dict."""
+        """Teachers, class vectors, baseline + health check, distillation, evaluation; returns metrics.json's dict."""
         seed_everything(self.cfg.seed)
         if dist.is_main():
             write_method(self.run, "ammkd")
@@ -127,14 +101,22 @@ class AMMKD:
             with atomic_path(self.run / "class_vectors.npz") as tmp:
                 np.savez(tmp, **{n: v["train"].cpu().numpy() for n, v in vectors.items()})
             self.save_heldout(vectors)
-        student = self.distil(teachers, vectors)
-        metrics = self.evaluate_all(teachers, vectors, student) if dist.is_main() else {}
+        baseline = self.distil(teachers, vectors, kd=False) if self.cfg.baseline else None
+        health = self.check_health(teachers, vectors, baseline) if baseline is not None else []
+        dropped = [h.teacher for h in health if not h.healthy] if self.cfg.health.drop_weak else []
+        active = [n for n in teachers if n not in dropped]
+        student = self.distil(teachers, vectors, kd=True, active=active)
+        metrics = self.evaluate_all(teachers, vectors, student, baseline) if dist.is_main() else {}
         if dist.is_main():
+            metrics["teacher_health"] = health_record(health, dropped)
             write_json(self.run / "metrics.json", metrics)
             self.log.write(stage="done", event="metrics", **{k: v for k, v in metrics.items() if k != "models"})
         return metrics
 
     # --------------------------------------------------------------- teachers
+    def _dataset(self, split: Split) -> AugmentedImages:
+        return AugmentedImages(split.images, split.targets(), self.cfg.data.augment)
+
     def pretrain_teacher(self, name: str, spec: Any) -> ClipTeacher:
         """Stage 1: fine-tune (or train from scratch) one teacher contrastively on this data; cached in teachers/."""
         path = self.run / "teachers" / f"{name}.pt"
@@ -142,61 +124,42 @@ class AMMKD:
             return load_teacher(path).to(self.device)
         seed_everything(self.cfg.seed + 1)
         teacher = ClipTeacher(spec)
-        trainer = Trainer(f"teacher/{name}", teacher, self.cfg.teacher_train, self.run / "stages" / f"teacher_{name}",
+        tcfg = self.cfg.teacher_train
+        trainer = Trainer(f"teacher/{name}", teacher, tcfg, self.run / "stages" / f"teacher_{name}",
                           self.log, self.cfg.seed, self.progress)
-        dataset = self._dataset(self.train)
         templates = self.cfg.templates
 
         def step(model: nn.Module, batch: Any) -> StepOutput:
             images, target = batch
-            x = self.pre(images, train=True)
+            x = normalise(images)
             core = model.module if hasattr(model, "module") else model
             if self.task == "classes":
                 template = templates[int(torch.randint(len(templates), (1,)))]
-                tokens = core.tokenize([template.format(c) for c in self.classes])
-                img, txt = model(x, tokens)
+                img, txt = model(x, core.tokenize([template.format(c) for c in self.classes]))
                 logits = core.logit_scale() * img @ txt.T
-                loss = F.cross_entropy(logits, target)
-                acc = (logits.argmax(1) == target).float().mean().item() * 100
-                return StepOutput(loss, {"acc": acc})
-            owner = torch.from_numpy(self.train.caption_owner)
-            caps = [self.train.captions[_pick_caption(owner, int(i))] for i in target.tolist()]
+                loss = F.cross_entropy(logits, target, label_smoothing=tcfg.label_smoothing)
+                return StepOutput(loss, {"acc": (logits.argmax(1) == target).float().mean().item() * 100})
+            caps = [self.train.captions[_pick_caption(self._owner, int(i))] for i in target.tolist()]
             img, txt = model(x, core.tokenize(caps))
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
 
-        evaluate = (lambda m: self._eval_teacher(m, self.val)) if len(self.val.images) else None
-        teacher = trainer.fit(dataset, step, evaluate, resume=self.resume)
+        evaluate = (lambda m: eval_teacher(m, self.val, self.classes, templates)) if len(self.val.images) else None
+        teacher = trainer.fit(self._dataset(self.train), step, evaluate, resume=self.resume)
         if dist.is_main():
             save_teacher(path, teacher)
         return teacher.eval()
 
-    def _dataset(self, split: Split) -> TensorDataset:
-        target = split.labels if split.labels is not None else torch.arange(len(split.images))
-        return TensorDataset(split.images, target)
-
-    @torch.no_grad()
-    def _embed(self, encode: Any, split: Split, device: torch.device, batch: int = 256) -> torch.Tensor:
-        out = [encode(self.pre(split.images[s].to(device), train=False)).float()
-               for s in iterate_batches(len(split.images), batch)]
-        return torch.cat(out)
-
-    def _eval_teacher(self, teacher: ClipTeacher, split: Split) -> dict[str, float]:
-        device = next(teacher.parameters()).device
-        if self.task == "classes":
-            cv = teacher.class_vectors(self.classes, self.cfg.templates)
-            scores = (self._embed(teacher.encode_image, split, device) @ cv.T).cpu().numpy()
-            return topk_accuracy(scores, split.labels.numpy())
-        img = self._embed(teacher.encode_image, split, device).cpu().numpy()
-        txt = teacher.encode_texts(split.captions).cpu().numpy()
-        return retrieval_recall(img, txt, split.caption_owner)
+    @property
+    def _owner(self) -> torch.Tensor:
+        return torch.from_numpy(self.train.caption_owner)
 
     def text_vectors(self, teacher: ClipTeacher) -> dict[str, torch.Tensor]:
         """Each teacher's text side encoded once: class vectors, or caption vectors per split."""
         if self.task == "classes":
             cv = teacher.class_vectors(self.classes, self.cfg.templates).to(self.device)
-            return {"train": cv, "test": cv}
-        return {"train": teacher.encode_texts(self.train.captions).to(self.device),
-                "test": teacher.encode_texts(self.test.captions).to(self.device)}
+            return {"train": cv, "val": cv, "test": cv}
+        return {k: teacher.encode_texts(s.captions).to(self.device)
+                for k, s in (("train", self.train), ("val", self.val), ("test", self.test))}
 
     def save_heldout(self, vectors: dict[str, dict[str, torch.Tensor]], calib: int = 256) -> None:
         """heldout.npz: test images (+labels or caption vectors) and calibration images, so export and bench
@@ -214,135 +177,128 @@ class AMMKD:
         with atomic_path(self.run / "heldout.npz") as tmp:
             np.savez(tmp, **arrays)
 
+    # ---------------------------------------------------------------- health
+    def check_health(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]],
+                     baseline: nn.Module) -> list[TeacherHealth]:
+        """Every teacher vs the no-KD student on the health split; weak teachers are logged and printed loudly."""
+        split = self.health_split
+        key = "val" if split is self.val else "test"
+        metric = HEALTH_METRIC[self.task]
+        values = {n: eval_teacher(t.to(self.device), split, self.classes, self.cfg.templates)[metric]
+                  for n, t in teachers.items()}
+        alone = eval_student(baseline.to(self.device), [vectors[n][key] for n in teachers], split)[metric]
+        checks = check_teachers(values, alone, f"{key} {metric}", True, self.cfg.health.margin)
+        for c in checks:
+            if self.log:
+                self.log.write(stage="health", event="teacher", **c.__dict__)
+            if dist.is_main() and (not c.healthy or self.progress):
+                print(("WARNING: " if not c.healthy else "") + c.message(), flush=True)
+        if dist.is_main() and checks and not any(c.healthy for c in checks) and self.cfg.health.drop_weak:
+            print("WARNING: no teacher beats the student alone: the student is trained without distillation "
+                  "(--set health.drop_weak=false distils anyway)", flush=True)
+        return checks
+
     # ---------------------------------------------------------------- student
     def build_student(self, teacher_dims: list[int]) -> nn.Module:
         """The student from the registry, so export can rebuild it from student.pt alone."""
         return create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
-                            teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.cfg.data.image_size)
+                            teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
 
-    def distil(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]]) -> nn.Module:
-        """Stage 2: CE + weighted KL to each teacher, per step."""
+    def distil(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]], kd: bool,
+               active: list[str] | None = None) -> nn.Module:
+        """Stage 2 (kd=True: the configured terms from the `active` teachers) or the no-KD baseline (CE only)."""
+        stage = "student" if kd else "student_nokd"
         seed_everything(self.cfg.seed + 2)
         names = list(teachers)
-        student = self.build_student([int(vectors[n]["train"].shape[1]) for n in names])
-        trainer = Trainer("student", student, self.cfg.train, self.run / "stages" / "student", self.log,
-                          self.cfg.seed, self.progress)
+        active = list(names if active is None else active) if kd else []
+        dims = {n: int(vectors[n]["train"].shape[1]) for n in names}
+        student = self.build_student([dims[n] for n in names])
+        terms = dict(self.cfg.loss.terms) if kd else {"ce": max(self.cfg.loss.terms["ce"], 1.0)}
+        heads = bool(active) and any(terms.get(t, 0) > 0 for t in FEATURE_TERMS)
+        model = StudentWithHeads(student, self.cfg.embed_dim, {n: dims[n] for n in active}) if heads else student
+        trainer = Trainer(stage, model, self.cfg.train, self.run / "stages" / stage, self.log, self.cfg.seed,
+                          self.progress)
         for t in teachers.values():
             t.to(trainer.device).requires_grad_(False)
         tv = {n: vectors[n]["train"].to(trainer.device) for n in names}
-        owner = torch.from_numpy(self.train.caption_owner)
-        use_kd = self.weighting.mode != "none" and self.cfg.kd_weight > 0
-        cfg = self.cfg
+        loss_fn = AMMKDLoss(terms, self.weighting, self.cfg.temperature, self.cfg.train.label_smoothing, active)
 
-        def step(model: nn.Module, batch: Any) -> StepOutput:
+        def step(m: nn.Module, batch: Any) -> StepOutput:
             images, target = batch
-            core = model.module if hasattr(model, "module") else model
-            x = self.pre(images, train=True)
+            x = normalise(images)
             if self.task == "classes":
-                texts = tv
-                labels = target
+                b = Batch(x, target, tv, symmetric=False)
             else:  # one random caption of each image in the batch; targets are the diagonal
-                picks = torch.tensor([_pick_caption(owner, int(i)) for i in target.tolist()])
-                texts = {n: v[picks.to(v.device)] for n, v in tv.items()}
-                labels = torch.arange(len(target), device=x.device)
-            emb = model(x)
-            logits = core.scale() * emb @ core.fuse_text([texts[n] for n in names]).T
-            loss = F.cross_entropy(logits, labels)
-            stats = {"ce": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item() * 100}
-            if self.task == "captions":
-                loss = 0.5 * (loss + F.cross_entropy(logits.T, labels))
-            loss = cfg.ce_weight * loss
-            if use_kd:
-                kd_terms = {}
-                with torch.no_grad():
-                    t_logits = {n: teachers[n].logit_scale() * teachers[n].encode_image(x) @ texts[n].T for n in names}
-                for n in names:
-                    term = kd_kl(logits, t_logits[n], cfg.temperature)
-                    if self.task == "captions":
-                        term = 0.5 * (term + kd_kl(logits.T, t_logits[n].T, cfg.temperature))
-                    kd_terms[n] = term
-                kd, weights = self.weighting.combine(kd_terms, wrt=logits)
-                loss = loss + cfg.kd_weight * kd
-                stats["kd"] = kd.item()
-                stats.update({f"w_{n}": w for n, w in weights.items()})
-            return StepOutput(loss, stats)
+                picks = torch.tensor([_pick_caption(self._owner, int(i)) for i in target.tolist()])
+                b = Batch(x, torch.arange(len(target), device=x.device),
+                          {n: v[picks.to(v.device)] for n, v in tv.items()}, symmetric=True)
+            return StepOutput(*loss_fn(m, teachers, b))
 
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            return self._eval_student(model, {n: vectors[n]["test"] for n in names}, self.val, tv)
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            s = m.student if isinstance(m, StudentWithHeads) else m
+            return eval_student(s, [vectors[n]["val"] for n in names], self.val)
 
-        student = trainer.fit(self._dataset(self.train), step, evaluate if len(self.val.images) else None,
-                              resume=self.resume)
+        trained = trainer.fit(AugmentedImages(self.train.images, self.train.targets(), self.cfg.data.augment), step,
+                              evaluate if len(self.val.images) else None, resume=self.resume)
+        student = trained.student if isinstance(trained, StudentWithHeads) else trained
         if dist.is_main():
-            with torch.no_grad():
-                fused = student.fuse_text([tv[n] for n in names]).cpu().numpy() if self.task == "classes" else None
-            save_model(self.run / "student.pt", student, extra={
-                "task": self.task, "teachers": names, "image_size": self.cfg.data.image_size,
-                "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "templates": list(self.cfg.templates),
-                "labels": self.classes})
-            if fused is not None:
-                with atomic_path(self.run / "student_class_vectors.npy") as tmp:
-                    np.save(tmp, fused.astype(np.float32))
+            self._save_student(student, names, tv, "student.pt" if kd else "student_nokd.pt", kd)
         return student
 
-    def _eval_student(self, student: nn.Module, test_vectors: dict[str, torch.Tensor], split: Split,
-                      train_vectors: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        device = next(student.parameters()).device
-        names = list(test_vectors)
-        if self.task == "classes":
-            vecs = train_vectors or test_vectors
-            cv = student.fuse_text([vecs[n].to(device) for n in names])
-            scores = (self._embed(student, split, device) @ cv.T).cpu().numpy()
-            return topk_accuracy(scores, split.labels.numpy())
-        if split is self.val:  # caption vectors of the val split are not precomputed; use the batch-free proxy
-            return {}
-        txt = student.fuse_text([test_vectors[n].to(device) for n in names]).cpu().numpy()
-        img = self._embed(student, split, device).cpu().numpy()
-        return retrieval_recall(img, txt, split.caption_owner)
+    def _save_student(self, student: nn.Module, names: list[str], tv: dict[str, torch.Tensor], file: str,
+                      fused_vectors: bool) -> None:
+        save_model(self.run / file, student, extra={
+            "task": self.task, "teachers": names, "image_size": self.size,
+            "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "templates": list(self.cfg.templates),
+            "labels": self.classes})
+        if fused_vectors and self.task == "classes":
+            with torch.no_grad():
+                fused = student.fuse_text([tv[n] for n in names]).cpu().numpy()
+            with atomic_path(self.run / "student_class_vectors.npy") as tmp:
+                np.save(tmp, fused.astype(np.float32))
 
     # ------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate_all(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]],
-                     student: nn.Module) -> dict[str, Any]:
-        """Teachers and student on the same held-out test split, with parameters and FLOPs."""
-        size = self.cfg.data.image_size
-        probe = torch.zeros(1, 3, size, size)
+                     student: nn.Module, baseline: nn.Module | None) -> dict[str, Any]:
+        """Teachers, the no-KD student and the student on the same held-out test split, with parameters and FLOPs."""
+        probe = torch.zeros(1, 3, self.size, self.size)
         models: dict[str, Any] = {}
         for name, t in teachers.items():
             t = t.cpu()
             tower = t.image_tower()
-            tsize = t.image_size
-            metric = self._eval_teacher(t, self.test)
+            metric = eval_teacher(t, self.test, self.classes, self.cfg.templates)
             models[f"teacher:{name}"] = {"role": "teacher", "spec": t.spec.model_name, **metric,
                                          "params": count_params(t), "image_params": count_params(tower),
-                                         "flops": count_flops(tower, torch.zeros(1, 3, tsize, tsize))}
-        student = student.cpu()
-        metric = self._eval_student(student, {n: v["test"].cpu() for n, v in vectors.items()}, self.test,
-                                    {n: v["train"].cpu() for n, v in vectors.items()})
-        models["student"] = {"role": "student", "spec": self.cfg.student, **metric, "params": count_params(student),
-                             "image_params": count_params(student) - count_params(student.text_fusion),
-                             "flops": count_flops(student, probe)}
+                                         "flops": count_flops(tower, torch.zeros(1, 3, t.image_size, t.image_size))}
+        test_vectors = [vectors[n]["test"].cpu() for n in teachers]
+        for key, model in (("student_nokd", baseline), ("student", student)):
+            if model is None:
+                continue
+            model = model.cpu()
+            models[key] = {"role": key, "spec": self.cfg.student, **eval_student(model, test_vectors, self.test),
+                           "params": count_params(model),
+                           "image_params": count_params(model) - count_params(model.text_fusion),
+                           "flops": count_flops(model, probe)}
         largest = max(m["params"] for m in models.values() if m["role"] == "teacher")
-        return {
-            "method": "ammkd", "task": self.task, "dataset": self.cfg.data.spec,
+        out = {
+            "method": "ammkd", "task": self.task, "dataset": self.cfg.data.spec, "image_size": self.size,
             "split_sizes": {"train": len(self.train.images), "val": len(self.val.images), "test": len(self.test.images)},
             "weighting": self.weighting.mode, "fusion": self.cfg.fusion, "seed": self.cfg.seed,
+            "loss_terms": {k: v for k, v in self.cfg.loss.terms.items() if v > 0},
             "student_params_vs_largest_teacher": models["student"]["params"] / largest,
             "models": models,
         }
+        if baseline is not None:
+            metric = HEALTH_METRIC[self.task]
+            out["kd_gain_points"] = models["student"][metric] - models["student_nokd"][metric]
+        return out
 
 
 def _pick_caption(owner: torch.Tensor, image: int) -> int:
     """A random caption index belonging to `image` (torch RNG, so resume reproduces it)."""
     idx = torch.nonzero(owner == image).flatten()
     return int(idx[torch.randint(len(idx), (1,))])
-
-
-def metrics_table(metrics: dict[str, Any]) -> str:
-    """The table `kdmobile train ammkd` prints: accuracy (or recall), parameters, FLOPs per model."""
-    keys = ["top1", "top5"] if metrics["task"] == "classes" else ["i2t_R@1", "i2t_R@5", "t2i_R@1", "t2i_R@5"]
-    rows = [[name, *(m.get(k) for k in keys), m["params"], m["image_params"], m["flops"] / 1e6]
-            for name, m in metrics["models"].items()]
-    return format_table(["model", *keys, "params", "image params", "MFLOPs/img"], rows)
 
 
 def run_ammkd(cfg: AMMKDConfig, resume: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The one training loop every kdmobile method runs on.
 
-It owns devices, DDP, mixed precision, the optimiser and schedule, per-epoch checkpoints with exact resume, the
-progress bar and the JSONL log. A method supplies only a model, a dataset, a step function and an evaluation.
+It owns devices, DDP, mixed precision, the optimiser and schedule (warm-up, cosine, gradient clipping, optional EMA
+of the weights), per-epoch checkpoints with exact resume, the progress bar and the JSONL log. A method supplies only a model, a dataset, a step function and an evaluation.
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.ema = _make_ema(self.model, cfg.ema)
 
     # ----------------------------------------------------------------- helpers
     def _amp_dtype(self) -> torch.dtype | None:
@@ -143,6 +144,7 @@ class Trainer:
         state = {"stage": self.stage, "epoch": epoch, "global_step": self.global_step,
                  "model": self.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler else None, "rng": _rng_state(),
+                 "ema": self.ema.module.state_dict() if self.ema is not None else None,
                  "history": self.history}
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -155,6 +157,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state({k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state["rng"].items()})
@@ -185,14 +189,20 @@ class Trainer:
             if evaluate is not None and dist.is_main():
                 self.model.eval()
                 with torch.no_grad(), self.autocast():
-                    record.update({f"val_{k}": float(v) for k, v in evaluate(self.model).items()})
+                    record.update({f"val_{k}": float(v) for k, v in evaluate(self.final_model()).items()})
             self.history.append(record)
             if self.log:
                 self.log.write(stage=self.stage, event="epoch", **record)
             self._save(epoch + 1, opt, sched)
             dist.barrier()
+        if self.ema is not None:  # the averaged weights are the result
+            self.model.load_state_dict(self.ema.module.state_dict())
         self.model.eval()
         return self.model
+
+    def final_model(self) -> nn.Module:
+        """The weights this stage will return: the EMA copy when EMA is on, else the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _run_epoch(self, model: nn.Module, loader: DataLoader, step: StepFn, opt: torch.optim.Optimizer,
                    sched: Any, epoch: int) -> dict[str, Any]:
@@ -224,6 +234,8 @@ class Trainer:
                 opt.step()
             sched.step()
             self.global_step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.global_step)
             n = _batch_len(batch)
             seen += n
             for k, v in {"loss": out.loss.item(), **out.stats}.items():
@@ -239,6 +251,15 @@ class Trainer:
         if self.device.type == "cuda":
             record["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return record
+
+
+def _make_ema(model: nn.Module, decay: float) -> Any:
+    """timm's EMA of the weights (with warm-up, so short runs are not dominated by the initial weights), or None."""
+    if decay <= 0:
+        return None
+    from timm.utils.model_ema import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -30,6 +30,7 @@ from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
 from kdmobile.train.losses import output_distill, spectral_band_loss
+from kdmobile.train.health import TeacherHealth, check_teachers, health_record
 from kdmobile.train.weighting import TeacherWeighting
 
 KD_MODES = ("none", "output", "spectral", "spectral-low", "spectral-high")
@@ -107,11 +108,16 @@ class SDKD:
         for i, name in enumerate(self.teacher_names):
             teachers[name] = self.train_teacher(name, seed=self.cfg.seed + 10 * i)
         models: dict[str, nn.Module] = dict(teachers)
+        health: list[TeacherHealth] = []
         if self.cfg.baseline and self.cfg.kd != "none":
             models["student_nokd"] = self.train_student("student_nokd", "none", teachers)
-        models["student"] = self.train_student("student", self.cfg.kd, teachers)
+            health = self.check_health(teachers, models["student_nokd"])
+        dropped = [h.teacher for h in health if not h.healthy] if self.cfg.health.drop_weak else []
+        models["student"] = self.train_student("student", self.cfg.kd, teachers,
+                                               active=[n for n in teachers if n not in dropped])
         metrics = self.evaluate_all(models) if dist.is_main() else {}
         if dist.is_main():
+            metrics["teacher_health"] = health_record(health, dropped)
             write_json(self.run / "metrics.json", metrics)
             self.figure(models)
         return metrics
@@ -131,6 +137,17 @@ class SDKD:
     def _eval_mse(self, model: nn.Module) -> dict[str, float]:
         pred = self.predict(model, self.splits.val_x)
         return {"mse": float(np.mean((pred - self.splits.val_y) ** 2))}
+
+    def check_health(self, teachers: dict[str, nn.Module], baseline: nn.Module) -> list[TeacherHealth]:
+        """Each teacher's validation MSE against the no-KD student's: a teacher must be clearly better to teach."""
+        values = {n: self._eval_mse(t)["mse"] for n, t in teachers.items()}
+        checks = check_teachers(values, self._eval_mse(baseline)["mse"], "val mse", False, self.cfg.health.margin)
+        for c in checks:
+            if self.log:
+                self.log.write(stage="health", event="teacher", **c.__dict__)
+            if dist.is_main() and (not c.healthy or self.progress):
+                print(("WARNING: " if not c.healthy else "") + c.message(), flush=True)
+        return checks
 
     # ------------------------------------------------------------------ stages
     def train_teacher(self, name: str, seed: int) -> nn.Module:
@@ -156,8 +173,10 @@ class SDKD:
             save_model(path, model, extra=self._extra())
         return model
 
-    def train_student(self, stage: str, kd: str, teachers: dict[str, nn.Module]) -> nn.Module:
-        """Fit a student with ground truth plus the KD terms `kd` selects; saved as STAGE.pt."""
+    def train_student(self, stage: str, kd: str, teachers: dict[str, nn.Module],
+                      active: list[str] | None = None) -> nn.Module:
+        """Fit a student with ground truth plus the KD terms `kd` selects, from the `active` teachers (all by
+        default; those failing the health check are left out); saved as STAGE.pt."""
         from kdmobile.models import load_model
 
         path = self.run / f"{stage}.pt"
@@ -173,6 +192,9 @@ class SDKD:
             t.to(trainer.device).eval().requires_grad_(False)
         low_w = 0.0 if kd == "spectral-high" else 1.0
         high_w = 0.0 if kd == "spectral-low" else 1.0
+        active = list(names if active is None else active)
+        if not active:
+            kd = "none"
         weighting = self.weighting if kd != "none" else TeacherWeighting("none", names)
 
         def step(m: nn.Module, batch: Any) -> StepOutput:
@@ -184,15 +206,17 @@ class SDKD:
             if kd != "none":
                 terms = {}
                 with torch.no_grad():
-                    t_out = {n: teachers[n].forward_with_latent(x) for n in names}
+                    t_out = {n: teachers[n].forward_with_latent(x) for n in active}
                 for i, n in enumerate(names):
+                    if n not in active:
+                        continue
                     term = cfg.output_weight * output_distill(out, t_out[n][0])
                     if kd.startswith("spectral"):
                         spec, bands = spectral_band_loss(adapted[i], t_out[n][1], cfg.cutoffs, low_w, high_w)
                         term = term + cfg.spectral_weight * spec
                         stats.update({f"{n}_{k}": float(v) for k, v in bands.items()})
                     terms[n] = term
-                kd_loss, weights = weighting.combine(terms, wrt=[out, z])
+                kd_loss, weights = weighting.combine(terms, wrt=[out, z], active=active)
                 loss = loss + kd_loss
                 stats["kd"] = kd_loss.item()
                 stats.update({f"w_{n}": w for n, w in weights.items()})
@@ -286,8 +310,9 @@ def _latency_ms(model: nn.Module, probe: torch.Tensor, runs: int = 20) -> float:
 
 def metrics_table(metrics: dict[str, Any]) -> str:
     """The table `kdmobile train sdkd` prints."""
-    rows = [[n, m["mse"], m["mae"], m["rel_l2"], m["ssim"], m["params"], m["flops"] / 1e6, m["cpu_latency_ms"]]
-            for n, m in metrics["models"].items()]
+    weak = set(metrics.get("teacher_health", {}).get("weak", []))
+    rows = [[n + (" (WEAK)" if n in weak else ""), m["mse"], m["mae"], m["rel_l2"], m["ssim"], m["params"],
+             m["flops"] / 1e6, m["cpu_latency_ms"]] for n, m in metrics["models"].items()]
     return format_table(["model", "MSE", "MAE", "rel L2", "SSIM", "params", "MFLOPs", "CPU ms (torch, 1 thr)"], rows)
 
 
