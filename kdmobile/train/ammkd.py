@@ -25,7 +25,8 @@ from kdmobile.metrics import retrieval_recall, topk_accuracy
 from kdmobile.models import create_model, save_model
 from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import new_run_dir, write_method
+from kdmobile.models.student import check_backbone
+from kdmobile.rundir import STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
@@ -88,6 +89,7 @@ class AMMKD:
         self.progress = progress
         # Everything that can fail on user input is checked before the run directory exists.
         self.specs = [parse_teacher(t) for t in cfg.teachers]
+        check_backbone(cfg.student)
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
         self.task = "classes" if isinstance(data, ClassData) else "captions"
@@ -130,14 +132,14 @@ class AMMKD:
         student = self.distil(teachers, vectors)
         metrics = self.evaluate_all(teachers, vectors, student) if dist.is_main() else {}
         if dist.is_main():
-            write_json(self.run / "metrics.json", metrics)
+            write_metrics(self.run, metrics)
             self.log.write(stage="done", event="metrics", **{k: v for k, v in metrics.items() if k != "models"})
         return metrics
 
     # --------------------------------------------------------------- teachers
     def pretrain_teacher(self, name: str, spec: Any) -> ClipTeacher:
         """Stage 1: fine-tune (or train from scratch) one teacher contrastively on this data; cached in teachers/."""
-        path = self.run / "teachers" / f"{name}.pt"
+        path = teacher_file(self.run, name)
         if self.resume and path.is_file():
             return load_teacher(path).to(self.device)
         seed_everything(self.cfg.seed + 1)
@@ -216,7 +218,7 @@ class AMMKD:
 
     # ---------------------------------------------------------------- student
     def build_student(self, teacher_dims: list[int]) -> nn.Module:
-        """The student from the registry, so export can rebuild it from student.pt alone."""
+        """The student from the registry, so export can rebuild it from student.safetensors alone."""
         return create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
                             teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.cfg.data.image_size)
 
@@ -275,7 +277,7 @@ class AMMKD:
         if dist.is_main():
             with torch.no_grad():
                 fused = student.fuse_text([tv[n] for n in names]).cpu().numpy() if self.task == "classes" else None
-            save_model(self.run / "student.pt", student, extra={
+            save_model(self.run / STUDENT_FILE, student, extra={
                 "task": self.task, "teachers": names, "image_size": self.cfg.data.image_size,
                 "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "templates": list(self.cfg.templates),
                 "labels": self.classes})
