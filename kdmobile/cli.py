@@ -1,7 +1,8 @@
 """The `kdmobile` command: train, export, bench, predict, data, doctor.
 
 Heavy imports (torch, open_clip, converters) happen inside each verb, so `--help` and the torch-free verbs stay fast.
-User errors print one line and exit 2; Ctrl-C exits 130 and leaves only complete files behind.
+User errors print one line and exit 2; environment failures (disk full, read-only folder, a converter crash) print
+one line with the cause and exit 1; Ctrl-C exits 130 and leaves only complete files behind.
 """
 
 from __future__ import annotations
@@ -231,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KDError as err:
         print(f"kdmobile: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the environment failed: disk full, read-only or vanished folder, permissions
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"kdmobile: error: {where}{err.strerror or err} (exit 1: environment failure)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kdmobile: interrupted; only complete files were kept (train: rerun with --resume)", file=sys.stderr)
         return 130

@@ -14,13 +14,14 @@ runs/NAME/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from kdmobile import __version__
 from kdmobile.errors import KDError
 from kdmobile.fileio import check_writable, clean_stale, write_json
+from kdmobile.untrusted import MAX_LABELS_BYTES
+from kdmobile.untrusted import read_json as untrusted_json
 
 STUDENT_FILE = "student.safetensors"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -82,10 +83,10 @@ def read_method(run: str | Path) -> str:
         raise KDError(f"{p}: no such run directory")
     if not f.is_file():
         raise KDError(f"{p}: not a kdmobile run directory (no method.json)")
-    try:
-        return str(json.loads(f.read_text())["method"])
-    except (ValueError, KeyError) as exc:
-        raise KDError(f"{f}: corrupt ({exc})") from None
+    doc = untrusted_json(f)
+    if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
+        raise KDError(f"{f}: corrupt (no \"method\" string)")
+    return doc["method"]
 
 
 def read_json(path: str | Path) -> Any:
@@ -93,7 +94,4 @@ def read_json(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise KDError(f"{p}: missing (was the run finished?)")
-    try:
-        return json.loads(p.read_text())
-    except ValueError as exc:
-        raise KDError(f"{p}: corrupt JSON ({exc})") from None
+    return untrusted_json(p, max_bytes=MAX_LABELS_BYTES)

@@ -35,10 +35,17 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], r
 
 
 def _refuse_pickle(p: Path) -> None:
-    """One-line refusal of a pickle-based file (an old kdmobile `.pt`, or any `torch.save` output)."""
+    """One-line refusal of a pickle-based file (an old kdmobile `.pt`, or any `torch.save` output).
+
+    A safetensors file starts with its header length (8 bytes, little-endian) and then `{`; anything else that
+    starts like a pickle stream or a zip archive is a pickle checkpoint.
+    """
     with open(p, "rb") as f:
-        head = f.read(4)
-    if head[:1] == _PICKLE_MAGIC[0] or (head == _PICKLE_MAGIC[1] and zipfile.is_zipfile(p)):
+        head = f.read(9)
+    size = p.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return
+    if head[:1] == _PICKLE_MAGIC[0] or (head[:4] == _PICKLE_MAGIC[1] and zipfile.is_zipfile(p)):
         raise KDError(f"{p}: a pickle-based PyTorch file; kdmobile loads only safetensors model files (unpickling "
                       "can run code): retrain with this kdmobile version or convert it where you trust it")
 
