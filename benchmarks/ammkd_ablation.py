@@ -54,7 +54,7 @@ def run_seed(seed: int, args: argparse.Namespace, teacher_files: list[str]) -> d
         print(f"seed {seed} {label}: top-1 {metrics['models']['student']['top1']:.2f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         if not teacher_files:
-            teacher_files.extend(str(run / "teachers" / f"{t}.pt") for t in TEACHERS)
+            teacher_files.extend(str(run / "teachers" / f"{t}.safetensors") for t in TEACHERS)
         results.setdefault("teachers", {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"})
         results["students"][label] = metrics["models"]["student"]
         results["split_sizes"] = metrics["split_sizes"]

@@ -83,7 +83,7 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> None:
     if not isinstance(manifest, dict):
         raise KDError(f"{where}: manifest.json must hold a JSON object")
     task = manifest.get("task")
-    required = {**_REQUIRED, **_REQUIRED_TASK.get(task, {})}
+    required = {**_REQUIRED, **(_REQUIRED_TASK.get(task, {}) if isinstance(task, str) else {})}
     missing = [k for k in required if _get(manifest, k) is _MISSING]
     if missing:
         raise KDError(f"{where}: missing required fields: {', '.join(missing)}")

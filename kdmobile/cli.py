@@ -66,7 +66,7 @@ def _train_ammkd(args: argparse.Namespace) -> int:
     if dist.is_main():
         print(metrics_table(metrics))
         print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
-        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, class_vectors.npz, log.jsonl)")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, class_vectors.npz, log.jsonl)")
     return 0
 
 
@@ -87,7 +87,7 @@ def _train_sdkd(args: argparse.Namespace) -> int:
         if "mse_reduction_vs_nokd_pct" in metrics:
             print(f"SDKD student vs no-KD student: MSE {metrics['mse_reduction_vs_nokd_pct']:+.1f}% reduction, "
                   f"MAE {metrics['mae_reduction_vs_nokd_pct']:+.1f}% reduction")
-        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, forecast.png, log.jsonl)")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, forecast.png, log.jsonl)")
     return 0
 
 

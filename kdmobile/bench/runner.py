@@ -721,7 +721,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path, settings: Settings) -> 
         for run in out.runs:
             subjects = _teacher_subjects(run, devices)
             if devices and not subjects:
-                out.notes.append(f"{run.name}: no teachers/*.pt in the run directory")
+                out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
             out.subjects += subjects
     if not out.subjects:
         raise KDError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
