@@ -71,8 +71,8 @@ def require_complete(run: str | Path, verb: str) -> None:
     p = Path(run)
     if (p / INCOMPLETE).exists():
         method = read_method(p)
-        raise KDError(f"{p}: training did not finish ({INCOMPLETE} marker, no metrics.json); {verb} needs a finished run: "
-                      f"`kdmobile train {method} --resume --out {p.parent} --name {p.name}`")
+        raise KDError(f"{p}: training did not finish ({INCOMPLETE} marker, no metrics.json); {verb} needs a "
+                      f"finished run: `kdmobile train {method} --resume --out {p.parent} --name {p.name}`")
 
 
 def read_method(run: str | Path) -> str:
