@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from kdmobile.errors import KDError, ToolError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -101,12 +104,8 @@ def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_
     Run before long work, so a read-only or full disk fails in the first second, not after the training or
     conversion. A folder this call had to create is removed again if the check fails.
     """
-    from kdmobile.errors import ToolError
-
     d = Path(directory).expanduser()
     if d.exists() and not d.is_dir():
-        from kdmobile.errors import KDError
-
         raise KDError(f"{what} {d}: exists and is not a directory")
     created = [p for p in [d, *d.parents] if not p.exists()]
     try:
@@ -120,10 +119,12 @@ def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_
             os.unlink(probe)
         free = shutil.disk_usage(d).free
         if free < min_free:
-            raise OSError(28, f"only {free >> 20} MiB free, {min_free >> 20} MiB needed")
+            raise OSError(errno.ENOSPC, f"only {free >> 20} MiB free, {min_free >> 20} MiB needed")
     except OSError as e:
         for p in created:  # deepest first
             with contextlib.suppress(OSError):
                 p.rmdir()
-        raise ToolError(f"{what} {d}: not writable ({e.strerror or e})") from None
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # a file in the way: the path is wrong, not the disk
+            raise KDError(f"{what} {d}: cannot create it ({e.strerror or e})") from None
+        raise ToolError(f"{what} {d}: cannot write there ({e.strerror or e})") from None
     return d

@@ -259,3 +259,20 @@ def test_clean_stale_keeps_live_processes_entries(tmp_path):
     (tmp_path / "keep").mkdir()
     assert len(clean_stale(tmp_path)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".b.work.{os.getppid()}.abc", "keep"]
+
+
+def test_resume_removes_temporaries_of_a_killed_training(tmp_path):
+    from kdmobile.rundir import new_run_dir
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    run = tmp_path / "runs" / "r"
+    write_method(run, "ammkd")
+    leftover = run / "stages" / "student" / f".last.pt.{dead}.k1ll3d00.tmp"
+    leftover.mkdir(parents=True)
+    assert new_run_dir(tmp_path / "runs", "r", resume=True) == run
+    assert not leftover.exists() and (run / "INCOMPLETE").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(KDError, match="cannot create it") as e:  # a file in the way: bad input, exit 2
+        new_run_dir(tmp_path / "afile" / "runs", "r", resume=False)
+    assert e.value.exit_code == 2
