@@ -24,7 +24,7 @@ from kdmobile.errors import KDError
 from kdmobile.runtime import ForecastPredictor, RetrievalPredictor, load_image
 from kdmobile.untrusted import MAX_PIXELS, parse_json
 
-from test_bundle import LABELS, retrieval_files, retrieval_manifest
+from test_bundle import retrieval_files, retrieval_manifest
 from untrusted_helpers import T_IN, fake_forecast_run, main, one_line_err, reseal
 
 
