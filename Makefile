@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(KD) train ammkd --out $(dir $(DEMO)) --name $(NAME)
 	$(KD) export $(DEMO) --target onnx,tflite --precision fp32,int8 --out bundles
 	$(KD) bench $(DEMO) --bundles bundles --runs 100 --out bench/$(NAME)
-	@echo "outputs: $(DEMO)/ (run: metrics.json, student.pt, teachers/), bundles/$(NAME)-*/ (bundles),"
+	@echo "outputs: $(DEMO)/ (run: metrics.json, student.safetensors, teachers/), bundles/$(NAME)-*/ (bundles),"
 	@echo "         bench/$(NAME)/ (report.md, report.json, latency_vs_accuracy.png)"
 
 # Android demo tools (apt + bullseye dx/android.jar + npm ci), idempotent: checks before installing.

@@ -28,6 +28,7 @@ import numpy as np
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
+from kdmobile.rundir import teacher_file
 from kdmobile.table import format_table
 from kdmobile.train.ammkd import run_ammkd
 
@@ -78,7 +79,7 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
         cfg = load_config(AMMKDConfig, None, over, args.set)
         started = time.perf_counter()
         run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
-        rec = {"files": [str(run / "teachers" / f"{t}.pt") for t in TEACHERS],
+        rec = {"files": [str(teacher_file(run, t)) for t in TEACHERS],
                "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"},
                "seconds": round(time.perf_counter() - started, 1), "teacher_epochs": args.teacher_epochs}
         records.put("teachers", rec)

@@ -43,7 +43,7 @@ QUICK = {  # the tiny configurations of the test suite: minutes on 2 cores
 def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: bool, progress: bool) -> Path:
     """The run directory of `method`: reused, or trained with the default config (tiny with --quick)."""
     run = runs / name
-    if (run / "metrics.json").is_file() and (run / "student.pt").is_file() and reuse:
+    if (run / "metrics.json").is_file() and (run / "student.safetensors").is_file() and reuse:
         print(f"[{method}] reusing {run}", flush=True)
         return run
     if run.exists():

@@ -54,7 +54,7 @@ def run_visc(visc: float, args: argparse.Namespace) -> dict:
     run_a, ma = run_sdkd(load_config(SDKDConfig, None, {**base, "name": f"{tag}-sdkd", "kd": "spectral"}, args.set),
                          progress=args.progress)
     cfg_b = load_config(SDKDConfig, None, {**base, "name": f"{tag}-output", "kd": "output", "baseline": False,
-                                           "teacher_files": [str(run_a / "teachers" / "teacher.pt")]}, args.set)
+                                           "teacher_files": [str(run_a / "teachers" / "teacher.safetensors")]}, args.set)
     run_b, mb = run_sdkd(cfg_b, progress=args.progress)
     stages = {**_stage_stats(run_a), **{"student_output": _stage_stats(run_b)["student"]}}
     stages["student_sdkd"] = stages.pop("student")

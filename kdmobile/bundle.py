@@ -1,11 +1,18 @@
-"""The bundle contract: manifest schema, atomic writer and checked reader (shared by export and runtime; no torch)."""
+"""The bundle contract: manifest schema, atomic writer and checked reader (shared by export and runtime; no torch).
+
+A bundle is sealed as a whole: `bundle.sha256` (sha256sum format, so `sha256sum -c bundle.sha256` works) lists the
+digest of manifest.json and of every file; the reader checks that seal before it trusts a byte of the manifest,
+and refuses symbolic links, files the manifest does not list, and oversized or deeply nested JSON.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
@@ -15,9 +22,12 @@ import numpy as np
 from kdmobile import __version__
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path, sha256_file
+from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_limited
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
 MANIFEST = "manifest.json"
+SEAL = "bundle.sha256"
+MAX_FILES = 10_000
 TASKS = ("retrieval", "forecast")
 TARGETS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -73,7 +83,7 @@ def validate_manifest(manifest: Any, where: str = "manifest") -> None:
     if not isinstance(manifest, dict):
         raise KDError(f"{where}: manifest.json must hold a JSON object")
     task = manifest.get("task")
-    required = {**_REQUIRED, **_REQUIRED_TASK.get(task, {})}
+    required = {**_REQUIRED, **(_REQUIRED_TASK.get(task, {}) if isinstance(task, str) else {})}
     missing = [k for k in required if _get(manifest, k) is _MISSING]
     if missing:
         raise KDError(f"{where}: missing required fields: {', '.join(missing)}")
@@ -92,28 +102,35 @@ def _consistency(m: dict) -> list[str]:
     out: list[str] = []
     inp = m["input"]
     shape = inp["shape"]
-    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
+    if len(shape) != 4 or not all(_is_type(s, int) and s > 0 for s in shape):
         out.append(f"input.shape {shape} should be 4 positive ints")
+    elif not all(_is_type(v, _NUM) for v in [*inp["mean"], *inp["std"]]):
+        out.append("input.mean/std should be numbers")
     elif inp["layout"] == "NCHW" and not (len(inp["mean"]) == len(inp["std"]) == shape[1]):
         out.append(f"input.mean/std should have {shape[1]} entries (one per channel)")
-    if len(inp["value_range"]) != 2 or not inp["value_range"][0] < inp["value_range"][1]:
+    vr = inp["value_range"]
+    if len(vr) != 2 or not all(_is_type(v, _NUM) for v in vr) or not vr[0] < vr[1]:
         out.append("input.value_range should be [lo, hi] with lo < hi")
     if not all(isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("shape"), list)
                for o in m["outputs"]) or not m["outputs"]:
         out.append("outputs should be a non-empty list of {name, shape}")
+    elif not all(_is_type(d, int) and d > 0 for o in m["outputs"] for d in o["shape"]):
+        out.append("outputs shapes should be positive ints")
     if not m["model_file"].endswith(MODEL_SUFFIX[m["target"]]):
         out.append(f"model_file {m['model_file']!r} does not match target {m['target']}")
     listed = m["files"]
     if not any(f == m["model_file"] or f.startswith(m["model_file"] + "/") for f in listed):
         out.append(f"model_file {m['model_file']} is not listed in files")
-    for rel in listed:
+    for rel, digest in listed.items():
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             out.append(f"files entry {rel!r} escapes the bundle")
+        if not (isinstance(digest, str) and len(digest) == 64):
+            out.append(f"files entry {rel!r} should map to a sha256 hex digest")
     if m["task"] == "retrieval":
         r = m["retrieval"]
         cv_shape = r["class_vectors"]["shape"]
-        if len(cv_shape) != 2:
-            out.append("retrieval.class_vectors.shape should be [K, D]")
+        if len(cv_shape) != 2 or not all(_is_type(d, int) and d > 0 for d in cv_shape):
+            out.append("retrieval.class_vectors.shape should be [K, D] positive ints")
         for f in (r["class_vectors"]["file"], r["labels_file"]):
             if f not in listed:
                 out.append(f"{f} is not listed in files")
@@ -131,9 +148,18 @@ def _bundle_files(root: Path) -> dict[str, str]:
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != MANIFEST:
+        if p.is_file() and rel not in (MANIFEST, SEAL):
             files[rel] = sha256_file(p)
     return files
+
+
+def seal_bundle(root: str | os.PathLike) -> None:
+    """Write bundle.sha256: the digest of manifest.json and of every file it lists, in sha256sum format."""
+    r = Path(root)
+    manifest = json.loads((r / MANIFEST).read_text())
+    lines = [f"{sha256_file(r / MANIFEST)}  {MANIFEST}"]
+    lines += [f"{sha256_file(r / rel)}  {rel}" for rel in sorted(manifest["files"])]
+    (r / SEAL).write_text("\n".join(lines) + "\n")
 
 
 def _stage(dest: Path, source: FileSource) -> None:
@@ -174,7 +200,7 @@ def write_bundle(
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for rel, source in files.items():
-            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel == MANIFEST:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST, SEAL):
                 raise ValueError(f"cannot stage {rel!r} in a bundle")
             _stage(tmp / rel, source)
         created = manifest.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -184,10 +210,12 @@ def write_bundle(
              "files": _bundle_files(tmp)}
         validate_manifest(m, where=f"bundle {out}")
         _write_manifest(tmp / MANIFEST, m)
+        seal_bundle(tmp)
         if verify is not None:
             result = verify(load_bundle(tmp))
             m["verification"] = {**m.get("verification", {}), **dict(result)}
             _write_manifest(tmp / MANIFEST, m)
+            seal_bundle(tmp)
     return out
 
 
@@ -259,10 +287,8 @@ class Bundle:
         """Class names from labels.json (retrieval only), one per class vector."""
         if "labels" not in self._cache:
             r = self._retrieval()
-            try:
-                labels = json.loads((self.path / r["labels_file"]).read_text())
-            except (OSError, ValueError) as e:
-                raise KDError(f"bundle {self.path}: cannot read {r['labels_file']} ({e})") from None
+            labels = read_json(self.path / r["labels_file"], f"bundle {self.path}: {r['labels_file']}",
+                               MAX_LABELS_BYTES)
             k = r["class_vectors"]["shape"][0]
             if not (isinstance(labels, list) and all(isinstance(s, str) for s in labels) and len(labels) == k):
                 raise KDError(f"bundle {self.path}: {r['labels_file']} should list {k} class names")
@@ -283,8 +309,56 @@ class Bundle:
         return self.manifest["retrieval"]
 
 
+def _walk(root: Path, where: str) -> set[str]:
+    """Relative paths of every regular file under root; KDError for a symbolic link or a special file."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                raise KDError(f"{where}: {rel} is a symbolic link (a bundle holds only its own files)")
+            if name in filenames and not stat.S_ISREG(mode):
+                raise KDError(f"{where}: {rel} is not a regular file")
+            if name in filenames:
+                found.add(rel)
+        if len(found) > MAX_FILES:
+            raise KDError(f"{where}: more than {MAX_FILES} files; not a bundle")
+    return found
+
+
+def _read_seal(root: Path, where: str) -> dict[str, str]:
+    """bundle.sha256 as {relative path: hex digest}; KDError if missing or malformed."""
+    raw = read_limited(root / SEAL, f"{where}: {SEAL}", 4 << 20)
+    seal: dict[str, str] = {}
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        digest, sep, rel = line.partition("  ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or rel in seal:
+            raise KDError(f"{where}: {SEAL} is malformed (expected 'SHA256  PATH' lines)")
+        seal[rel] = digest
+    if MANIFEST not in seal:
+        raise KDError(f"{where}: {SEAL} does not cover {MANIFEST}")
+    return seal
+
+
+def _old_schema(mpath: Path, where: str) -> None:
+    """For an unsealed bundle: the schema-version refusal, when the manifest states an older version."""
+    try:
+        found = parse_json(read_limited(mpath, where), where).get("schema_version")
+    except (KDError, AttributeError):
+        return
+    if found != SCHEMA_VERSION:
+        raise KDError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
+                      f"(re-export the bundle with this kdmobile version)")
+
+
 def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Open a bundle, refusing it with one line if the directory, manifest, schema version or checksums are wrong."""
+    """Open a bundle, refusing it with one line unless the seal, manifest, schema version and every file check out.
+
+    Order: no links or special files; the seal; the manifest's digest against the seal (before parsing it); size
+    and depth limits; schema and fields; the listed files are exactly the files present; every file's digest.
+    """
     root = Path(path)
     where = f"bundle {root}"
     if not root.exists():
@@ -292,12 +366,17 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if not root.is_dir():
         raise KDError(f"{where}: not a directory (a bundle is a directory holding manifest.json)")
     mpath = root / MANIFEST
-    if not mpath.is_file():
+    present = _walk(root, where)
+    if MANIFEST not in present:
         raise KDError(f"{where}: manifest.json missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise KDError(f"{where}: manifest.json is not valid JSON ({e})") from None
+    if SEAL not in present:
+        _old_schema(mpath, where)
+        raise KDError(f"{where}: {SEAL} missing (the bundle is not sealed; re-export it with this kdmobile version)")
+    seal = _read_seal(root, where)
+    raw = read_limited(mpath, f"{where}: {MANIFEST}")
+    if hashlib.sha256(raw).hexdigest() != seal[MANIFEST]:
+        raise KDError(f"{where}: {MANIFEST} changed after export (its digest does not match {SEAL})")
+    manifest = parse_json(raw, f"{where}: {MANIFEST}")
     if not isinstance(manifest, dict):
         raise KDError(f"{where}: manifest.json must hold a JSON object")
     found = manifest.get("schema_version")
@@ -305,10 +384,18 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise KDError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
                       f"(re-export the bundle with this kdmobile version)")
     validate_manifest(manifest, where)
-    for rel, digest in manifest["files"].items():
-        f = root / rel
-        if not f.is_file():
-            raise KDError(f"{where}: listed file {rel} missing")
-        if sha256_file(f) != digest:
+    listed = manifest["files"]
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise KDError(f"{where}: listed file {missing[0]} missing")
+    unlisted = sorted(present - set(listed) - {MANIFEST, SEAL})
+    if unlisted:
+        raise KDError(f"{where}: {unlisted[0]} is not listed in the manifest (a sealed bundle holds only its own "
+                      "files; remove it or re-export)")
+    if set(seal) != set(listed) | {MANIFEST}:
+        raise KDError(f"{where}: {SEAL} and {MANIFEST} list different files")
+    for rel, digest in listed.items():
+        actual = sha256_file(root / rel)
+        if actual != digest or seal[rel] != digest:
             raise KDError(f"{where}: checksum mismatch for {rel} (file changed after export)")
     return Bundle(path=root, manifest=manifest)

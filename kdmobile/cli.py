@@ -1,7 +1,8 @@
 """The `kdmobile` command: train, export, bench, predict, data, doctor.
 
 Heavy imports (torch, open_clip, converters) happen inside each verb, so `--help` and the torch-free verbs stay fast.
-User errors print one line and exit 2; Ctrl-C exits 130 and leaves only complete files behind.
+User errors print one line and exit 2; environment failures (disk full, read-only folder, a converter crash) print
+one line with the cause and exit 1; Ctrl-C exits 130 and leaves only complete files behind.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _train_ammkd(args: argparse.Namespace) -> int:
     if dist.is_main():
         print(metrics_table(metrics))
         print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
-        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, class_vectors.npz, log.jsonl)")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, class_vectors.npz, log.jsonl)")
     return 0
 
 
@@ -101,7 +102,7 @@ def _train_sdkd(args: argparse.Namespace) -> int:
         if "mse_reduction_vs_nokd_pct" in metrics:
             print(f"SDKD student vs no-KD student: MSE {metrics['mse_reduction_vs_nokd_pct']:+.1f}% reduction, "
                   f"MAE {metrics['mae_reduction_vs_nokd_pct']:+.1f}% reduction")
-        print(f"run directory: {run}  (metrics.json, student.pt, teachers/, forecast.png, log.jsonl)")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, forecast.png, log.jsonl)")
     return 0
 
 
@@ -252,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KDError as err:
         print(f"kdmobile: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the environment failed: disk full, read-only or vanished folder, permissions
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"kdmobile: error: {where}{err.strerror or err} (exit 1: environment failure)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kdmobile: interrupted; only complete files were kept (train: rerun with --resume)", file=sys.stderr)
         return 130

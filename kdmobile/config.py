@@ -199,7 +199,7 @@ class SDKDConfig(_Strict):
     seed: int = 0
     data: SequenceDataConfig = SequenceDataConfig()
     teachers: int = Field(1, ge=1, le=4)
-    teacher_files: list[str] = []  # reuse trained teachers (teachers/NAME.pt of an earlier run) instead of training
+    teacher_files: list[str] = []  # reuse trained teachers (teachers/NAME.safetensors of an earlier run)
     teacher: dict[str, Any] = {"width": 64, "conv_blocks": 3, "transformer_blocks": 3, "heads": 4}
     teacher_train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
     student: Literal["sdkd_resnet", "sdkd_unet"] = "sdkd_resnet"

@@ -10,3 +10,9 @@ class KDError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class ToolError(KDError):
+    """A failure of the environment (disk full, read-only folder, a converter crash): one line, exit code 1."""
+
+    exit_code = 1

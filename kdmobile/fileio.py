@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from kdmobile.errors import KDError, ToolError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -25,11 +29,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto `path` only if the block finishes.
 
-    Works for files and directories: an interrupted write leaves nothing under the final name.
+    Works for files and directories: an interrupted write leaves nothing under the final name. The temporary
+    name carries the pid, so `clean_stale` can remove what a killed process left.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     target = tmp / final.name
     try:
         yield target
@@ -56,3 +61,70 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON record per line (a log: partial last lines are tolerated by readers)."""
     with open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
+
+
+MIN_FREE_BYTES = 64 << 20  # refuse to start long work on a disk with less free space than this
+_STALE = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$|^\..+\.work\.(\d+)\.[^/]+$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporary entries (`.NAME.PID.XXXX.tmp`, `.NAME.work.PID.XXXX`) of processes that no longer run."""
+    d = Path(directory)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    for entry in d.iterdir():
+        m = _STALE.match(entry.name)
+        if not m:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid != os.getpid() and not _alive(pid):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Create `directory` if needed and prove it takes a file and has `min_free` bytes free; ToolError otherwise.
+
+    Run before long work, so a read-only or full disk fails in the first second, not after the training or
+    conversion. A folder this call had to create is removed again if the check fails.
+    """
+    d = Path(directory).expanduser()
+    if d.exists() and not d.is_dir():
+        raise KDError(f"{what} {d}: exists and is not a directory")
+    created = [p for p in [d, *d.parents] if not p.exists()]
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".kdmobile-probe.{os.getpid()}.", suffix=".tmp", dir=d)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+        free = shutil.disk_usage(d).free
+        if free < min_free:
+            raise OSError(errno.ENOSPC, f"only {free >> 20} MiB free, {min_free >> 20} MiB needed")
+    except OSError as e:
+        for p in created:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # a file in the way: the path is wrong, not the disk
+            raise KDError(f"{what} {d}: cannot create it ({e.strerror or e})") from None
+        raise ToolError(f"{what} {d}: cannot write there ({e.strerror or e})") from None
+    return d

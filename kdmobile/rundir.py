@@ -4,22 +4,34 @@ runs/NAME/
   config.yaml            resolved config (repeat the run with --config)
   method.json            {"method": "ammkd"|"sdkd", "kdmobile_version": ...}
   log.jsonl              one JSON record per epoch/event
-  stages/STAGE/last.pt   per-epoch checkpoints (for --resume)
-  teachers/NAME.pt       trained teachers
-  student.pt             the student, rebuildable by kdmobile.models.load_model
+  INCOMPLETE             present from the first write until metrics.json is written (export/bench refuse the run)
+  stages/STAGE/last.pt   per-epoch checkpoints (for --resume; loaded with torch.load(weights_only=True))
+  teachers/NAME.safetensors   trained teachers (safetensors; the open_clip name or registry recipe in the header)
+  student.safetensors    the student, rebuildable by kdmobile.models.load_model (no pickle anywhere)
   metrics.json           evaluation of teachers and student on the held-out split
   + method files (AMMKD: labels.json, class_vectors.npz; SDKD: normalisation.json)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from kdmobile import __version__
 from kdmobile.errors import KDError
-from kdmobile.fileio import write_json
+from kdmobile.fileio import check_writable, clean_stale, write_json
+from kdmobile.untrusted import MAX_LABELS_BYTES
+from kdmobile.untrusted import read_json as untrusted_json
+
+STUDENT_FILE = "student.safetensors"
+NOKD_FILE = "student_nokd.safetensors"  # the same student trained without distillation (baseline)
+WEIGHTS_SUFFIX = ".safetensors"
+INCOMPLETE = "INCOMPLETE"
+
+
+def teacher_file(run: str | Path, name: str) -> Path:
+    """Where a run keeps the trained teacher `name`."""
+    return Path(run) / "teachers" / f"{name}{WEIGHTS_SUFFIX}"
 
 
 def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False) -> Path:
@@ -29,7 +41,11 @@ def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False
     if resume:
         if not (path / "method.json").is_file():
             raise KDError(f"--resume: {path} is not a kdmobile run directory")
+        check_writable(path, "run directory")
+        for d in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            clean_stale(d)  # temporary files of a killed process
         return path
+    check_writable(root, "--out")
     if path.exists() and not exist_ok:
         i = 2
         while (root / f"{name}{i}").exists():
@@ -39,9 +55,25 @@ def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False
 
 
 def write_method(run: Path, method: str) -> None:
-    """Mark a directory as a kdmobile run of `method`."""
+    """Mark a directory as a kdmobile run of `method`, incomplete until `write_metrics`."""
     run.mkdir(parents=True, exist_ok=True)
+    (run / INCOMPLETE).write_text("training has not finished: resume it with `kdmobile train METHOD --resume`\n")
     write_json(run / "method.json", {"method": method, "kdmobile_version": __version__})
+
+
+def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
+    """Write metrics.json, the last file of a run, and only then drop the INCOMPLETE marker."""
+    write_json(run / "metrics.json", metrics)
+    (run / INCOMPLETE).unlink(missing_ok=True)
+
+
+def require_complete(run: str | Path, verb: str) -> None:
+    """Refuse, in one line, a run directory whose training has not finished."""
+    p = Path(run)
+    if (p / INCOMPLETE).exists():
+        method = read_method(p)
+        raise KDError(f"{p}: training did not finish ({INCOMPLETE} marker, no metrics.json); {verb} needs a "
+                      f"finished run: `kdmobile train {method} --resume --out {p.parent} --name {p.name}`")
 
 
 def read_method(run: str | Path) -> str:
@@ -52,10 +84,10 @@ def read_method(run: str | Path) -> str:
         raise KDError(f"{p}: no such run directory")
     if not f.is_file():
         raise KDError(f"{p}: not a kdmobile run directory (no method.json)")
-    try:
-        return str(json.loads(f.read_text())["method"])
-    except (ValueError, KeyError) as exc:
-        raise KDError(f"{f}: corrupt ({exc})") from None
+    doc = untrusted_json(f)
+    if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
+        raise KDError(f"{f}: corrupt (no \"method\" string)")
+    return doc["method"]
 
 
 def read_json(path: str | Path) -> Any:
@@ -63,7 +95,4 @@ def read_json(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise KDError(f"{p}: missing (was the run finished?)")
-    try:
-        return json.loads(p.read_text())
-    except ValueError as exc:
-        raise KDError(f"{p}: corrupt JSON ({exc})") from None
+    return untrusted_json(p, max_bytes=MAX_LABELS_BYTES)

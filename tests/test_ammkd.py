@@ -26,14 +26,16 @@ def test_tiny_run_writes_the_run_directory(tiny_ammkd_args, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "teacher:kd-vit-tiny" in out and "student" in out and "run directory" in out
     run = tmp_path / "runs" / "t"
-    for name in ["config.yaml", "method.json", "labels.json", "class_vectors.npz", "student.pt", "metrics.json",
-                 "heldout.npz", "log.jsonl", "teachers/kd-vit-tiny.pt", "teachers/kd-rn-tiny.pt"]:
+    for name in ["config.yaml", "method.json", "labels.json", "class_vectors.npz", "student.safetensors",
+                 "metrics.json", "heldout.npz", "log.jsonl", "teachers/kd-vit-tiny.safetensors",
+                 "teachers/kd-rn-tiny.safetensors"]:
         assert (run / name).exists(), name
+    assert not (run / "INCOMPLETE").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["models"]) == {"teacher:kd-vit-tiny", "teacher:kd-rn-tiny", "student_nokd", "student"}
     for m in metrics["models"].values():
         assert 0 <= m["top1"] <= 100 and m["top1"] <= m["top5"] and m["params"] > 0 and m["flops"] > 0
-    student, extra = load_model(run / "student.pt")
+    student, extra = load_model(run / "student.safetensors")
     assert extra["teachers"] == ["kd-vit-tiny", "kd-rn-tiny"] and extra["labels"][0] == "zero"
     emb = student(torch.zeros(2, 3, 32, 32))
     assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
@@ -42,15 +44,17 @@ def test_tiny_run_writes_the_run_directory(tiny_ammkd_args, tmp_path, capsys):
     assert weights and all(abs(r["w_kd-vit-tiny"] + r["w_kd-rn-tiny"] - 1) < 1e-5 for r in weights)
     from kdmobile.models.clip_teacher import ClipTeacher, parse_teacher
 
-    reused = ClipTeacher(parse_teacher(str(run / "teachers" / "kd-vit-tiny.pt")))  # a trained teacher, reused as is
-    saved = torch.load(run / "teachers" / "kd-vit-tiny.pt", weights_only=False)["state_dict"]
+    reused = ClipTeacher(parse_teacher(str(run / "teachers" / "kd-vit-tiny.safetensors")))  # reused as it is
+    saved = _state(run / "teachers" / "kd-vit-tiny.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in reused.clip.state_dict().items())
     held = np.load(run / "heldout.npz")
     assert held["images_test"].shape[0] == metrics["split_sizes"]["test"] and held["images_test"].dtype == np.uint8
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_ammkd_args, tmp_path, monkeypatch):
@@ -69,11 +73,11 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tiny_ammkd_a
     monkeypatch.setattr(Trainer, "__init__", interrupting_init)
     assert _run([*tiny_ammkd_args, "--name", "cut"]) == 130
     run = tmp_path / "runs" / "cut"
-    assert not (run / "student.pt").exists()
+    assert not (run / "student.safetensors").exists() and (run / "INCOMPLETE").exists()
     assert (run / "stages" / "student" / "last.pt").exists()
     monkeypatch.setattr(Trainer, "__init__", original_init)
     assert _run([*tiny_ammkd_args, "--name", "cut", "--resume"]) == 0
-    full, resumed = _state(tmp_path / "runs" / "full" / "student.pt"), _state(run / "student.pt")
+    full, resumed = _state(tmp_path / "runs" / "full" / "student.safetensors"), _state(run / "student.safetensors")
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.allclose(full[key].float(), resumed[key].float(), atol=1e-6), key
@@ -185,7 +189,7 @@ def test_untrained_teachers_are_flagged_and_left_out_of_kd(tiny_ammkd_args, tmp_
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     student = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
     assert student and all("kl" not in r for r in student)  # no KD term was computed
-    assert (run / "student_nokd.pt").is_file() and "kd_gain_points" in metrics
+    assert (run / "student_nokd.safetensors").is_file() and "kd_gain_points" in metrics
 
 
 def test_feature_terms_and_confidence_weighting_are_logged(tiny_ammkd_args, tmp_path):
@@ -202,7 +206,7 @@ def test_feature_terms_and_confidence_weighting_are_logged(tiny_ammkd_args, tmp_
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["loss_terms"] == {"ce": 1.0, "kl": 1.0, "fd": 1.0, "icl": 0.5}
     assert "student_nokd" not in metrics["models"]
-    student, _ = load_model(run / "student.pt")  # the training-only projectors are not part of the student
+    student, _ = load_model(run / "student.safetensors")  # the training-only projectors are not part of the student
     assert not any(k.startswith("proj.") for k in student.state_dict())
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdmobile.bundle import (SCHEMA_VERSION, load_bundle, read_class_vectors, validate_manifest, write_bundle,
-                             write_class_vectors)
+from kdmobile.bundle import (SCHEMA_VERSION, load_bundle, read_class_vectors, seal_bundle, validate_manifest,
+                             write_bundle, write_class_vectors)
 from kdmobile.errors import KDError
 
 torch = pytest.importorskip("torch")
@@ -110,11 +110,15 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 def test_schema_version_mismatch_refused(bundle_dir: Path) -> None:
     m = json.loads((bundle_dir / "manifest.json").read_text())
-    m["schema_version"] = 2
+    m["schema_version"] = 1
     (bundle_dir / "manifest.json").write_text(json.dumps(m))
+    seal_bundle(bundle_dir)
     with pytest.raises(KDError) as e:
         load_bundle(bundle_dir)
-    assert "schema_version 2 found, 1 expected" in _one_line(e)
+    assert f"schema_version 1 found, {SCHEMA_VERSION} expected" in _one_line(e)
+    (bundle_dir / "bundle.sha256").unlink()  # a schema-1 bundle has no seal: still the schema message
+    with pytest.raises(KDError, match=f"schema_version 1 found, {SCHEMA_VERSION} expected"):
+        load_bundle(bundle_dir)
 
 
 def test_one_changed_byte_refused_naming_the_file(bundle_dir: Path) -> None:
@@ -134,9 +138,11 @@ def test_missing_file_refused(bundle_dir: Path) -> None:
     assert "listed file labels.json missing" in _one_line(e)
 
 
-def test_extra_unlisted_file_is_fine(bundle_dir: Path) -> None:
+def test_extra_unlisted_file_refused(bundle_dir: Path) -> None:
     (bundle_dir / "README.txt").write_text("notes")
-    assert load_bundle(bundle_dir).task == "retrieval"
+    with pytest.raises(KDError) as e:
+        load_bundle(bundle_dir)
+    assert "README.txt is not listed in the manifest" in _one_line(e)
 
 
 def test_bad_paths_and_manifests_refused(tmp_path: Path, bundle_dir: Path) -> None:
@@ -149,19 +155,32 @@ def test_bad_paths_and_manifests_refused(tmp_path: Path, bundle_dir: Path) -> No
     with pytest.raises(KDError, match="manifest.json missing"):
         load_bundle(tmp_path / "empty")
     (bundle_dir / "manifest.json").write_text("{not json")
+    with pytest.raises(KDError, match="changed after export"):
+        load_bundle(bundle_dir)
+    seal_bundle_bytes(bundle_dir)
     with pytest.raises(KDError, match="not valid JSON"):
         load_bundle(bundle_dir)
 
 
+def seal_bundle_bytes(root: Path) -> None:
+    """Re-seal only the manifest's digest (what an attacker who edits a manifest would also do)."""
+    import hashlib
+
+    lines = (root / "bundle.sha256").read_text().splitlines()
+    digest = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+    (root / "bundle.sha256").write_text("\n".join(f"{digest}  manifest.json" if ln.endswith("  manifest.json")
+                                                  else ln for ln in lines) + "\n")
+
+
 def test_required_fields_listed_in_one_line() -> None:
     m = retrieval_manifest()
-    m.update(schema_version=1, files={"model.onnx": "0" * 64})
+    m.update(schema_version=SCHEMA_VERSION, files={"model.onnx": "0" * 64})
     del m["input"]["mean"], m["retrieval"]["logit_scale"]
     with pytest.raises(KDError) as e:
         validate_manifest(m)
     assert _one_line(e) == "manifest: missing required fields: input.mean, retrieval.logit_scale"
     m = retrieval_manifest()
-    m.update(schema_version=1, files={"model.onnx": "0" * 64}, precision="int4")
+    m.update(schema_version=SCHEMA_VERSION, files={"model.onnx": "0" * 64}, precision="int4")
     with pytest.raises(KDError, match="precision='int4'"):
         validate_manifest(m)
 

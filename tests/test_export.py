@@ -24,7 +24,7 @@ from kdmobile.export.opcheck import traced_ops, unsupported
 from kdmobile.export.quantize import choose_int8_format
 from kdmobile.models import load_model
 from kdmobile.models.registry import create_model, register_model, save_model
-from kdmobile.rundir import write_method
+from kdmobile.rundir import write_method, write_metrics
 from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
 
 from conftest import TINY_AMMKD
@@ -81,17 +81,19 @@ class FFTForecaster(nn.Module):
 
 
 def _fake_sdkd(root: Path, name: str, model_name: str = "test_tiny_forecaster") -> Path:
-    """A run directory with the SDKD contract: method.json, student.pt (forecast extra) and heldout.npz."""
+    """A run directory with the SDKD contract: method.json, student.safetensors (forecast extra) and heldout.npz."""
     run = root / name
     write_method(run, "sdkd")
     torch.manual_seed(0)
     model = create_model(model_name)
-    save_model(run / "student.pt", model, extra={"task": "forecast", "frames_in": T_IN, "frames_out": T_OUT,
-                                                 "height": FH, "width": FW, "mean": F_MEAN, "std": F_STD})
+    save_model(run / "student.safetensors", model, extra={
+        "task": "forecast", "frames_in": T_IN, "frames_out": T_OUT, "height": FH, "width": FW, "mean": F_MEAN,
+        "std": F_STD})
     rng = np.random.default_rng(0)
     x = rng.standard_normal((24, T_IN, FH, FW)).astype(np.float32)
     y = (x[:, -T_OUT:] * 0.9 + 0.1 * rng.standard_normal((24, T_OUT, FH, FW))).astype(np.float32)
     np.savez(run / "heldout.npz", x_test=x[:16], y_test=y[:16], x_calib=x[16:])
+    write_metrics(run, {"task": "forecast"})
     return run
 
 
@@ -127,7 +129,7 @@ def onnx_bundles(ammkd_run, tmp_path_factory) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------------------- ONNX
 def test_onnx_precisions_and_int8_formats_match_the_student(ammkd_run, onnx_bundles):
-    student, extra = load_model(ammkd_run / "student.pt")
+    student, extra = load_model(ammkd_run / "student.safetensors")
     images = np.load(ammkd_run / "heldout.npz")["images_test"]
     with torch.no_grad():
         ref = student(torch.from_numpy(normalise(images, tuple(extra["mean"]), tuple(extra["std"])))).numpy()
@@ -176,7 +178,7 @@ def test_manifest_schema_and_class_vectors(ammkd_run, onnx_bundles, capsys):
     assert set(m["files"]) == {"model.onnx", "class_vectors.f32", "labels.json"}
     assert m["source"]["run_dir"] == str(ammkd_run.resolve()) and m["source"]["method"] == "ammkd"
     assert m["export"]["opset"] >= 17 and m["quantization"] == {"format": "none"}
-    student, extra = load_model(ammkd_run / "student.pt")
+    student, extra = load_model(ammkd_run / "student.safetensors")
     assert bundle.labels == extra["labels"]
     assert m["retrieval"]["prompt_templates"] == extra["templates"]
     assert abs(m["retrieval"]["logit_scale"] - float(student.scale().detach())) < 1e-5
@@ -205,18 +207,15 @@ def test_a_changed_byte_is_refused_with_the_file_named(onnx_bundles, tmp_path, c
     assert len(err.splitlines()) == 1 and "checksum mismatch for model.onnx" in err
 
 
-def test_verify_reruns_against_the_run_or_random_inputs(onnx_bundles, tmp_path, capsys):
-    assert main(["export", "--verify", onnx_bundles["int8"], "--strict"]) == 0
+def test_verify_reruns_against_the_run_or_random_inputs(onnx_bundles, ammkd_run, tmp_path, capsys):
+    assert main(["export", "--verify", onnx_bundles["int8"], "--run", str(ammkd_run), "--strict"]) == 0
     out = capsys.readouterr().out
     assert "pytorch" in out and "onnx" in out and "top1" in out
     copy = tmp_path / "moved"
     shutil.copytree(onnx_bundles["int8"], copy)
-    m = json.loads((copy / "manifest.json").read_text())
-    m["source"]["run_dir"] = str(tmp_path / "gone")
-    (copy / "manifest.json").write_text(json.dumps(m))  # the manifest is not in its own checksum list
-    assert main(["export", "--verify", copy]) == 0
+    assert main(["export", "--verify", copy]) == 0  # without --run: the bundle against itself only
     out = capsys.readouterr().out
-    assert "random inputs" in out and "not found" in out
+    assert "random inputs" in out and "no --run DIR given" in out and "pytorch" not in out
 
 
 # ----------------------------------------------------------------------------------------- TFLite / CoreML
@@ -263,7 +262,7 @@ def test_coreml_bundles_have_their_spec_validated(other_bundles, precision):
 # ------------------------------------------------------------------------------------------------ SDKD
 def test_forecast_bundles(sdkd_run, tmp_path):
     assert main(["export", sdkd_run, "--precision", "fp32,int8", "--out", tmp_path]) == 0
-    model, _ = load_model(sdkd_run / "student.pt")
+    model, _ = load_model(sdkd_run / "student.safetensors")
     held = np.load(sdkd_run / "heldout.npz")
     with torch.no_grad():
         ref = model(torch.from_numpy(held["x_test"])).numpy() * F_STD + F_MEAN
@@ -321,7 +320,7 @@ def test_interrupted_export_leaves_no_bundle_and_no_temp_dir(sdkd_run, tmp_path,
 
     monkeypatch.setitem(ex.CONVERTERS, "onnx", interrupted)
     assert main(["export", sdkd_run, "--out", out]) == 130
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # no bundle, no work dir, not even the empty --out folder it made
 
 
 def test_an_exception_during_verification_leaves_no_bundle(sdkd_run, tmp_path, monkeypatch, capsys):
@@ -351,6 +350,9 @@ def test_bad_flag_combinations_are_one_line_exit_2(ammkd_run, sdkd_run, onnx_bun
     not_run.mkdir()
     no_student = tmp_path / "nostudent"
     write_method(no_student, "ammkd")
+    (no_student / "INCOMPLETE").unlink()  # a finished-looking run without its student
+    unfinished = tmp_path / "unfinished"
+    write_method(unfinished, "ammkd")
     good = classes_file("cat\ndog\n")
     cases = [
         (["export"], "give a run directory"),
@@ -362,7 +364,8 @@ def test_bad_flag_combinations_are_one_line_exit_2(ammkd_run, sdkd_run, onnx_bun
         (["export", ammkd_run, "--precision", "int4"], "unknown precision 'int4'"),
         (["export", tmp_path / "missing"], "no such run directory"),
         (["export", not_run], "not a kdmobile run directory"),
-        (["export", no_student], "student.pt missing"),
+        (["export", no_student], "student.safetensors missing"),
+        (["export", unfinished], "training did not finish"),
         (["export", ammkd_run, "--threshold-top1", "-1"], "--threshold-top1"),
         (["export", ammkd_run, "--int8-format", "int3"], "--int8-format"),
         (["export", ammkd_run, "--classes", tmp_path / "nope.txt"], "no such file"),
@@ -417,9 +420,9 @@ def test_new_classes_come_from_the_teachers_text_encoders(ammkd_run, tmp_path, c
     assert main(["export", ammkd_run, "--classes", classes_file("\n".join(names) + "\n"), "--out", tmp_path]) == 0
     assert "n/a (new classes)" in capsys.readouterr().out
     b = load_bundle(tmp_path / "tiny-onnx-fp32")
-    student, extra = load_model(ammkd_run / "student.pt")
+    student, extra = load_model(ammkd_run / "student.safetensors")
     with torch.no_grad():
-        per_teacher = [load_teacher(ammkd_run / "teachers" / f"{t}.pt").class_vectors(names, extra["templates"])
+        per_teacher = [load_teacher(ammkd_run / "teachers" / f"{t}.safetensors").class_vectors(names, extra["templates"])
                        for t in extra["teachers"]]
         expected = student.fuse_text(per_teacher).numpy()
     assert b.labels == names and b.class_vectors.shape == expected.shape

@@ -96,7 +96,7 @@ def pngs(tiny, tmp_path_factory) -> tuple[list[Path], np.ndarray]:
 
 def _torch_probs(run: Path, bundle: Path, images: np.ndarray) -> np.ndarray:
     """Softmax of the PyTorch student's scores against the bundle's fused class vectors."""
-    model, extra = load_model(run / "student.pt")
+    model, extra = load_model(run / "student.safetensors")
     x = torch.from_numpy(normalise(images, tuple(extra.get("mean", CLIP_MEAN)), tuple(extra.get("std", CLIP_STD))))
     with torch.inference_mode():
         emb = model(x).numpy().astype(np.float64)
@@ -152,7 +152,7 @@ def test_forecast_equals_torch_student(tiny, tmp_path, capsys) -> None:
     mean, std = _norm(run)
     with np.load(run / "heldout.npz") as z:
         x = z["x_test"][:1].astype(np.float32)
-    model, _ = load_model(run / "student.pt")
+    model, _ = load_model(run / "student.safetensors")
     np.save(tmp_path / "frames.npy", x[0] * std + mean)
     capsys.readouterr()
     assert main(["predict", tiny["s_onnx"], tmp_path / "frames.npy", "--json"]) == 0

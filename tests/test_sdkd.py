@@ -28,7 +28,8 @@ def test_tiny_sdkd_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "student_nokd" in out and "MSE" in out and "reduction" in out
     run = tmp_path / "runs" / "s"
-    for name in ["metrics.json", "student.pt", "student_nokd.pt", "teachers/teacher1.pt", "teachers/teacher2.pt",
+    for name in ["metrics.json", "student.safetensors", "student_nokd.safetensors", "teachers/teacher1.safetensors",
+                 "teachers/teacher2.safetensors",
                  "forecast.png",
                  "heldout.npz", "normalisation.json", "config.yaml", "log.jsonl"]:
         assert (run / name).exists(), name
@@ -41,7 +42,7 @@ def test_tiny_sdkd_run(tmp_path, capsys):
     sdkd = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
     assert sdkd and abs(sdkd[0]["w_teacher1"] + sdkd[0]["w_teacher2"] - 1) < 1e-5  # shared adaptive weighting
     assert any(k.startswith("teacher1_low@") for k in sdkd[0]) and any(k.startswith("teacher1_high@") for k in sdkd[0])
-    student, extra = load_model(run / "student.pt")
+    student, extra = load_model(run / "student.safetensors")
     assert extra["task"] == "forecast" and extra["frames_in"] == 10
     assert student(torch.zeros(1, 10, 16, 16)).shape == (1, 10, 16, 16)
     assert (run / "forecast.png").read_bytes()[:4] == b"\x89PNG"

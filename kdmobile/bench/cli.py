@@ -32,8 +32,8 @@ examples:
   kdmobile bench bundles/demo-onnx-fp32 bundles/demo-tflite-int8 --batch 8 --threads 4
   kdmobile bench runs/demo --no-teachers --min-metric 90 --max-latency-ms 5     CI gate
 
-exit codes: 0 ok, 1 a gate failed or a model could not run (named on stderr), 2 bad input (one line),
-            130 interrupted
+exit codes: 0 ok, 1 a gate failed, a model could not run (named on stderr) or --out is not writable,
+            2 bad input (one line: also a changed bundle, an unfinished run), 130 interrupted
 """
 
 
@@ -78,9 +78,8 @@ def _default_out(runs: list[Any], subjects: list[Any]) -> Path:
 
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile bench`; returns 1 when a gate fails (KDError -> 2 via kdmobile.cli.main)."""
-    from kdmobile.bench import report as rep
-    from kdmobile.bench.runner import Settings, bench_host, measure, plan
-    from kdmobile.table import format_table
+    from kdmobile.bench.runner import Settings, plan
+    from kdmobile.fileio import check_writable
 
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
         raise KDError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
@@ -93,6 +92,22 @@ def handler(args: argparse.Namespace) -> int:
         raise KDError(f"--out {out}: exists and is not a directory")
     p = plan(args.paths, args.bundles, settings)
     out = out or _default_out(p.runs, p.subjects)
+    created = not out.exists()
+    check_writable(out, "--out")  # a read-only or full disk fails now, not after the measurements
+    try:
+        return _measure_and_report(args, settings, p, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no empty folder behind
+        raise
+
+
+def _measure_and_report(args: argparse.Namespace, settings: Any, p: Any, out: Path) -> int:
+    """Measure the planned subjects, write the report into `out`, print the table; returns the exit code."""
+    from kdmobile.bench import report as rep
+    from kdmobile.bench.runner import bench_host, measure
+    from kdmobile.table import format_table
+
     for note in p.notes:
         print(f"note: {note}", file=sys.stderr)
     host = bench_host(settings)

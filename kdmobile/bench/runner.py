@@ -24,7 +24,8 @@ from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bund
 from kdmobile.errors import KDError
 from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
 from kdmobile.runtime.measure import host_info, measure_peak_rss, time_callable
-from kdmobile.rundir import read_method
+from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, read_method, require_complete
+from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
 MIN_RUNS = 10  # timed runs kept even when a call is slower than the --max-time budget allows
 BACKEND_NAMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
@@ -95,14 +96,7 @@ class RunInfo:
     def heldout(self) -> dict[str, np.ndarray]:
         """The held-out arrays (loaded once); one-line error when missing or unreadable."""
         if self._heldout is None:
-            f = self.path / "heldout.npz"
-            if not f.is_file():
-                raise KDError(f"{f}: missing (held-out data; was the run finished?)")
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    self._heldout = {k: z[k] for k in z.files}
-            except (OSError, ValueError) as e:
-                raise KDError(f"{f}: unreadable ({e})") from None
+            self._heldout = load_npz(self.path / "heldout.npz")
         return self._heldout
 
     def entry(self, *keys: str) -> dict[str, Any] | None:
@@ -123,12 +117,12 @@ def open_run(path: str | Path) -> RunInfo:
     method = read_method(p)
     if method not in ("ammkd", "sdkd"):
         raise KDError(f"{p}: method {method!r} cannot be benchmarked (expected ammkd or sdkd)")
+    require_complete(p, "bench")
     metrics = None
     if (p / "metrics.json").is_file():
-        try:
-            metrics = json.loads((p / "metrics.json").read_text())
-        except ValueError as e:
-            raise KDError(f"{p / 'metrics.json'}: corrupt JSON ({e})") from None
+        metrics = read_json(p / "metrics.json", max_bytes=MAX_LABELS_BYTES)
+        if not isinstance(metrics, dict):
+            raise KDError(f"{p / 'metrics.json'}: should hold a JSON object")
     return RunInfo(p, method, metrics)
 
 
@@ -622,6 +616,18 @@ def _runnable(bundle: Bundle, notes: list[str]) -> bool:
     return True
 
 
+def _check_io(bundle: Bundle) -> None:
+    """Refuse (before any measurement or report) a bundle whose manifest shapes disagree with its model file."""
+    from kdmobile.runtime.backends import open_backend
+    from kdmobile.runtime.predictors import check_model_io
+
+    try:
+        backend = open_backend(bundle)
+    except KDError:
+        return  # a backend missing here is reported per model by `measure`, as before
+    check_model_io(bundle, backend)
+
+
 def _torch_devices(settings: Settings) -> list[str]:
     """Devices for PyTorch subjects: auto = CPU (+ CUDA when available); [] when torch is missing (auto)."""
     try:
@@ -638,8 +644,8 @@ def _torch_devices(settings: Settings) -> list[str]:
 
 
 def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
-    """The run's teachers (teachers/*.pt), on each device."""
-    files = sorted((run.path / "teachers").glob("*.pt"))
+    """The run's teachers (teachers/*.safetensors), on each device."""
+    files = sorted((run.path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
     order = [k for k in ((run.metrics or {}).get("models") or {})]
     keyed = []
     for f in files:
@@ -698,23 +704,24 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path, settings: Settings) -> 
         key = bundle.path.resolve()
         if key not in seen and _runnable(bundle, out.notes):
             seen.add(key)
+            _check_io(bundle)
             out.subjects.append(BundleSubject(bundle, run))
     needs_torch = bool(torch_students) or (settings.teachers and out.runs)
     devices = _torch_devices(settings) if needs_torch else []
     if needs_torch and not devices:
         out.notes.append("torch is not installed: teachers and un-exported students were not measured")
     for run in torch_students:
-        if not (run.path / "student.pt").is_file():
-            raise KDError(f"{run.path}: no bundles and no student.pt to benchmark")
+        if not (run.path / STUDENT_FILE).is_file():
+            raise KDError(f"{run.path}: no bundles and no {STUDENT_FILE} to benchmark")
         params, flops = _params_flops(run.entry("student"))
         for device in devices:
-            out.subjects.append(TorchSubject(f"{run.name}/student", "student", run, run.path / "student.pt", device,
+            out.subjects.append(TorchSubject(f"{run.name}/student", "student", run, run.path / STUDENT_FILE, device,
                                              "student", params, flops))
     if settings.teachers:
         for run in out.runs:
             subjects = _teacher_subjects(run, devices)
             if devices and not subjects:
-                out.notes.append(f"{run.name}: no teachers/*.pt in the run directory")
+                out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
             out.subjects += subjects
     if not out.subjects:
         raise KDError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))

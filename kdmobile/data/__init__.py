@@ -37,7 +37,11 @@ def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData:
         raise KDError(f"dataset {spec!r} needs a path: {scheme}:PATH")
     if scheme in ("cifar10", "cifar100"):
         kw.setdefault("name", scheme)
-    return _PATH_LOADERS[scheme](Path(os.path.expanduser(rest)), **kw)
+    data = _PATH_LOADERS[scheme](Path(os.path.expanduser(rest)), **kw)
+    if isinstance(data, ClassData) and len(np.unique(data.labels)) < 2:
+        raise KDError(f"dataset {spec!r}: only one class has images; classifying or retrieving over a single class "
+                      "is meaningless (give at least two)")
+    return data
 
 
 def shared_data_dir() -> Path | None:

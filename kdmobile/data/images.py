@@ -121,11 +121,12 @@ def hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 def read_image(path: Path) -> Image.Image:
     """Decode one image file to RGB with Pillow; KDError naming the file if it cannot be read."""
+    from kdmobile.untrusted import open_image
+
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:  # UnidentifiedImageError, truncated data, decompression bombs
-        raise KDError(f"cannot read image {path}: {short(e)}") from None
+        return open_image(path, "RGB")  # pixel limit before decoding; 16-bit greyscale scaled, not saturated
+    except KDError as e:
+        raise KDError(f"cannot read image {e}") from None
 
 
 # ---------------------------------------------------------------- digits

@@ -16,6 +16,7 @@ step chosen per record interval from a CFL bound (FNO: fixed 1e-4), and one seed
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, ToolError
 from kdmobile.fileio import atomic_path
 
 FNO_ALPHA = 2.5
@@ -441,7 +442,7 @@ def save_dataset(path: str | Path, array: np.ndarray, meta: dict[str, Any]) -> P
             else:
                 np.save(fh, arr, allow_pickle=False)
     except OSError as e:
-        raise KDError(f"{p}: cannot write: {e.strerror or e}") from None
+        raise ToolError(f"{p}: cannot write: {e.strerror or e}") from None
     return p
 
 
@@ -454,10 +455,11 @@ def _check_output_path(out: str | Path) -> Path:
         raise KDError(f"{p}: is a directory, expected a file path ending in .npz or .npy")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KDError(f"{p}: cannot create the output folder {p.parent}: {e.strerror or e}") from None
+    except OSError as e:  # a file in the way is bad input (2); a read-only or full disk is the environment (1)
+        err = ToolError if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) else KDError
+        raise err(f"{p}: cannot create the output folder {p.parent}: {e.strerror or e}") from None
     if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise KDError(f"{p}: output folder {p.parent} is not writable")
+        raise ToolError(f"{p}: output folder {p.parent} is not writable")
     return p
 
 
@@ -477,32 +479,39 @@ def generate_to_file(
     progress: bool = True,
 ) -> Path:
     """Generate a dataset and write it atomically to `out` (.npz: `u` + `meta`; .npy: the array); return the path."""
-    p = _check_output_path(out)
-    _check_generate_args(n, res, visc, seed, batch_size)
+    _check_generate_args(n, res, visc, seed, batch_size)  # before any folder is made: a bad --n leaves nothing
     _num_records(float(t_final), float(dt_record))
+    missing = [d for d in [Path(out).expanduser().parent, *Path(out).expanduser().parent.parents] if not d.exists()]
+    p = _check_output_path(out)
     info: dict[str, Any] = {}
-    arr = generate(
-        n, res, visc, t_final, seed, dt, batch_size, device, forcing, progress,
-        dt_record=dt_record, info=info,
-    )
-    meta = {
-        "kind": "navier_stokes_2d_vorticity",
-        "generator": "kdmobile.data.navier_stokes (FNO ns_2d scheme)",
-        "layout": "N,T,H,W",
-        "n": int(n),
-        "res": int(res),
-        "visc": float(visc),
-        "t_final": float(t_final),
-        "dt_record": float(dt_record),
-        "record_times": [float(dt_record) * (k + 1) for k in range(arr.shape[1])],
-        "seed": int(seed),
-        "forcing": forcing if forcing is not None else "none",
-        "initial_condition": {"type": "gaussian_random_field", "alpha": FNO_ALPHA, "tau": FNO_TAU},
-        "dt_requested": dt,
-        "dt_min": info.get("dt_min"),
-        "dt_max": info.get("dt_max"),
-        "steps_per_trajectory": info.get("steps_max"),
-        "device": info.get("device"),
-        "seconds": round(float(info.get("seconds", 0.0)), 3),
-    }
-    return save_dataset(p, arr, meta)
+    try:
+        arr = generate(
+            n, res, visc, t_final, seed, dt, batch_size, device, forcing, progress,
+            dt_record=dt_record, info=info,
+        )
+        meta = {
+            "kind": "navier_stokes_2d_vorticity",
+            "generator": "kdmobile.data.navier_stokes (FNO ns_2d scheme)",
+            "layout": "N,T,H,W",
+            "n": int(n),
+            "res": int(res),
+            "visc": float(visc),
+            "t_final": float(t_final),
+            "dt_record": float(dt_record),
+            "record_times": [float(dt_record) * (k + 1) for k in range(arr.shape[1])],
+            "seed": int(seed),
+            "forcing": forcing if forcing is not None else "none",
+            "initial_condition": {"type": "gaussian_random_field", "alpha": FNO_ALPHA, "tau": FNO_TAU},
+            "dt_requested": dt,
+            "dt_min": info.get("dt_min"),
+            "dt_max": info.get("dt_max"),
+            "steps_per_trajectory": info.get("steps_max"),
+            "device": info.get("device"),
+            "seconds": round(float(info.get("seconds", 0.0)), 3),
+        }
+        return save_dataset(p, arr, meta)
+    except BaseException:
+        for d in missing:  # folders this call made, deepest first, if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise

@@ -26,9 +26,11 @@ examples:
   kdmobile export runs/demo --target all --precision all      every target x precision
   kdmobile export runs/demo --precision int8 --int8-format u8s8 --calibration-samples 256
   kdmobile export runs/demo --classes my_classes.txt          new class names, encoded by the run's teachers
-  kdmobile export --verify bundles/demo-onnx-int8 --strict    re-check an existing bundle
+  kdmobile export --verify bundles/demo-onnx-int8 --strict    re-check an existing bundle against itself
+  kdmobile export --verify bundles/demo-onnx-int8 --run runs/demo    ... and against the run's held-out data
 
-exit codes: 0 ok, 1 an artifact failed (or was flagged, with --strict), 2 bad input (one line), 130 interrupted
+exit codes: 0 ok, 1 an artifact failed (or was flagged, with --strict) or the environment failed (disk full,
+            read-only --out, a converter crash; the cause on stderr), 2 bad input (one line), 130 interrupted
 """
 
 
@@ -38,8 +40,11 @@ def register(sub: Any) -> None:
                        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", metavar="RUN", help="run directory written by `kdmobile train` (e.g. runs/demo)")
     p.add_argument("--verify", metavar="BUNDLE",
-                   help="re-verify an existing bundle instead of exporting: checksums, then parity and metric "
-                        "against the run directory recorded in its manifest (random inputs if it is gone)")
+                   help="re-verify an existing bundle instead of exporting: its seal and checksums, then a run on "
+                        "random inputs (the run directory its manifest names is never opened; see --run)")
+    p.add_argument("--run", metavar="DIR", dest="verify_run",
+                   help="with --verify: also compare the bundle with this run directory's student on its "
+                        "held-out data (parity and metric)")
     p.add_argument("--target", metavar="T",
                    help="onnx (default), tflite, coreml, all, or a comma list such as onnx,tflite")
     p.add_argument("--precision", metavar="P",
@@ -95,7 +100,7 @@ def _expand(value: str | None, choices: Sequence[str], default: str, flag: str) 
 def _check_verify_args(args: argparse.Namespace) -> None:
     """--verify re-checks a bundle: export-only flags are refused in one line."""
     if args.run:
-        raise KDError(f"--verify checks an existing bundle; do not also give a run directory ({args.run})")
+        raise KDError(f"--verify checks an existing bundle; give its run directory as --run {args.run}")
     given = [flag for flag, v in (("--target", args.target), ("--precision", args.precision),
                                   ("--classes", args.classes), ("--out", args.out),
                                   ("--calibration-samples", args.calibration_samples),
@@ -117,8 +122,10 @@ def handler(args: argparse.Namespace) -> int:
         _check_verify_args(args)
         from kdmobile.export.exporter import verify_existing
 
-        report = verify_existing(args.verify, th)
+        report = verify_existing(args.verify, th, args.verify_run)
     else:
+        if args.verify_run is not None:
+            raise KDError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
         if not args.run:
             raise KDError("give a run directory to export (kdmobile export RUN) or --verify BUNDLE")
         from kdmobile.export.exporter import ExportOptions, export_run
@@ -149,7 +156,9 @@ def handler(args: argparse.Namespace) -> int:
     for a in flagged:
         print(f"kdmobile: flagged: {a.target} {a.precision}: {a.verification.get('status')}", file=sys.stderr)
     if failed:
-        print(f"kdmobile: {len(failed)} of {len(report.artifacts)} artifact(s) failed", file=sys.stderr)
+        causes = "; ".join(f"{a.target} {a.precision}: {a.error}" for a in failed)
+        print(f"kdmobile: error: {len(failed)} of {len(report.artifacts)} artifact(s) failed: {causes}",
+              file=sys.stderr)
         return 1
     if flagged and args.strict:
         return 1

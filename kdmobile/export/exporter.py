@@ -1,6 +1,7 @@
 """`kdmobile export`: a run directory -> checked bundles, one per target x precision, each verified at export.
 
-Reads only the run directory (student.pt, heldout.npz, class vectors, teachers/ for --classes), dispatches to one
+Reads only the run directory (student.safetensors, heldout.npz, class vectors, teachers/ for --classes; nothing is
+unpickled), dispatches to one
 converter per target, writes each bundle atomically through kdmobile.bundle.write_bundle with verification run by
 the runtime's own predictors inside the write (a failed threshold flags the bundle; an exception leaves none).
 """
@@ -8,6 +9,8 @@ the runtime's own predictors inside the write (a failed threshold flags the bund
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,10 @@ from kdmobile.export.quantize import INT8_FORMATS, file_size
 from kdmobile.export.verify import (Reference, Thresholds, format_results, reference_captions, reference_classes,
                                     reference_forecast, reference_row, require_thresholds, table_row, verify_bundle,
                                     verify_random)
-from kdmobile.fileio import sha256_file
-from kdmobile.rundir import read_method
+from kdmobile.errors import ToolError
+from kdmobile.fileio import MIN_FREE_BYTES, check_writable, clean_stale, sha256_file
+from kdmobile.rundir import STUDENT_FILE, read_method, require_complete, teacher_file
+from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
 TARGETS = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -63,23 +68,23 @@ def load_run(path: str | Path) -> Run:
     method = read_method(p)
     if method not in ("ammkd", "sdkd"):
         raise KDError(f"{p}: method {method!r} has no exporter (expected ammkd or sdkd)")
-    if not (p / "student.pt").is_file():
-        raise KDError(f"{p}: student.pt missing (was the run finished?)")
+    require_complete(p, "export")
+    student = p / STUDENT_FILE
+    if not student.is_file():
+        old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
+            if (p / "student.pt").is_file() else " (was the run finished?)"
+        raise KDError(f"{p}: {STUDENT_FILE} missing{old}")
     if not (p / "heldout.npz").is_file():
         raise KDError(f"{p}: heldout.npz missing (held-out and calibration data; was the run finished?)")
     from kdmobile.models.registry import load_model
 
-    model, extra = load_model(p / "student.pt")
-    try:
-        with np.load(p / "heldout.npz", allow_pickle=False) as z:
-            heldout = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise KDError(f"{p / 'heldout.npz'}: unreadable ({e})") from None
+    model, extra = load_model(student)
+    heldout = load_npz(p / "heldout.npz")
     kind = extra.get("task", "forecast" if method == "sdkd" else "classes")
     if method == "sdkd" and kind != "forecast":
-        raise KDError(f"{p / 'student.pt'}: an sdkd student should have task 'forecast', not {kind!r}")
+        raise KDError(f"{student}: an sdkd student should have task 'forecast', not {kind!r}")
     if kind not in ("classes", "captions", "forecast"):
-        raise KDError(f"{p / 'student.pt'}: unknown task {kind!r}")
+        raise KDError(f"{student}: unknown task {kind!r}")
     return Run(p, method, kind, model.eval(), dict(extra), heldout)
 
 
@@ -145,6 +150,12 @@ class ExportOptions:
         out = Path(self.out).expanduser()
         if out.exists() and not out.is_dir():
             raise KDError(f"--out {out}: exists and is not a directory")
+
+    def prepare_out(self) -> Path:
+        """Prove --out is writable with free space (before any conversion) and remove temporaries of killed exports."""
+        out = check_writable(self.out, "--out")
+        clean_stale(out)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------------- jobs
@@ -318,12 +329,12 @@ class Exporter:
         templates = list(self.run.extra.get("templates") or DEFAULT_TEMPLATES)
         out = []
         for t in self.run.extra.get("teachers", []):
-            path = self.run.path / "teachers" / f"{t}.pt"
+            path = teacher_file(self.run.path, t)
             if not path.is_file():
                 raise KDError(f"--classes needs the teachers' text encoders: {path} missing")
             out.append(load_teacher(path).class_vectors(names, templates).float().numpy())
         if not out:
-            raise KDError(f"{self.run.path / 'student.pt'}: no teachers recorded; cannot encode new classes")
+            raise KDError(f"{self.run.path / STUDENT_FILE}: no teachers recorded; cannot encode new classes")
         return out
 
     def _prepare_classes(self) -> None:
@@ -338,12 +349,12 @@ class Exporter:
             path = run.path / "class_vectors.npz"
             if not path.is_file():
                 raise KDError(f"{path}: missing (per-teacher class vectors)")
-            with np.load(path) as z:
-                missing = [t for t in teachers if t not in z.files]
-                if missing:
-                    raise KDError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
-                self.class_vectors = self._fuse([z[t] for t in teachers])
-            self.labels = list(run.extra.get("labels") or json.loads((run.path / "labels.json").read_text()))
+            z = load_npz(path)
+            missing = [t for t in teachers if t not in z]
+            if missing:
+                raise KDError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
+            self.class_vectors = self._fuse([z[t] for t in teachers])
+            self.labels = list(run.extra.get("labels") or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
         else:  # captions: the gallery is the held-out captions, fused like class vectors
             self.class_vectors = self._fuse([_need(run, f"textvec_test_{t}") for t in teachers])
             self.labels = [str(c) for c in _need(run, "captions_test")]
@@ -418,7 +429,7 @@ class Exporter:
             m["coreml"] = info.pop("coreml")
         m["export"] = {"kdmobile_version": __version__, **info, **self._versions(target)}
         m["source"] = {"run_dir": str(run.path), "run_name": run.name, "method": run.method,
-                       "student_sha256": sha256_file(run.path / "student.pt"),
+                       "student_sha256": sha256_file(run.path / STUDENT_FILE),
                        "classes_file": None if self.opts.classes_file is None else str(self.opts.classes_file)}
         return m
 
@@ -449,7 +460,8 @@ class Exporter:
         out.mkdir(parents=True, exist_ok=True)
         name = f"{self.run.name}-{target}-{precision}"
         art = Artifact(target, precision)
-        with tempfile.TemporaryDirectory(prefix=f".{name}.work.", dir=out) as tmp:
+        # the pid in the name lets the next export remove this directory if the process is killed (clean_stale)
+        with tempfile.TemporaryDirectory(prefix=f".{name}.work.{os.getpid()}.", dir=out) as tmp:
             model_path = Path(tmp) / MODEL_FILE[target]
             job = Job(self.run.model, self.example, model_path, precision, self.calibration, self.opts.int8_format,
                       self.opts.tflite_recipe, self.input_name, self.output_name, self.metadata(target, precision))
@@ -473,6 +485,14 @@ class Exporter:
         art.size = file_size(art.bundle / MODEL_FILE[target])
         return art
 
+    def _disk_note(self) -> str:
+        """' (--out DIR: N MiB free)' when a failure may come from a full disk (e.g. a truncated model file)."""
+        try:
+            free = shutil.disk_usage(Path(self.opts.out).expanduser()).free
+        except OSError:
+            return ""
+        return f" (--out has only {free >> 20} MiB free: disk full?)" if free < MIN_FREE_BYTES else ""
+
     def export_all(self) -> ExportReport:
         """Every requested target x precision; a failing artifact is reported and the others still exported."""
         from kdmobile.export.opcheck import check_ops
@@ -484,11 +504,14 @@ class Exporter:
                 try:
                     art = self.export_one(target, precision)
                     self.log(f"{target} {precision}: {art.bundle} ({art.verification.get('status', '-')})")
+                except ToolError as e:
+                    art = Artifact(target, precision, error=str(e))
+                    self.log(f"{target} {precision}: failed: {e}")
                 except KDError as e:
                     art = Artifact(target, precision, error=str(e), error_is_user=True)
                     self.log(f"{target} {precision}: failed: {e}")
                 except Exception as e:  # noqa: BLE001 - one converter failing must not lose the other bundles
-                    msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                    msg = " ".join(f"{type(e).__name__}: {e}".split())[:300] + self._disk_note()
                     art = Artifact(target, precision, error=msg)
                     self.log(f"{target} {precision}: failed: {msg}")
                 arts.append(art)
@@ -497,22 +520,39 @@ class Exporter:
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
-    """Export a run directory to bundles (see Exporter)."""
+    """Export a run directory to bundles (see Exporter); --out is checked before any conversion starts."""
     opts.check()
-    return Exporter(load_run(run_dir), opts, log).export_all()
+    run = load_run(run_dir)
+    out = Path(opts.out).expanduser()
+    created = not out.exists()
+    opts.prepare_out()
+    try:
+        report = Exporter(run, opts, log).export_all()
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # no empty --out folder left behind by a failed export
+        raise
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ --verify BUNDLE
-def verify_existing(bundle_path: str | Path, thresholds: Thresholds) -> ExportReport:
-    """Re-verify a bundle: checksums, then parity/metric against its run directory, or random inputs without it."""
+def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: str | Path | None = None) -> ExportReport:
+    """Re-verify a bundle: its seal, then parity/metric against `run_dir` when given, else random inputs.
+
+    The manifest's `source.run_dir` is never followed: a bundle names whatever it likes, and only a run directory
+    the user points at (--run DIR) is opened.
+    """
     require_thresholds(thresholds)
-    bundle = load_bundle(bundle_path)  # refuses bad checksums / schema with the file named
+    bundle = load_bundle(bundle_path)  # refuses a broken seal, unlisted files, bad checksums or schema
     source = bundle.manifest.get("source") or {}
-    run_dir = source.get("run_dir")
     art = Artifact(bundle.target, bundle.precision, bundle=bundle.path, size=file_size(bundle.model_path))
     ref: Reference | None = None
-    if run_dir and (Path(run_dir) / "method.json").is_file() and (Path(run_dir) / "student.pt").is_file():
+    if run_dir is not None:
         run = load_run(run_dir)
+        if run.task != bundle.task:
+            raise KDError(f"--run {run.path}: a {run.method} ({run.task}) run cannot verify a {bundle.task} bundle")
         opts = ExportOptions(targets=[bundle.target], precisions=[bundle.precision], thresholds=thresholds)
         bundled = None
         if bundle.task == "retrieval":
@@ -520,10 +560,9 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds) -> ExportRe
             bundled = (bundle.class_vectors, bundle.labels, new and run.kind != "captions")
         ref = Exporter(run, opts, bundled=bundled).reference
         art.verification = verify_bundle(bundle, ref, thresholds)
-        if source.get("student_sha256") not in (None, sha256_file(run.path / "student.pt")):
-            art.verification["note"] = "student.pt changed since export: compared with the current student"
+        if source.get("student_sha256") not in (None, sha256_file(run.path / STUDENT_FILE)):
+            art.verification["note"] = f"{STUDENT_FILE} differs from the one exported: compared with {run.path}'s"
     else:
-        why = f"run directory {run_dir} not found" if run_dir else "no run directory recorded"
-        art.verification = verify_random(bundle, why)
+        art.verification = verify_random(bundle, "no --run DIR given: checked against itself on random inputs")
     rows = ([reference_row(ref, None)] if ref is not None else []) + [art.row()]
     return ExportReport([art], format_results(rows))

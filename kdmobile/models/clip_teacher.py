@@ -1,8 +1,9 @@
 """CLIP teachers from open_clip: a named pretrained tag, a local weights file, or a small built-in config.
 
 Spec strings: `kd-vit-s` (built-in, random init, trained offline), `ViT-B-32:openai` (open_clip pretrained tag,
-needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file), or `runs/X/teachers/NAME.pt`
-(a teacher kdmobile already trained: reused as it is, e.g. across the students of an ablation).
+needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file), or
+`runs/X/teachers/NAME.safetensors` (a teacher kdmobile already trained: reused as it is, e.g. across the students
+of an ablation). Teacher files are safetensors with the open_clip name in the header: never unpickled.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdmobile.errors import KDError
-from kdmobile.fileio import atomic_path
 from kdmobile.models.conv_stem import use_conv_stem
+from kdmobile.models.weights import load_state, read_weights, save_weights
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 BUILTIN_TEACHERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
@@ -84,9 +85,9 @@ def parse_teacher(spec: str) -> TeacherSpec:
     """Parse `NAME[:TAG|:PATH]`, checking the model name and that a local weights file exists."""
     oc = _open_clip()
     as_file = Path(spec).expanduser()
-    if as_file.suffix == ".pt" and as_file.is_file():
-        payload = _read_teacher_file(as_file)
-        return TeacherSpec(payload["model_name"], None, str(as_file), payload.get("image_size"))
+    if as_file.suffix in (".safetensors", ".pt") and as_file.is_file():  # a kdmobile teacher file (.pt: refused)
+        recipe = _read_teacher_file(as_file)[0]
+        return TeacherSpec(recipe["model_name"], None, str(as_file), _image_size(recipe))
     name, _, pretrained = spec.partition(":")
     if name not in oc.list_models():
         raise KDError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
@@ -122,7 +123,7 @@ class ClipTeacher(nn.Module):
         except Exception as exc:  # download failures, bad files
             raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
         if spec.checkpoint and load_pretrained:
-            self.clip.load_state_dict(_read_teacher_file(Path(spec.checkpoint))["state_dict"])
+            load_state(self.clip, _read_teacher_file(Path(spec.checkpoint))[1], spec.checkpoint)
         self.tokenizer = oc.get_tokenizer(spec.model_name)
         size = getattr(self.clip.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -166,27 +167,35 @@ class ClipTeacher(nn.Module):
 
 
 def save_teacher(path: str | os.PathLike, teacher: ClipTeacher) -> None:
-    """Atomically save a (fine-tuned) teacher with its open_clip name, so it reloads offline."""
-    payload = {"kind": "open_clip", "model_name": teacher.spec.model_name, "pretrained": teacher.spec.pretrained,
-               "image_size": teacher.spec.image_size,
-               "state_dict": {k: v.detach().cpu() for k, v in teacher.clip.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Atomically save a (fine-tuned) teacher as safetensors with its open_clip name and the input size its
+    built-in config was scaled to, so it reloads offline as the same architecture."""
+    save_weights(path, teacher.clip.state_dict(), {"format": "kdmobile-teacher", "kind": "open_clip",
+                                                   "model_name": teacher.spec.model_name,
+                                                   "pretrained": teacher.spec.pretrained,
+                                                   "image_size": teacher.spec.image_size})
 
 
-def _read_teacher_file(path: Path) -> dict[str, Any]:
-    from kdmobile.models.registry import load_checkpoint_file
-
-    payload = load_checkpoint_file(path)
-    if not isinstance(payload, dict) or payload.get("kind") != "open_clip":
+def _read_teacher_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(recipe, tensors) of a teacher file, refusing pickle files and other kdmobile files in one line."""
+    recipe, tensors = read_weights(path)
+    if recipe.get("kind") != "open_clip" or not isinstance(recipe.get("model_name"), str):
         raise KDError(f"{path}: not a kdmobile teacher file")
-    return payload
+    if recipe["model_name"] not in _open_clip().list_models():
+        raise KDError(f"{path}: unknown open_clip model {recipe['model_name']!r}")
+    return recipe, tensors
+
+
+def _image_size(recipe: dict[str, Any]) -> int | None:
+    """The recorded input size of a built-in teacher (an int), or None."""
+    size = recipe.get("image_size")
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) and 8 <= size <= 4096 else None
 
 
 def load_teacher(path: str | os.PathLike) -> ClipTeacher:
     """Rebuild a teacher saved by `save_teacher` (no download: weights come from the file)."""
-    payload = _read_teacher_file(Path(path))
-    spec = TeacherSpec(payload["model_name"], payload.get("pretrained"), str(path), payload.get("image_size"))
+    recipe, tensors = _read_teacher_file(Path(path))
+    pretrained = recipe.get("pretrained") if isinstance(recipe.get("pretrained"), str) else None
+    spec = TeacherSpec(recipe["model_name"], pretrained, str(path), _image_size(recipe))
     teacher = ClipTeacher(spec, load_pretrained=False)
-    teacher.clip.load_state_dict(payload["state_dict"])
+    load_state(teacher.clip, tensors, path)
     return teacher.eval()

@@ -1,20 +1,18 @@
 """One registry that builds every kdmobile model from a name and keyword arguments, as timm and open_clip do.
 
-A saved model is `{"model": name, "kwargs": {...}, "state_dict": ...}`, so any stage can rebuild it from the file
-alone, without the config that trained it.
+A saved model is a safetensors file whose header holds `{"model": name, "kwargs": {...}, "extra": {...}}`, so
+any stage can rebuild it from the file alone, without the config that trained it (and without unpickling).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from kdmobile.errors import KDError
-from kdmobile.fileio import atomic_path
+from kdmobile.models.weights import load_state, read_weights, save_weights
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,33 +49,26 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
-    """Atomically save a registry-built model with what is needed to rebuild it."""
+    """Atomically save a registry-built model as safetensors, its recipe (name, kwargs, extra) in the header."""
     spec = getattr(model, "kd_spec", None)
     if spec is None:
         raise ValueError("save_model needs a model built by create_model")
-    payload = {**spec, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    if extra:
-        payload["extra"] = extra
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load a kdmobile file, turning a missing or corrupt file into a one-line KDError."""
-    p = Path(path)
-    if not p.is_file():
-        raise KDError(f"{p}: no such file")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise KDError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    save_weights(path, model.state_dict(), {"format": "kdmobile-model", **spec, "extra": dict(extra or {})})
 
 
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by `save_model`; returns (model in eval mode, extra dict)."""
-    payload = load_checkpoint_file(path)
-    if not isinstance(payload, dict) or "model" not in payload or "state_dict" not in payload:
-        raise KDError(f"{path}: not a kdmobile model file (missing 'model'/'state_dict')")
-    model = create_model(payload["model"], **payload.get("kwargs", {}))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload.get("extra", {})
+    """Rebuild a model saved by `save_model`; returns (model in eval mode, extra dict). Never unpickles."""
+    recipe, tensors = read_weights(path)
+    name, kwargs, extra = recipe.get("model"), recipe.get("kwargs", {}), recipe.get("extra", {})
+    if recipe.get("format") != "kdmobile-model" or not isinstance(name, str) or not isinstance(kwargs, dict) \
+            or not isinstance(extra, dict):
+        raise KDError(f"{path}: not a kdmobile model file (its recipe needs format, model, kwargs, extra)")
+    try:
+        model = create_model(name, **kwargs)
+    except KDError as e:
+        raise KDError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a model's constructor may raise anything on kwargs it cannot take
+        raise KDError(f"{path}: its recipe does not build {name} ({type(e).__name__}: "
+                      f"{' '.join(str(e).split())[:160]})") from None
+    load_state(model, tensors, path)
+    return model.eval(), extra

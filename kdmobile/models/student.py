@@ -14,9 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdmobile.errors import KDError
 from kdmobile.models.registry import register_model
 
 FUSION_MODES = ("full", "none")
+
+
+def check_backbone(name: str) -> None:
+    """One-line KDError for a name timm does not know, before any teacher is trained."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = timm.list_models(f"*{str(name)[:20]}*")[:5] if isinstance(name, str) and name else []
+        hint = f"; similar: {', '.join(close)}" if close else "; e.g. mobilenetv3_small_075, mobilenetv3_large_100"
+        raise KDError(f"--student {name!r}: not a timm model{hint}")
 
 
 class ImageFusion(nn.Module):
@@ -67,6 +76,7 @@ class RetrievalStudent(nn.Module):
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}")
+        check_backbone(backbone)
         self.image_size = image_size
         self.fusion = fusion
         self.backbone = timm.create_model(backbone, pretrained=False, features_only=True)

@@ -62,6 +62,8 @@ class OnnxBackend:
         self.input_shapes = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in ins}
         self._dtypes = [np.float16 if i.type == "tensor(float16)" else np.float32 for i in ins]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_shapes = [tuple(d if isinstance(d, int) else None for d in o.shape)
+                              for o in self.session.get_outputs()]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         arrays = _ordered(inputs, self.input_names)
@@ -98,7 +100,10 @@ class LiteRTBackend:
         self.input_shapes = {
             d["name"]: tuple(None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])) for d in ins
         }
-        self.output_names = [d["name"] for d in self.interpreter.get_output_details()]
+        outs = self.interpreter.get_output_details()
+        self.output_names = [d["name"] for d in outs]
+        self.output_shapes = [tuple(None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"]))
+                              for d in outs]
 
     def _fit(self, detail: dict[str, Any], x: np.ndarray) -> bool:
         """Resize an input tensor whose shape differs only in batch (or a dynamic dim); return True if resized."""

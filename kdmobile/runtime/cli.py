@@ -110,13 +110,15 @@ def load_frames(path: str | Path) -> Any:
         raise KDError(f"{p}: not a .npy array (a forecast bundle takes NumPy .npy frame arrays)")
     try:
         loaded = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if len(loaded.files) != 1:
+                    raise KDError(f"{p}: an .npz must hold exactly one array, found {len(loaded.files)}")
+                loaded = loaded[loaded.files[0]]
+    except KDError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "unreadable"
         raise KDError(f"{p}: unreadable .npy array ({' '.join(str(e).split())[:120]})") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            if len(loaded.files) != 1:
-                raise KDError(f"{p}: an .npz must hold exactly one array, found {len(loaded.files)}")
-            loaded = loaded[loaded.files[0]]
     if loaded.dtype.kind not in "fiub":
         raise KDError(f"{p}: frames must be numeric, got dtype {loaded.dtype}")
     return loaded
@@ -133,17 +135,19 @@ def predict_frames(bundle: Any, paths: Sequence[str], out: str | None, steps: in
     """Forecast each frame array and write it (atomically) as .npy; returns what was written."""
     import numpy as np
 
-    from kdmobile.fileio import atomic_path
+    from kdmobile.fileio import atomic_path, check_writable
     from kdmobile.runtime.predictors import ForecastPredictor
 
     arrays = [load_frames(p) for p in paths]
-    predictor = ForecastPredictor(bundle, threads=threads)
-    results = []
-    for path, frames in zip(paths, arrays):
-        y = predictor.predict(frames) if steps == 1 else predictor.rollout(frames, steps)
-        dest = Path(out) if out is not None else default_output(path)
+    dests = [Path(out) if out is not None else default_output(path) for path in paths]
+    for dest in dests:  # every output checked before the first model call
         if dest.is_dir():
             raise KDError(f"--out {dest}: is a directory (give a file name ending in .npy)")
+        check_writable(dest.parent, "--out" if out is not None else "output folder", min_free=1 << 20)
+    predictor = ForecastPredictor(bundle, threads=threads)
+    results = []
+    for path, frames, dest in zip(paths, arrays, dests):
+        y = predictor.predict(frames) if steps == 1 else predictor.rollout(frames, steps)
         with atomic_path(dest) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.save would otherwise append .npy to the temp name
                 np.save(f, np.asarray(y, dtype=np.float32))
@@ -154,13 +158,15 @@ def predict_frames(bundle: Any, paths: Sequence[str], out: str | None, steps: in
 
 
 def _print_text(bundle: Any, task: str, results: list[dict[str, Any]]) -> None:
-    """Human-readable output."""
+    """Human-readable output; labels and file names are printed with control characters escaped."""
+    from kdmobile.untrusted import printable
+
     print(f"{bundle.path} ({task}, {bundle.target} {bundle.precision})")
     for r in results:
         if task == "retrieval":
-            print(r["input"])
+            print(printable(r["input"]))
             for t in r["top_k"]:
-                print(f"  {t['rank']:>2}. {t['label']}  {t['probability']:.4f}")
+                print(f"  {t['rank']:>2}. {printable(t['label'])}  {t['probability']:.4f}")
         else:
             print(f"{r['input']} {tuple(r['input_shape'])} -> {r['output']} {tuple(r['output_shape'])}"
                   + (f" ({r['steps']} roll-out steps)" if r["steps"] > 1 else ""))

@@ -3,31 +3,47 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kdmobile.bundle import Bundle
 from kdmobile.errors import KDError
 from kdmobile.runtime.backends import Backend, open_backend
+from kdmobile.untrusted import open_image
 
 ImageLike = Any  # np.ndarray uint8 (H, W, 3) / (H, W), or PIL.Image.Image
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> np.ndarray:
-    """Read an image file as a uint8 (H, W, 3) array (or (H, W) for mode "L"); one-line KDError otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise KDError(f"{p}: no such image file")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert(mode), dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise KDError(f"{p}: not an image (cannot identify image file)") from None
-    except OSError as e:
-        raise KDError(f"{p}: unreadable image ({e})") from None
+    """Read an image file as a uint8 (H, W, 3) array (or (H, W) for mode "L"); one-line KDError otherwise.
+
+    Oversized images are refused before decoding; 16-bit greyscale is scaled, not saturated.
+    """
+    return np.asarray(open_image(path, mode), dtype=np.uint8)
+
+
+def _compatible(model: Sequence[int | None], declared: Sequence[int]) -> bool:
+    """Whether a model's tensor shape (None = dynamic) can take the manifest's; the batch dimension may differ."""
+    return len(model) == len(declared) and all(
+        i == 0 or m is None or m == d for i, (m, d) in enumerate(zip(model, declared)))
+
+
+def check_model_io(bundle: Bundle, backend: Backend) -> None:
+    """Refuse a bundle whose manifest declares input/output shapes the model file does not have (one line)."""
+    declared = list(bundle.input["shape"])
+    shapes = backend.input_shapes
+    model_in = shapes.get(bundle.input["name"], next(iter(shapes.values()), None)) if shapes else None
+    if model_in is not None and model_in != (None,) and not _compatible(model_in, declared):
+        raise KDError(f"bundle {bundle.path}: manifest input shape {declared} does not match the model file's "
+                      f"{[d if d is not None else '?' for d in model_in]}")
+    outs = getattr(backend, "output_shapes", None)
+    if outs:
+        for spec, model_out in zip(bundle.outputs, outs):
+            if model_out is not None and not _compatible(model_out, spec["shape"]):
+                raise KDError(f"bundle {bundle.path}: manifest output shape {spec['shape']} does not match the "
+                              f"model file's {[d if d is not None else '?' for d in model_out]}")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -63,6 +79,7 @@ class _Predictor:
             raise KDError(f"bundle {bundle.path}: a {bundle.task} bundle, not a {self.task} bundle")
         self.bundle = bundle
         self.backend = backend if backend is not None else open_backend(bundle, threads=threads)
+        check_model_io(bundle, self.backend)
         spec = bundle.input
         self.input_name: str = spec["name"]
         self.input_shape: tuple[int, ...] = tuple(spec["shape"])
@@ -164,7 +181,7 @@ class ForecastPredictor(_Predictor):
         single = x.ndim == 3
         if single:
             x = x[None]
-        if x.ndim != 4 or x.shape[1] != self.frames_in or tuple(x.shape[2:]) != self.frame_shape:
+        if x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != self.frames_in or tuple(x.shape[2:]) != self.frame_shape:
             h, w = self.frame_shape
             raise KDError(f"forecast input must be (T_in={self.frames_in}, {h}, {w}) or (N, {self.frames_in}, "
                           f"{h}, {w}); got {tuple(np.shape(frames))}")

@@ -23,7 +23,8 @@ from kdmobile.fileio import atomic_path, write_json
 from kdmobile.models import create_model, save_model
 from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher, with_image_size
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import new_run_dir, write_method
+from kdmobile.models.student import check_backbone
+from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
@@ -53,6 +54,7 @@ class AMMKD:
         self.progress = progress
         # Everything that can fail on user input is checked before the run directory exists.
         self.specs = [parse_teacher(t) for t in cfg.teachers]
+        check_backbone(cfg.student)
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
         self.task = "classes" if isinstance(data, ClassData) else "captions"
@@ -109,7 +111,7 @@ class AMMKD:
         metrics = self.evaluate_all(teachers, vectors, student, baseline) if dist.is_main() else {}
         if dist.is_main():
             metrics["teacher_health"] = health_record(health, dropped)
-            write_json(self.run / "metrics.json", metrics)
+            write_metrics(self.run, metrics)
             self.log.write(stage="done", event="metrics", **{k: v for k, v in metrics.items() if k != "models"})
         return metrics
 
@@ -119,7 +121,7 @@ class AMMKD:
 
     def pretrain_teacher(self, name: str, spec: Any) -> ClipTeacher:
         """Stage 1: fine-tune (or train from scratch) one teacher contrastively on this data; cached in teachers/."""
-        path = self.run / "teachers" / f"{name}.pt"
+        path = teacher_file(self.run, name)
         if self.resume and path.is_file():
             return load_teacher(path).to(self.device)
         seed_everything(self.cfg.seed + 1)
@@ -200,7 +202,7 @@ class AMMKD:
 
     # ---------------------------------------------------------------- student
     def build_student(self, teacher_dims: list[int]) -> nn.Module:
-        """The student from the registry, so export can rebuild it from student.pt alone."""
+        """The student from the registry, so export can rebuild it from student.safetensors alone."""
         return create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
                             teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
 
@@ -242,7 +244,7 @@ class AMMKD:
                               evaluate if len(self.val.images) else None, resume=self.resume)
         student = trained.student if isinstance(trained, StudentWithHeads) else trained
         if dist.is_main():
-            self._save_student(student, names, tv, "student.pt" if kd else "student_nokd.pt", kd)
+            self._save_student(student, names, tv, STUDENT_FILE if kd else NOKD_FILE, kd)
         return student
 
     def _save_student(self, student: nn.Module, names: list[str], tv: dict[str, torch.Tensor], file: str,

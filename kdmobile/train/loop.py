@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -59,15 +60,24 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors, lists and numbers only, so a checkpoint loads with torch.load(weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"python": [version, list(internal), gauss],
+                             "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
+                                       int(has_gauss), float(cached)],
+                             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((str(name), np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos), int(has_gauss),
+                         float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -150,10 +160,15 @@ class Trainer:
             torch.save(state, tmp)
 
     def _load(self, opt: torch.optim.Optimizer, sched: Any) -> int:
-        try:
-            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise KDError(f"{self.checkpoint_path}: cannot resume from a corrupt checkpoint ({exc})") from None
+        try:  # weights_only: tensors and plain containers only, so a crafted checkpoint cannot run code
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        except pickle.UnpicklingError:
+            raise KDError(f"{self.checkpoint_path}: refused: it holds objects beyond tensors and plain data (an old "
+                          "kdmobile checkpoint or a crafted file; unpickling could run code); delete it to restart "
+                          "this stage") from None
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated file
+            raise KDError(f"{self.checkpoint_path}: cannot resume from a corrupt checkpoint "
+                          f"({' '.join(str(exc).split())[:160]})") from None
         self.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -25,7 +25,7 @@ from kdmobile.metrics import forecast_errors, per_step_mse, ssim
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import new_run_dir, write_method
+from kdmobile.rundir import WEIGHTS_SUFFIX, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
@@ -118,7 +118,7 @@ class SDKD:
         metrics = self.evaluate_all(models) if dist.is_main() else {}
         if dist.is_main():
             metrics["teacher_health"] = health_record(health, dropped)
-            write_json(self.run / "metrics.json", metrics)
+            write_metrics(self.run, metrics)
             self.figure(models)
         return metrics
 
@@ -151,10 +151,10 @@ class SDKD:
 
     # ------------------------------------------------------------------ stages
     def train_teacher(self, name: str, seed: int) -> nn.Module:
-        """Fit one forecaster teacher on ground truth (MSE); cached in teachers/NAME.pt."""
+        """Fit one forecaster teacher on ground truth (MSE); cached in teachers/NAME.safetensors."""
         from kdmobile.models import load_model
 
-        path = self.run / "teachers" / f"{name}.pt"
+        path = teacher_file(self.run, name)
         if self.cfg.teacher_files:
             return load_model(Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser())[0].to(self.device)
         if self.resume and path.is_file():
@@ -176,10 +176,10 @@ class SDKD:
     def train_student(self, stage: str, kd: str, teachers: dict[str, nn.Module],
                       active: list[str] | None = None) -> nn.Module:
         """Fit a student with ground truth plus the KD terms `kd` selects, from the `active` teachers (all by
-        default; those failing the health check are left out); saved as STAGE.pt."""
+        default; those failing the health check are left out); saved as STAGE.safetensors."""
         from kdmobile.models import load_model
 
-        path = self.run / f"{stage}.pt"
+        path = self.run / f"{stage}{WEIGHTS_SUFFIX}"
         if self.resume and path.is_file():
             return load_model(path)[0].to(self.device)
         seed_everything(self.cfg.seed + 2)

@@ -1,0 +1,121 @@
+"""Limits and checks for files that may come from someone else: JSON, images, arrays, printed text (no torch).
+
+Everything here turns a hostile or broken file into a one-line KDError before it can exhaust memory, the
+recursion limit or the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdmobile.errors import KDError
+
+MAX_JSON_BYTES = 1 << 20          # a manifest is a few KB; 1 MiB leaves room and refuses a 300 MB one unread
+MAX_LABELS_BYTES = 64 << 20       # labels.json of a caption gallery can be large
+MAX_JSON_DEPTH = 32               # a manifest nests 4 levels
+MAX_PIXELS = 64 * 1024 * 1024     # 64 Mpx: more than any phone photo, far less than a decompression bomb
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value, iteratively (no recursion)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        value, d = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def parse_json(raw: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON bytes with a nesting limit; one-line KDError naming `where` otherwise."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise KDError(f"{where}: JSON nested too deeply (limit {max_depth})") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise KDError(f"{where}: not valid JSON ({e})") from None
+    if _depth(obj) > max_depth:
+        raise KDError(f"{where}: JSON nested too deeply (limit {max_depth})")
+    return obj
+
+
+def read_limited(path: str | os.PathLike, where: str, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """A regular file's bytes, refusing (unread) one over `max_bytes` or a symlink."""
+    p = Path(path)
+    if p.is_symlink():
+        raise KDError(f"{where}: is a symbolic link (refused)")
+    try:
+        size = p.stat().st_size
+        if size > max_bytes:
+            raise KDError(f"{where}: {size} bytes, over the {max_bytes}-byte limit (refused unread)")
+        return p.read_bytes()
+    except OSError as e:
+        raise KDError(f"{where}: unreadable ({e.strerror or e})") from None
+
+
+def read_json(path: str | os.PathLike, where: str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file with size and depth limits."""
+    where = where or str(path)
+    return parse_json(read_limited(path, where, max_bytes), where)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (ANSI escapes, newlines) shown escaped, so a label cannot drive a terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
+    """Decode an image file to a PIL image in `mode`, refusing oversized images before decoding them.
+
+    16-bit greyscale is scaled to 8 bits (Pillow's convert would saturate it to 255).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise KDError(f"{p}: no such image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            im = Image.open(p)  # lazy: only the header is read here
+        with im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise KDError(f"{p}: {w}x{h} = {w * h} pixels, over the {MAX_PIXELS}-pixel limit (refused before "
+                              "decoding)")
+            if im.mode.startswith("I;16") or im.mode == "I":
+                a = np.asarray(im, dtype=np.float64)
+                im8 = Image.fromarray(np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8))
+                return im8.convert(mode)
+            return im.convert(mode)
+    except KDError:
+        raise
+    except UnidentifiedImageError:
+        raise KDError(f"{p}: not an image (cannot identify image file)") from None
+    except Image.DecompressionBombError as e:
+        raise KDError(f"{p}: refused before decoding ({e})") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as e:  # truncated or malformed data
+        raise KDError(f"{p}: unreadable image ({' '.join(str(e).split())[:160]})") from None
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles), read fully now; one-line KDError for a corrupt or truncated file."""
+    p = Path(path)
+    if not p.is_file():
+        raise KDError(f"{p}: missing (was the run finished?)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("holds a single array, not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "corrupt"
+        raise KDError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
