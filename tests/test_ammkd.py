@@ -178,7 +178,7 @@ def test_untrained_teachers_are_flagged_and_left_out_of_kd(tiny_ammkd_args, tmp_
     verdict certain on 40 test images; the comparison itself has known-answer tests in test_teacher_trust.py.)"""
     args = list(tiny_ammkd_args)
     args[args.index("--teacher-epochs") + 1] = "0"
-    assert _run([*args, "--name", "weak", "--epochs", "3", "--set", "health.margin=50"]) == 0
+    assert _run([*args, "--name", "weak", "--epochs", "3", "--set", "health.margin=50", "--set", "health.drop_weak=true"]) == 0
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "weak"
     metrics = json.loads((run / "metrics.json").read_text())
