@@ -7,6 +7,7 @@ needs a network or open_clip's cache), `RN50:/path/to/weights.pt` (local file), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path
 
@@ -79,8 +81,13 @@ class ClipTeacher(nn.Module):
         oc = _open_clip()
         self.spec = spec
         pretrained = spec.pretrained if load_pretrained else None
+        # open_clip warns "no pretrained weights loaded" whenever pretrained is None: false when weights are loaded
+        # right after (a teacher file), intended for a built-in config trained from scratch; true (kept) otherwise.
+        weights_follow = bool(spec.checkpoint) or not load_pretrained or spec.model_name in BUILTIN_TEACHERS
+        quiet = quiet_open_clip_random_init() if pretrained is None and weights_follow else contextlib.nullcontext()
         try:
-            self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
+            with quiet:
+                self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
         except Exception as exc:  # download failures, bad files
             raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
         if spec.checkpoint and load_pretrained:
