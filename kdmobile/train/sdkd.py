@@ -40,12 +40,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
 
 
+def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
+    """Where the generated default Navier-Stokes set for these settings is cached."""
+    d = cfg.data
+    return cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+
+
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
     """Generate (once) the small default Navier-Stokes set for these settings; later runs reuse the file."""
     from kdmobile.data.navier_stokes import generate_to_file
 
     d = cfg.data
-    path = cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+    path = cached_navier_stokes_path(cfg)
     if not path.is_file():
         generate_to_file(path, n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed, progress=progress)
     return path
