@@ -30,7 +30,7 @@ QUANT_SHORT = {"dynamic_wi8_afp32": "dynamic", "static_wi8_ai8": "static"}
 
 def precision_label(precision: str, quantization: str | None, short: bool = True) -> str:
     """'int8 (w8a32)', 'int8 (dynamic)': the precision with the int8 format that was chosen, or just the precision."""
-    if not quantization or quantization in ("none", precision):
+    if precision != "int8" or not quantization or quantization in ("none", precision):
         return precision
     return f"{precision} ({QUANT_SHORT.get(quantization, quantization) if short else quantization})"
 
