@@ -41,7 +41,7 @@ def _shorten(text: str, width: int, middle: bool) -> str:
     if width <= 1:
         return text[:width]
     if middle:
-        head = (width - 1) // 2
+        head = (width - 1) // 3  # the end tells rows apart (…-onnx-int8, …/teacher:NAME): keep more of it
         return text[:head] + "…" + text[len(text) - (width - 1 - head):]
     return text[: width - 1] + "…"
 
@@ -50,8 +50,8 @@ def fit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int 
               squeeze: Sequence[int] = (0,), middle: Sequence[int] = (0,), min_width: int = 8) -> str:
     """format_table, with the cells of the `squeeze` columns shortened (…) until no line is wider than `width`.
 
-    The widest squeezable column gives up one character at a time; `middle` columns keep both ends (model names
-    differ at the end), the others keep the start. Gives up (returns the table as is) at `min_width` per column.
+    The widest squeezable column gives up one character at a time; `middle` columns keep both ends, mostly the end
+    (model names differ there), the others keep the start. Gives up (returns the table as is) at `min_width` per column.
     """
     cells = [[_cell(v) for v in row] for row in rows]
     while True:
