@@ -6,7 +6,7 @@ KD     := $(VENV)/bin/kdmobile
 STAMP  := $(VENV)/.kdmobile-installed
 DEMO   ?= runs/demo-ammkd
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow clean tmux
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,17 @@ demo: $(STAMP)
 	rm -rf $(DEMO) bundles/$(NAME)-* bench/$(NAME)
 	$(KD) train ammkd --out $(dir $(DEMO)) --name $(NAME)
 	$(KD) export $(DEMO) --target onnx,tflite --precision fp32,int8 --out bundles
-	$(KD) bench $(DEMO) --bundles bundles --runs 100 --out bench/$(NAME)
+	$(KD) bench $(DEMO) --runs 100 --out bench/$(NAME)
 	@echo "outputs: $(DEMO)/ (run: metrics.json, student.pt, teachers/), bundles/$(NAME)-*/ (bundles),"
 	@echo "         bench/$(NAME)/ (report.md, report.json, latency_vs_accuracy.png)"
 
-test: $(STAMP)
+# The terminal acceptance test (tests/test_terminal_tmux.py) drives the CLI in tmux; install it once if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tmux:
+	@command -v tmux >/dev/null 2>&1 || $(SUDO) apt-get install -y tmux || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y tmux)
+
+test: $(STAMP) tmux
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
