@@ -64,3 +64,23 @@ def fit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int 
         if target >= widths[col]:
             return text
         cells = [[_shorten(c, target, i in middle) if i == col else c for i, c in enumerate(r)] for r in cells]
+
+
+def fit_table_notes(headers: Sequence[str], rows: Sequence[Sequence[Any]], width: int = 120,
+                    movable: Sequence[int] = (), min_cell: int = 12) -> str:
+    """format_table where, while a line is wider than `width`, the longest cell of the `movable` columns becomes a
+    reference `[k]` and its full text goes, wrapped to `width`, under the table: nothing is lost, all fits."""
+    import textwrap
+
+    cells = [[_cell(v) for v in row] for row in rows]
+    notes: list[str] = []
+    while max(map(len, format_table(headers, cells).splitlines())) > width:
+        longest = max(((len(r[i]), n, i) for n, r in enumerate(cells) for i in movable), default=(0, 0, 0))
+        size, n, i = longest
+        if size < min_cell:
+            break
+        notes.append(cells[n][i])
+        cells[n][i] = f"[{len(notes)}]"
+    lines = [format_table(headers, cells)]
+    lines += [textwrap.fill(f"[{k}] {text}", width, subsequent_indent="    ") for k, text in enumerate(notes, 1)]
+    return "\n".join(lines)

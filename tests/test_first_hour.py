@@ -85,6 +85,7 @@ def test_export_table_is_fitted_unless_wide():
     rows = [art.row()]
     report = ExportReport([art], format_results(rows), rows)
     assert max(map(len, report.render().splitlines())) <= 120
+    assert "[1]" in report.render() and " ".join(report.render().split()).count("top-1 dropped") == 12  # kept
     assert max(map(len, report.render(wide=True).splitlines())) > 120
 
 

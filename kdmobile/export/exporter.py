@@ -24,7 +24,7 @@ from kdmobile.export.verify import (TABLE_HEADERS, Reference, Thresholds, format
                                     reference_forecast, reference_row, require_thresholds, table_row, verify_bundle,
                                     verify_random)
 from kdmobile.fileio import sha256_file
-from kdmobile.table import fit_table, precision_label
+from kdmobile.table import fit_table_notes, precision_label
 from kdmobile.rundir import read_method
 
 TARGETS = ("onnx", "tflite", "coreml")
@@ -241,10 +241,11 @@ class ExportReport:
     rows: list[list[Any]] = field(default_factory=list)
 
     def render(self, wide: bool = False, width: int = 120) -> str:
-        """The verification table: every cell (wide), or fitted to `width` columns by shortening the status."""
+        """The verification table: as is (wide), or fitted to `width` columns by moving long metric or status
+        texts under the table as numbered notes."""
         if wide or not self.rows:
             return self.table
-        return fit_table(TABLE_HEADERS, self.rows, width, squeeze=(len(TABLE_HEADERS) - 1,), middle=())
+        return fit_table_notes(TABLE_HEADERS, self.rows, width, movable=(5, len(TABLE_HEADERS) - 1))
 
     @property
     def failed(self) -> list[Artifact]:
