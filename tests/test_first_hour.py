@@ -172,3 +172,24 @@ def test_teachers_from_trains_only_a_student_with_the_same_teacher_metrics(tmp_p
     assert list(new)[:2] == ["teacher:kd-vit-tiny", "teacher:kd-rn-tiny"]  # the source run's order
     assert main(["train", "ammkd", "--teachers-from", str(runs / "src"), "--teachers", "kd-vit-tiny"]) == 2
     assert main(["train", "sdkd", "--teachers-from", str(runs / "src"), "--dry-run"]) == 2
+
+
+def test_sdkd_teachers_from_reuses_the_teacher(tmp_path, capsys, monkeypatch):
+    from kdmobile.cli import main
+
+    monkeypatch.setenv("KDMOBILE_CACHE", str(tmp_path / "cache"))
+    tiny = ["--n", "6", "--res", "16", "--epochs", "1", "--no-progress",
+            "--set", "data.t_final=21", "--set", "teacher.width=16", "--set", "teacher.heads=2",
+            "--set", "student_kwargs={width: 8, blocks: 1}", "--batch-size", "8", "--set", "teacher_train.batch_size=8",
+            "--set", "baseline=false", "--out", str(tmp_path / "runs")]
+    assert main(["train", "sdkd", *tiny, "--teacher-epochs", "1", "--name", "a"]) == 0
+    capsys.readouterr()
+    assert main(["train", "sdkd", *tiny, "--teachers-from", str(tmp_path / "runs" / "a"), "--name", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "reused as is, no training" in out and "teacher/teacher" not in out
+    runs = tmp_path / "runs"
+    log = [json.loads(line) for line in (runs / "b" / "log.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in log if r.get("event") == "epoch"} == {"student"}
+    a, b = (json.loads((runs / n / "metrics.json").read_text())["models"]["teacher"] for n in ("a", "b"))
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-6)
+    assert (runs / "b" / "teachers" / "teacher.pt").read_bytes() == (runs / "a" / "teachers" / "teacher.pt").read_bytes()

@@ -8,6 +8,7 @@ teachers' KD terms are combined by the same `TeacherWeighting` AMMKD uses; every
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,12 @@ class SDKD:
 
         path = self.run / "teachers" / f"{name}.pt"
         if self.cfg.teacher_files:
-            return load_model(Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser())[0].to(self.device)
+            source = Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser()
+            if dist.is_main() and not path.is_file():  # kept in this run too: bench and --teachers-from find it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    shutil.copyfile(source, tmp)
+            return load_model(source)[0].to(self.device)
         if self.resume and path.is_file():
             return load_model(path)[0].to(self.device)
         seed_everything(seed)
