@@ -40,7 +40,7 @@ class RunPlan:
     def estimate_s(self) -> float | None:
         """Seconds for all stages from the probe, or None when some stage was not probed."""
         parts = [s.epochs * s.steps_per_epoch * s.probe_s if s.probe_s is not None else None for s in self.stages
-                 if s.epochs > 0]
+                 if s.epochs > 0 and not s.finished]
         return None if any(p is None for p in parts) else float(sum(p for p in parts if p is not None))
 
     def render(self) -> str:
@@ -58,6 +58,7 @@ class RunPlan:
             note = self.stage_notes.get(s.name, "")
             if s.epochs == 0:
                 size, eta = "no training", ""
+            eta = "" if s.finished else eta
             text = "  ".join(p for p in (f"{s.name:<{width}}", size, eta, note) if p)
             lines.append(f"  {'stages' if i == 0 else '':<11}{text}")
         total = self.estimate_s()
@@ -164,14 +165,24 @@ def ammkd_plan(job: Any, probe: bool = True, teachers_from: str | None = None) -
         plan.batch_sizes[stage] = cfg.teacher_train.batch_size
     plan.stages.append(StageEstimate("student", cfg.train.epochs, steps_per_epoch(n["train"], cfg.train.batch_size)))
     plan.batch_sizes["student"] = cfg.train.batch_size
+    if job.resume:
+        _mark_done(plan, {f"teacher/{name}": job.run / "teachers" / f"{name}.pt" for name in names})
     if probe and n["train"]:
         started = time.perf_counter()
         for stage, seconds in probe_ammkd(job).items():
             for s in plan.stages:
-                if s.name == stage:
+                if s.name == stage and not s.finished:
                     s.probe_s = seconds
         plan.probe_note = f"probed each stage with 2 steps in {time.perf_counter() - started:.1f}s"
     return plan
+
+
+def _mark_done(plan: RunPlan, outputs: dict[str, Path]) -> None:
+    """--resume: stages whose output file exists are skipped by the run, so they count as done in the estimate."""
+    for s in plan.stages:
+        if s.name in outputs and outputs[s.name].is_file():
+            s.finished, s.probe_s = True, 0.0
+            plan.stage_notes[s.name] = "(done: resumed past it)"
 
 
 def _time_steps(step: Callable[[], None], device: torch.device, reps: int = 1) -> float:
@@ -273,4 +284,7 @@ def sdkd_plan(cfg: SDKDConfig, job: Any | None, run_dir: Path, teachers_from: st
     for name, tc in stages:
         plan.stages.append(StageEstimate(name, tc.epochs, steps_per_epoch(n_train, tc.batch_size)))
         plan.batch_sizes[name] = tc.batch_size
+    if job is not None and job.resume:
+        _mark_done(plan, {**{f"teacher/{n}": run_dir / "teachers" / f"{n}.pt" for n in names},
+                          "student_nokd": run_dir / "student_nokd.pt", "student": run_dir / "student.pt"})
     return plan
