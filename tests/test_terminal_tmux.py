@@ -6,7 +6,6 @@ lines, and no line wider than 120 columns in the export and bench output. A tiny
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
