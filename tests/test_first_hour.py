@@ -193,3 +193,21 @@ def test_sdkd_teachers_from_reuses_the_teacher(tmp_path, capsys, monkeypatch):
     a, b = (json.loads((runs / n / "metrics.json").read_text())["models"]["teacher"] for n in ("a", "b"))
     assert a["mse"] == pytest.approx(b["mse"], rel=1e-6)
     assert (runs / "b" / "teachers" / "teacher.pt").read_bytes() == (runs / "a" / "teachers" / "teacher.pt").read_bytes()
+
+
+def test_export_records_bundles_for_bench(tmp_path):
+    from kdmobile.rundir import record_bundles, recorded_bundles
+
+    run = tmp_path / "run"
+    run.mkdir()
+    a, b = tmp_path / "x" / "r-onnx-fp32", tmp_path / "y" / "r-onnx-int8"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    assert recorded_bundles(run) == []
+    record_bundles(run, [a])
+    record_bundles(run, [b, a])  # a later export: newest first, each bundle once
+    assert recorded_bundles(run) == [b.resolve(), a.resolve()]
+    b.rmdir()
+    assert recorded_bundles(run) == [a.resolve()]  # bundles deleted since are skipped
+    (run / "exports.json").write_text("{not json")
+    assert recorded_bundles(run) == []

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ("--teachers kd-vit-tiny,kd-rn-tiny --teacher-epochs 1 --epochs 2 --max-train 96 --max-test 40 "
         "--set embed_dim=16 --set student=mobilenetv3_small_050 --batch-size 32 --set teacher_train.batch_size=32")
 # Lines libraries print on their own: none may reach a normal run's terminal.
-NOISE = re.compile(r"^(WARNING|INFO|W\d{4}|I\d{4})[: ]|WARNING:root|No pretrained weights|XNNPACK")
+NOISE = re.compile(r"^(WARNING|INFO|W\d{4}|I\d{4})[: ]|WARNING:root|No pretrained weights|XNNPACK|\b[A-Z]\w*Warning: ")
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (`make test` installs it)")
 
