@@ -251,6 +251,9 @@ def probe_ammkd(job: Any) -> dict[str, float]:
             opt.step()
 
         out["student"] = _time_steps(student_step, device)
+    teachers.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the throw-away models' memory goes back before the run starts
     return out
 
 
