@@ -6,7 +6,7 @@ KD     := $(VENV)/bin/kdmobile
 STAMP  := $(VENV)/.kdmobile-installed
 DEMO   ?= runs/demo-ammkd
 
-.PHONY: venv demo test test-slow clean android-tools web-demo android apk
+.PHONY: venv demo test test-slow clean android-tools web-demo android apk tmux
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO) bundles/$(NAME)-* bench/$(NAME)
 	$(KD) train ammkd --out $(dir $(DEMO)) --name $(NAME)
 	$(KD) export $(DEMO) --target onnx,tflite --precision fp32,int8 --out bundles
-	$(KD) bench $(DEMO) --bundles bundles --runs 100 --out bench/$(NAME)
+	$(KD) bench $(DEMO) --runs 100 --out bench/$(NAME)
 	@echo "outputs: $(DEMO)/ (run: metrics.json, student.safetensors, teachers/), bundles/$(NAME)-*/ (bundles),"
 	@echo "         bench/$(NAME)/ (report.md, report.json, latency_vs_accuracy.png)"
 
@@ -31,9 +31,15 @@ demo: $(STAMP)
 android-tools:
 	android_demo/tools.sh
 
+# The terminal acceptance test (tests/test_terminal_tmux.py) drives the CLI in tmux; install it once if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tmux:
+	@command -v tmux >/dev/null 2>&1 || $(SUDO) apt-get install -y tmux || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y tmux)
+
 # `make test` runs the whole suite, which includes the Android demo's JVM tests, the page in headless Chromium and
 # the APK build + apksigner/aapt checks (tests/test_android_demo.py); CI=1 makes a missing tool a failure.
-test: $(STAMP) android-tools
+test: $(STAMP) android-tools tmux
 	CI=$${CI:-1} $(PY) -m pytest -q
 
 # Serve the inference page with the demo's ONNX bundles on 127.0.0.1 (prints the address).

@@ -39,7 +39,13 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set teacher_train.epochs=2 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run OUT/NAME where it stopped")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs still go to log.jsonl)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the plan, one line per epoch and log.jsonl remain)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the run plan (data, stages, device, teachers, estimated time) and exit; writes nothing")
+    p.add_argument("--teachers-from", metavar="RUN",
+                   help="reuse the trained teachers of an earlier run of this method (RUN/teachers/*.pt) without "
+                        "training them again (teacher epochs default to 0)")
 
 
 def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,21 +55,65 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "train.device": args.device, "teacher_train.device": args.device}
 
 
+def _teachers_from(args: argparse.Namespace, method: str) -> list[str] | None:
+    """Teacher files of --teachers-from RUN (None without it); teacher epochs then default to 0."""
+    if not args.teachers_from:
+        return None
+    if args.teachers is not None:
+        raise KDError("give --teachers or --teachers-from, not both")
+    from kdmobile.train.plan import teacher_files_from
+
+    files = teacher_files_from(args.teachers_from, method)
+    if args.teacher_epochs is None:
+        args.teacher_epochs = 0
+    return files
+
+
+def _train_with_plan(job: Any, plan: Any, dry_run: bool, progress: bool) -> dict[str, Any] | None:
+    """Print the plan; unless a dry run, train with a reporter installed (epoch lines, summaries, estimates)."""
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.progress import Reporter, reporting
+
+    if dist.is_main():
+        print(plan.render(), flush=True)
+    if dry_run:
+        if dist.is_main():
+            print("dry run: nothing was trained or written")
+        return None
+    reporter = Reporter(stages=plan.stages)
+    with reporting(reporter):
+        metrics = job.run_all()
+    if dist.is_main():
+        print(reporter.total_line())
+    return metrics
+
+
 def _train_ammkd(args: argparse.Namespace) -> int:
     from kdmobile.config import AMMKDConfig, load_config
 
+    reused = _teachers_from(args, "ammkd")
     overrides: dict[str, Any] = {
         **_common_overrides(args), "data.spec": args.data, "data.max_train": args.max_train,
         "data.max_test": args.max_test, "data.image_size": args.image_size,
-        "teachers": _csv(args.teachers) if args.teachers else None, "student": args.student, "fusion": args.fusion,
+        "teachers": reused or (_csv(args.teachers) if args.teachers else None), "student": args.student,
+        "fusion": args.fusion,
         "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
         "loss.terms": _loss_terms(args.loss) if args.loss else None,
     }
     cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
     from kdmobile.train import distributed as dist
-    from kdmobile.train.ammkd import metrics_table, run_ammkd
+    from kdmobile.train.ammkd import AMMKD, metrics_table
+    from kdmobile.train.plan import ammkd_plan, source_mismatch
 
-    run, metrics = run_ammkd(cfg, resume=args.resume, progress=not args.no_progress)
+    job = AMMKD(cfg, resume=args.resume, progress=not args.no_progress)
+    plan = ammkd_plan(job, teachers_from=args.teachers_from)
+    warning = source_mismatch(args.teachers_from, cfg) if args.teachers_from else None
+    if warning:
+        plan.facts.append(("warning", warning))
+    metrics = _train_with_plan(job, plan, args.dry_run, not args.no_progress)
+    run = job.run
+    if metrics is None:
+        return 0
     if dist.is_main():
         print(metrics_table(metrics))
         print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
@@ -88,15 +138,26 @@ def _loss_terms(text: str) -> dict[str, float]:
 def _train_sdkd(args: argparse.Namespace) -> int:
     from kdmobile.config import SDKDConfig, load_config
 
+    reused = _teachers_from(args, "sdkd")
     overrides: dict[str, Any] = {
         **_common_overrides(args), "data.path": args.data, "data.n": args.n, "data.res": args.res,
         "teachers": args.teachers, "student": args.student, "kd": args.kd, "weighting": args.weighting,
+        "teacher_files": reused,
     }
     cfg = load_config(SDKDConfig, args.config, overrides, args.set)
+    from kdmobile.rundir import new_run_dir
     from kdmobile.train import distributed as dist
-    from kdmobile.train.sdkd import metrics_table, run_sdkd
+    from kdmobile.train.plan import sdkd_plan
+    from kdmobile.train.sdkd import SDKD, cached_navier_stokes_path, metrics_table
 
-    run, metrics = run_sdkd(cfg, resume=args.resume, progress=not args.no_progress)
+    # A dry run must not generate the data set: it plans without the data unless a file or the cache has it.
+    data_ready = bool(cfg.data.path) or args.resume or not args.dry_run or cached_navier_stokes_path(cfg).is_file()
+    job = SDKD(cfg, resume=args.resume, progress=not args.no_progress) if data_ready else None
+    run = job.run if job is not None else new_run_dir(cfg.out, cfg.name, args.resume)
+    plan = sdkd_plan(cfg, job, run, teachers_from=args.teachers_from)
+    metrics = _train_with_plan(job, plan, args.dry_run, not args.no_progress)
+    if metrics is None:
+        return 0
     if dist.is_main():
         print(metrics_table(metrics))
         if "mse_reduction_vs_nokd_pct" in metrics:
@@ -106,6 +167,23 @@ def _train_sdkd(args: argparse.Namespace) -> int:
     return 0
 
 
+_AMMKD_EXAMPLES = """\
+examples:
+  kdmobile train ammkd --dry-run                          the plan and an estimated duration; writes nothing
+  kdmobile train ammkd --data imagefolder:photos/ --image-size 64 --name photos
+  kdmobile train ammkd --teachers-from runs/photos --weighting none --name photos-nokd
+                                                          reuse runs/photos/teachers/*.pt: trains only a student
+  kdmobile train ammkd --teachers ViT-B-32:openai,RN50:openai --teacher-epochs 2   (needs a network)
+"""
+
+_SDKD_EXAMPLES = """\
+examples:
+  kdmobile train sdkd --dry-run                           the plan; generates and writes nothing
+  kdmobile train sdkd --data ns_V1e-3_N5000_T50.mat --kd spectral-low --student sdkd_unet
+  kdmobile train sdkd --teachers-from runs/sdkd --kd output --name sdkd-output   reuse the trained teacher
+"""
+
+
 def _add_train(sub: Any) -> None:
     train = sub.add_parser("train", help="distil a student from teachers (ammkd, sdkd)",
                            description="Train teachers and distil a small student; outputs go to a run directory.")
@@ -113,7 +191,9 @@ def _add_train(sub: Any) -> None:
     a = methods.add_parser(
         "ammkd", help="image-text retrieval student from two CLIP teachers",
         description="AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
-                    "mobile student with feature fusion and adaptive multi-teacher KL weighting.")
+                    "mobile student with feature fusion and adaptive multi-teacher KL weighting. A run plan (data, "
+                    "stages, device, teachers, estimated time) is printed before training.",
+        epilog=_AMMKD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
                                   "captions:PATH")
     a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
@@ -137,6 +217,7 @@ def _add_train(sub: Any) -> None:
     a.set_defaults(func=_train_ammkd)
     s = methods.add_parser(
         "sdkd", help="spatiotemporal forecaster with spectral distillation",
+        epilog=_SDKD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="SDKD: train a conv+Transformer forecaster teacher, then a lightweight student whose latent is "
                     "aligned with the teacher's in low and high frequency bands. With no --data, a small "
                     "Navier-Stokes set is generated and cached ($KDMOBILE_CACHE or ~/.cache/kdmobile).")

@@ -96,3 +96,26 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise KDError(f"{p}: missing (was the run finished?)")
     return untrusted_json(p, max_bytes=MAX_LABELS_BYTES)
+
+
+EXPORTS_FILE = "exports.json"
+
+
+def record_bundles(run: str | Path, bundles: list[Path]) -> Path:
+    """Remember in RUN/exports.json where `kdmobile export` wrote this run's bundles, so `kdmobile bench RUN`
+    finds them wherever --out put them (newest export first, each bundle listed once)."""
+    path = Path(run).expanduser() / EXPORTS_FILE
+    known = recorded_bundles(run, existing_only=False)
+    fresh = [str(Path(b).expanduser().resolve()) for b in bundles]
+    write_json(path, {"bundles": list(dict.fromkeys([*fresh, *map(str, known)]))})
+    return path
+
+
+def recorded_bundles(run: str | Path, existing_only: bool = True) -> list[Path]:
+    """Bundle directories listed in RUN/exports.json ([] when there is none or it is unreadable)."""
+    path = Path(run).expanduser() / EXPORTS_FILE
+    try:
+        listed = [Path(p) for p in untrusted_json(path).get("bundles", []) if isinstance(p, str)]
+    except (KDError, OSError, ValueError, AttributeError):
+        return []
+    return [p for p in listed if p.is_dir()] if existing_only else listed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ _DESCRIPTION = """\
 Benchmark bundles against their teachers: one table (model, backend, precision, size, metric, p50/p90/p99
 latency, memory, speed-up vs teacher) that a CI can gate on.
 
-RUN|BUNDLE... are bundles (from `kdmobile export`) or run directories (from `kdmobile train`). For a run, every bundle
-BUNDLES/RUNNAME-TARGET-PRECISION is measured; a run without bundles has its PyTorch student measured instead
-("torch eager"). The run's teachers run in PyTorch: on the CPU (same threads), plus CUDA when available.
+RUN|BUNDLE... are bundles (from `kdmobile export`) or run directories (from `kdmobile train`). For a run, the bundles
+`kdmobile export` recorded in RUN/exports.json are measured (else bundles/RUNNAME-TARGET-PRECISION, or those under
+--bundles DIR); a run without bundles has its PyTorch student measured instead ("torch eager"), with a WARNING
+title. The run's teachers run in PyTorch: on the CPU (same threads), plus CUDA when available.
 
 Latency: p50/p90/p99/mean over --runs timed calls after --warmup calls, at batch 1 and each --batch (a model
 whose batch dimension is fixed at 1 is looped). Memory: resident-memory growth while loading and running (GPU:
@@ -29,6 +31,7 @@ Writes OUT/report.json, OUT/report.md and OUT/latency_vs_accuracy.png (atomicall
 _EPILOG = """\
 examples:
   kdmobile bench runs/demo                                   all bundles of the run + its teachers
+  kdmobile bench runs/demo --wide                            every column (metric source, p90, ...)
   kdmobile bench bundles/demo-onnx-fp32 bundles/demo-tflite-int8 --batch 8 --threads 4
   kdmobile bench runs/demo --no-teachers --min-metric 90 --max-latency-ms 5     CI gate
 
@@ -42,8 +45,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="latency, memory, size and metric of bundles vs teachers, with CI gates",
                        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", metavar="RUN|BUNDLE", help="run directories and/or bundle directories")
-    p.add_argument("--bundles", metavar="DIR", default="bundles",
-                   help="where a run's bundles are looked up, as DIR/RUNNAME-TARGET-PRECISION (default: bundles)")
+    p.add_argument("--bundles", metavar="DIR",
+                   help="look up a run's bundles as DIR/RUNNAME-TARGET-PRECISION (default: where `kdmobile export` "
+                        "recorded them in RUN/exports.json, else bundles/)")
+    p.add_argument("--wide", action="store_true",
+                   help="print every column (default: a table that fits 120 columns; report.md has them all)")
     p.add_argument("--runs", type=int, default=200, metavar="N", help="timed calls per measurement (default 200)")
     p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed calls first (default 20)")
     p.add_argument("--batch", type=int, nargs="+", default=[], metavar="B",
@@ -66,6 +72,16 @@ def register(sub: Any) -> None:
                    help="gate: every student's p50 latency at batch 1 must be <= Y ms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)
+
+
+WIDTH = 120  # the default tables and lines fit a 120-column terminal
+
+
+def _say(text: str, width: int | None, stream: Any = None) -> None:
+    """Print, wrapped to `width` columns (continuation lines indented) unless width is None."""
+    if width is not None:
+        text = textwrap.fill(text, width, subsequent_indent="  ", break_long_words=True, break_on_hyphens=False)
+    print(text, file=stream or sys.stdout)
 
 
 def _default_out(runs: list[Any], subjects: list[Any]) -> Path:
@@ -106,22 +122,29 @@ def _measure_and_report(args: argparse.Namespace, settings: Any, p: Any, out: Pa
     """Measure the planned subjects, write the report into `out`, print the table; returns the exit code."""
     from kdmobile.bench import report as rep
     from kdmobile.bench.runner import bench_host, measure
-    from kdmobile.table import format_table
+    from kdmobile.table import fit_table, format_table
 
+    width = None if args.wide else WIDTH
     for note in p.notes:
-        print(f"note: {note}", file=sys.stderr)
+        _say(f"note: {note}", width, sys.stderr)
     host = bench_host(settings)
-    print(rep.host_line(host))
+    _say(rep.host_line(host), width)
     rows = measure(p.subjects, settings)
     gates = rep.evaluate_gates(rows, args.min_metric, args.max_mse, args.max_latency_ms)
     settings_doc = {**settings.as_dict(), "inputs": [str(x) for x in args.paths], "bundles_dir": args.bundles}
-    report = rep.build_report(host, settings_doc, rows, gates, p.notes)
+    report = rep.build_report(host, settings_doc, rows, gates, p.notes, torch_fallback=p.torch_fallback)
     paths = rep.write_report(out, report)
-    print(format_table(rep.MD_HEADERS, rep.table_rows(report["rows"])))
+    _say(rep.title_line(report["rows"], p.torch_fallback), width)
+    if args.wide:
+        print(format_table(rep.MD_HEADERS, rep.table_rows(report["rows"])))
+    else:
+        print(fit_table(rep.COMPACT_HEADERS, rep.compact_rows(report["rows"]), WIDTH))
+        for line in rep.compact_notes(report["rows"]):
+            _say(line, width)
     for line in rep.render_markdown(report).splitlines():
         if line.startswith("- speed-up"):
-            print(line[2:])
-    print(f"wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")
+            _say(line[2:], width)
+    _say(f"wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}", width)
     failed = [g for g in gates if not g["passed"]]
     for g in failed:
         for f in g["failures"]:

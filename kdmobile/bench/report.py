@@ -50,7 +50,7 @@ from typing import Any, Iterable, Sequence
 from kdmobile import __version__
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.runtime.measure import latency_stats
-from kdmobile.table import format_table
+from kdmobile.table import format_table, precision_label
 
 SCHEMA = "kdmobile.bench/1"
 LOWER_IS_BETTER = frozenset({"mse"})
@@ -133,12 +133,15 @@ def failed_models(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def build_report(host: dict[str, Any], settings: dict[str, Any], rows: list[dict[str, Any]],
-                 gates: list[dict[str, Any]] | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:
-    """The report.json document (speed-ups are filled in here)."""
+                 gates: list[dict[str, Any]] | None = None, notes: Sequence[str] = (),
+                 torch_fallback: Sequence[str] = ()) -> dict[str, Any]:
+    """The report.json document (speed-ups are filled in here); `torch_fallback` names runs measured without
+    bundles (their PyTorch student instead)."""
     add_speedups(rows)
     return {"schema": SCHEMA, "kdmobile_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "host": host, "settings": settings, "rows": rows, "gates": list(gates or []), "notes": list(notes)}
+            "host": host, "settings": settings, "rows": rows, "gates": list(gates or []), "notes": list(notes),
+            "torch_fallback": list(torch_fallback)}
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -193,6 +196,47 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return out
 
 
+COMPACT_HEADERS = ["model", "backend", "precision", "batch", "size", "metric", "p50 ms", "p99 ms", "peak mem",
+                   "speed-up"]
+
+
+def compact_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The cells of the default (narrow) terminal table: `--wide` prints every column (MD_HEADERS)."""
+    out = []
+    for r in rows:
+        backend = "torch" if r["backend"] == "torch eager" else r["backend"]
+        backend += "" if r["device"] == "cpu" else f" {r['device']}"
+        speed = "teacher" if r["role"] == "teacher" else (
+            "-" if r.get("speedup_vs_teacher") is None else f"{r['speedup_vs_teacher']:.1f}x")
+        batch = f"{r['batch']}" + ("L" if r.get("batch_mode") == "loop" and r["batch"] > 1 else "")
+        mem = r.get("peak_gpu_mb") if r.get("peak_gpu_mb") is not None else r.get("peak_rss_mb")
+        mem_text = "-" if mem is None else f"{mem:.1f} MB" + (" GPU" if r.get("peak_gpu_mb") is not None else "")
+        out.append([r["model"], backend, precision_label(r["precision"], r.get("quantization")), batch,
+                    fmt_size(r.get("size_bytes")), fmt_metric(r.get("metric_name"), r.get("metric")),
+                    fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]), mem_text, speed])
+    return out
+
+
+def compact_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """What the narrow table leaves out, said once instead of per row (metric sources, loop batches)."""
+    sources = list(dict.fromkeys(f"{'teachers' if r['role'] == 'teacher' else 'students'}: {r['metric_source']}"
+                                 for r in rows if r.get("metric_source")))
+    notes = ["metric source: " + "; ".join(sources)] if sources else []
+    if any(r.get("batch_mode") == "loop" and r["batch"] > 1 for r in rows):
+        notes.append("batch NL: the model's batch dimension is fixed at 1, so N batch-1 calls were looped")
+    return notes
+
+
+def title_line(rows: Sequence[dict[str, Any]], torch_fallback: Sequence[str] = ()) -> str:
+    """The table's title; a clear WARNING when a run had no bundles and its PyTorch student was measured instead."""
+    if torch_fallback:
+        names = ", ".join(torch_fallback)
+        return (f"WARNING: no exported bundles found for {names}: the PyTorch student (torch eager) was measured, "
+                f"not a phone format; run `kdmobile export RUN` first (or pass --bundles DIR)")
+    models = {r["model"] for r in rows}
+    return f"kdmobile bench: {len(models)} model(s)"
+
+
 def host_line(host: dict[str, Any]) -> str:
     """One line describing where the numbers come from (CPU, int8-relevant ISA, threads, library versions, GPU)."""
     isa = host.get("isa", {})
@@ -214,7 +258,9 @@ def _speedup_note(rows: Sequence[dict[str, Any]]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: host and settings, one Markdown table, notes and gates."""
     s = report["settings"]
-    lines = ["# kdmobile bench", "", host_line(report["host"]), "",
+    fallback = report.get("torch_fallback") or []
+    lines = ["# kdmobile bench", "", *([f"**{title_line(report['rows'], fallback)}**", ""] if fallback else []),
+             host_line(report["host"]), "",
              f"{s['runs']} timed runs after {s['warmup']} warm-up runs (fewer where a call exceeds the "
              f"{s['max_time_s']:g} s budget; see n_runs in report.json); latencies are per call of `batch` inputs; "
              "memory is resident-memory growth while loading and running (GPU: peak allocated).", "",
@@ -232,33 +278,54 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_plot(rows: Sequence[dict[str, Any]]) -> bytes:
-    """latency_vs_accuracy.png: batch-1 p50 (log x) against the metric, one labelled point per model and metric."""
+def _spread(wanted: list[float], gap: float, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """Positions as close as possible to `wanted` (sorted ascending) with at least `gap` between neighbours, kept
+    inside [lo, hi] (the gap shrinks when they cannot all fit)."""
+    n = len(wanted)
+    if n == 0:
+        return []
+    gap = min(gap, (hi - lo) / max(n - 1, 1)) if n > 1 else gap
+    out = [min(max(w, lo), hi) for w in wanted]
+    for i in range(1, n):
+        out[i] = max(out[i], out[i - 1] + gap)
+    out[-1] = min(out[-1], hi)
+    for i in range(n - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1] - gap)
+    return out
+
+
+def plot_figure(rows: Sequence[dict[str, Any]]) -> Any:
+    """The latency-vs-metric figure: batch-1 p50 (log x) against the metric, every point labelled in a column right
+    of the axes at its own height (spread so no two labels overlap) with a thin leader line to its point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     rows = [r for r in rows if r.get("p50_ms")]
     pts = [r for r in rows if r["batch"] == min(x["batch"] for x in rows)] if rows else []
     metrics = sorted({r["metric_name"] for r in pts if r.get("metric") is not None})
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(6.5 * max(1, len(metrics)), 4.8), squeeze=False)
+    most = max([sum(1 for r in pts if r.get("metric_name") == m and r.get("metric") is not None) for m in metrics]
+               + [1])
+    height = max(4.8, 1.2 + 0.22 * most)  # room for one label line per point
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(9.5 * max(1, len(metrics)), height), squeeze=False)
     if not metrics:
         axes[0][0].text(0.5, 0.5, "no metric measured", ha="center", va="center", transform=axes[0][0].transAxes)
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
     plain = FuncFormatter(lambda v, _: f"{v:g}")
+    panels = []
     for ax, name in zip(axes[0], metrics):
-        group = sorted((r for r in pts if r.get("metric_name") == name and r.get("metric") is not None),
-                       key=lambda r: (r["metric"], r["p50_ms"]))
-        for i, r in enumerate(group):
-            color = "tab:red" if r["role"] == "teacher" else "tab:blue"
-            marker = "s" if r["role"] == "teacher" else "o"
-            ax.scatter([r["p50_ms"]], [r["metric"]], c=color, marker=marker)
-            label = r["model"] if r["device"] == "cpu" else f"{r['model']} ({r['device']})"
-            ax.annotate(label, (r["p50_ms"], r["metric"]), textcoords="offset points",
-                        xytext=(5, 5 - 11 * (i % 3)), fontsize=7)  # staggered so neighbours stay readable
+        group = [r for r in pts if r.get("metric_name") == name and r.get("metric") is not None]
+        for r in group:
+            teacher = r["role"] == "teacher"
+            ax.scatter([r["p50_ms"]], [r["metric"]], c="tab:red" if teacher else "tab:blue",
+                       marker="s" if teacher else "o", zorder=3)
         ax.set_xscale("log")
+        xs = [r["p50_ms"] for r in group]
+        ys = [r["metric"] for r in group]
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        pad = (max(ys) - min(ys)) * 0.08 or abs(max(ys)) * 0.05 or 1.0
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
         ax.xaxis.set_minor_formatter(plain)
@@ -266,10 +333,33 @@ def render_plot(rows: Sequence[dict[str, Any]]) -> bytes:
         ax.set_xlabel(f"p50 latency, ms (batch {pts[0]['batch']}, log scale)")
         ax.set_ylabel(f"{name} ({'lower' if name in LOWER_IS_BETTER else 'higher'} is better)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_title("latency vs task metric (squares: teachers)", fontsize=10)
+        panels.append((ax, name, group, xs, ys))
+    axes[0][0].set_title("latency vs task metric (squares, red: teachers)", fontsize=10)
     fig.tight_layout()
+    fig.subplots_adjust(right=1 - 0.42 / max(1, len(metrics)), wspace=0.9 if len(metrics) > 1 else None)
+    for ax, name, group, xs, ys in panels:  # labels last: their spacing depends on the final axes height
+        to_axes = ax.transData + ax.transAxes.inverted()
+        order = sorted(range(len(group)), key=lambda i: (to_axes.transform((xs[i], ys[i]))[1], xs[i]))
+        wanted = [float(to_axes.transform((xs[i], ys[i]))[1]) for i in order]
+        line_h = 10 / 72 / (ax.get_position().height * height)  # one 7-pt label line (+ leading), axes fraction
+        for i, y_label in zip(order, _spread(wanted, line_h)):
+            r = group[i]
+            label = r["model"] if r["device"] == "cpu" else f"{r['model']} ({r['device']})"
+            label += f"  {fmt_metric(name, r['metric'])}, {fmt_ms(r['p50_ms'])} ms"
+            ax.annotate("", xy=(xs[i], ys[i]), xytext=(1.02, y_label), textcoords="axes fraction",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.55", "shrinkA": 0, "shrinkB": 3})
+            ax.text(1.025, y_label, label, transform=ax.transAxes, fontsize=7, va="center", ha="left",
+                    gid="point-label", color="tab:red" if r["role"] == "teacher" else "black")
+    return fig
+
+
+def render_plot(rows: Sequence[dict[str, Any]]) -> bytes:
+    """latency_vs_accuracy.png: `plot_figure` as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = plot_figure(rows)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

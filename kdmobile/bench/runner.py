@@ -24,8 +24,10 @@ from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bund
 from kdmobile.errors import KDError
 from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
 from kdmobile.runtime.measure import host_info, measure_peak_rss, time_callable
-from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, read_method, require_complete
+from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, read_method, recorded_bundles, require_complete
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
+
+DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
 
 MIN_RUNS = 10  # timed runs kept even when a call is slower than the --max-time budget allows
 BACKEND_NAMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
@@ -578,6 +580,7 @@ class Plan:
     subjects: list[Subject] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    torch_fallback: list[str] = field(default_factory=list)  # runs without bundles: their PyTorch student measured
 
 
 def _same_dir(a: str | Path, b: Path) -> bool:
@@ -587,21 +590,25 @@ def _same_dir(a: str | Path, b: Path) -> bool:
         return False
 
 
-def find_bundles(run: RunInfo, bundles_dir: str | Path, notes: list[str]) -> list[Bundle]:
-    """Bundles named RUNNAME-TARGET-PRECISION under bundles_dir that were exported from this run (checked)."""
-    root = Path(bundles_dir).expanduser()
+def find_bundles(run: RunInfo, bundles_dir: str | Path | None, notes: list[str]) -> list[Bundle]:
+    """This run's bundles (checked): with bundles_dir None, those RUN/exports.json records (where `kdmobile export`
+    wrote them), else or then RUNNAME-TARGET-PRECISION under the default `bundles/`; with a bundles_dir, those in it."""
+    candidates: list[Path] = []
+    if bundles_dir is None:
+        candidates = recorded_bundles(run.path)
+    root = Path(bundles_dir if bundles_dir is not None else DEFAULT_BUNDLES).expanduser()
+    if not candidates:
+        candidates = [root / f"{run.name}-{t}-{p}" for t in TARGETS for p in PRECISIONS]
     found = []
-    for target in TARGETS:
-        for precision in PRECISIONS:
-            d = root / f"{run.name}-{target}-{precision}"
-            if not d.is_dir():
-                continue
-            bundle = load_bundle(d)  # refuses a changed bundle (checksums) in one line
-            src = (bundle.manifest.get("source") or {}).get("run_dir")
-            if src and Path(src).expanduser().is_dir() and not _same_dir(src, run.path):
-                notes.append(f"{d} was exported from {src}, not {run.path}: skipped")
-                continue
-            found.append(bundle)
+    for d in candidates:
+        if not d.is_dir():
+            continue
+        bundle = load_bundle(d)  # refuses a changed bundle (checksums) in one line
+        src = (bundle.manifest.get("source") or {}).get("run_dir")
+        if src and Path(src).expanduser().is_dir() and not _same_dir(src, run.path):
+            notes.append(f"{d} was exported from {src}, not {run.path}: skipped")
+            continue
+        found.append(bundle)
     return found
 
 
@@ -660,7 +667,7 @@ def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
     return out
 
 
-def plan(inputs: Sequence[str], bundles_dir: str | Path, settings: Settings) -> Plan:
+def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
     """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
     out = Plan()
     bundles: list[tuple[Bundle, RunInfo | None]] = []
@@ -692,9 +699,11 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path, settings: Settings) -> 
             run = add_run(p)
             found = find_bundles(run, bundles_dir, out.notes)
             if not found:
-                out.notes.append(f"{run.name}: no bundles found under {Path(bundles_dir)}/{run.name}-*: benchmarked "
-                                 "the PyTorch student (torch eager) instead; run `kdmobile export` for the phone "
-                                 "numbers")
+                where = (f"{run.path / 'exports.json'} or {DEFAULT_BUNDLES}/{run.name}-*" if bundles_dir is None
+                         else f"{Path(bundles_dir)}/{run.name}-*")
+                out.notes.append(f"{run.name}: no bundles found in {where}: benchmarked the PyTorch student (torch "
+                                 "eager) instead; run `kdmobile export` for the phone numbers")
+                out.torch_fallback.append(run.name)
                 torch_students.append(run)
             bundles += [(b, run) for b in found]
         else:

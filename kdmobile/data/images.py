@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from kdmobile.errors import KDError
 
@@ -277,15 +279,22 @@ def load_imagefolder(path: str | os.PathLike, size: int | tuple[int, int] | None
         files += found
         labels += [label] * len(found)
     target = hw(size)
-    images: np.ndarray | None = None
-    for i, f in enumerate(files):
+    if target is None:
+        first = read_image(files[0])
+        target = (first.height, first.width)
+    images = np.empty((len(files), target[0], target[1], 3), np.uint8)
+
+    def decode(f: Path) -> np.ndarray:
         img = read_image(f)
-        if target is None:
-            target = (img.height, img.width)
         if (img.height, img.width) != target:
             img = img.resize((target[1], target[0]), Image.Resampling.BILINEAR)
-        if images is None:
-            images = np.empty((len(files), target[0], target[1], 3), np.uint8)
-        images[i] = np.asarray(img, dtype=np.uint8)
-    assert images is not None
+        return np.asarray(img, dtype=np.uint8)
+
+    # Pillow releases the GIL while decoding and resizing, so a few threads help; the bar shows it is not stuck.
+    bar = tqdm(total=len(files), desc=f"loading images from {root.name}", unit="img", leave=False,
+               disable=len(files) < 200, mininterval=0.5, dynamic_ncols=True)
+    with bar, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, array in enumerate(pool.map(decode, files)):
+            images[i] = array
+            bar.update(1)
     return ClassData(images, np.asarray(labels, np.int64), [d.name for d in class_dirs], root.name)

@@ -22,7 +22,7 @@ MSE). An artifact whose metric drops past a threshold is written but flagged; --
 
 _EPILOG = """\
 examples:
-  kdmobile export runs/demo                                   ONNX fp32
+  kdmobile export runs/demo                                   ONNX fp32 (recorded in runs/demo/exports.json)
   kdmobile export runs/demo --target all --precision all      every target x precision
   kdmobile export runs/demo --precision int8 --int8-format u8s8 --calibration-samples 256
   kdmobile export runs/demo --classes my_classes.txt          new class names, encoded by the run's teachers
@@ -58,6 +58,8 @@ def register(sub: Any) -> None:
                         "with the run's prompt templates and the student fuses them into the bundle's class "
                         "vectors (metric verification is then n/a: parity only)")
     p.add_argument("--out", metavar="DIR", help="parent directory of the bundles (default: bundles)")
+    p.add_argument("--wide", action="store_true",
+                   help="print every cell in full (default: the table fits 120 columns; long statuses are shortened)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any artifact is flagged by the thresholds (for CI gates)")
     p.add_argument("--int8-format", choices=INT8_FORMATS, metavar="FMT",
@@ -111,6 +113,19 @@ def _check_verify_args(args: argparse.Namespace) -> None:
         raise KDError(f"--verify re-checks an existing bundle and takes no {', '.join(given)}")
 
 
+def _record(run: str, bundles: list[Path]) -> None:
+    """Note in RUN/exports.json where the bundles went, so `kdmobile bench RUN` finds them with no flag."""
+    from kdmobile.rundir import record_bundles
+
+    if not bundles:
+        return
+    try:
+        record_bundles(run, bundles)
+    except OSError as exc:  # a read-only run directory: the bundles are fine, bench just needs --bundles
+        print(f"kdmobile: note: could not record the bundles in {run}/exports.json ({exc}); "
+              f"bench it with --bundles {Path(bundles[0]).parent}", file=sys.stderr)
+
+
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile export`; returns the exit code (KDError -> 2 via kdmobile.cli.main)."""
     from kdmobile.export.verify import Thresholds, require_thresholds
@@ -143,7 +158,8 @@ def handler(args: argparse.Namespace) -> int:
             raise KDError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                           f"{read_method(args.run)} run")
         report = export_run(args.run, opts)
-    print(report.table)
+        _record(args.run, [a.bundle for a in report.artifacts if a.bundle is not None and a.error is None])
+    print(report.render(wide=args.wide))
     if getattr(args, "android_assets", None):
         from kdmobile.export.android import copy_to_assets
 

@@ -23,11 +23,12 @@ from kdmobile.bundle import Bundle, load_bundle, write_bundle, write_class_vecto
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
 from kdmobile.errors import KDError
 from kdmobile.export.quantize import INT8_FORMATS, file_size
-from kdmobile.export.verify import (Reference, Thresholds, format_results, reference_captions, reference_classes,
+from kdmobile.export.verify import (TABLE_HEADERS, Reference, Thresholds, format_results, reference_captions, reference_classes,
                                     reference_forecast, reference_row, require_thresholds, table_row, verify_bundle,
                                     verify_random)
 from kdmobile.errors import ToolError
 from kdmobile.fileio import MIN_FREE_BYTES, check_writable, clean_stale, sha256_file
+from kdmobile.table import fit_table_notes, precision_label
 from kdmobile.rundir import STUDENT_FILE, read_method, require_complete, teacher_file
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
@@ -229,7 +230,17 @@ class Artifact:
     def row(self) -> list[Any]:
         if self.error is not None:
             return [self.target, self.precision, None, None, None, "-", "-", f"FAILED: {self.error}"]
-        return table_row(self.target, self.precision, self.size, self.verification)
+        row = table_row(self.target, self.precision, self.size, self.verification)
+        row[1] = precision_label(self.precision, self.quantization())  # name the int8 format that was chosen
+        return row
+
+    def quantization(self) -> str | None:
+        """The quantization format recorded in the bundle's manifest (w8a32, dynamic_wi8_afp32, ...), if any."""
+        try:
+            manifest = json.loads((Path(self.bundle) / "manifest.json").read_text()) if self.bundle else {}
+        except (OSError, ValueError):
+            return None
+        return (manifest.get("quantization") or {}).get("format")
 
 
 @dataclass
@@ -238,6 +249,14 @@ class ExportReport:
 
     artifacts: list[Artifact]
     table: str
+    rows: list[list[Any]] = field(default_factory=list)
+
+    def render(self, wide: bool = False, width: int = 120) -> str:
+        """The verification table: as is (wide), or fitted to `width` columns by moving long metric or status
+        texts under the table as numbered notes."""
+        if wide or not self.rows:
+            return self.table
+        return fit_table_notes(TABLE_HEADERS, self.rows, width, movable=(5, len(TABLE_HEADERS) - 1))
 
     @property
     def failed(self) -> list[Artifact]:
@@ -516,7 +535,7 @@ class Exporter:
                     self.log(f"{target} {precision}: failed: {msg}")
                 arts.append(art)
         rows = [reference_row(self.reference, None), *[a.row() for a in arts]]
-        return ExportReport(arts, format_results(rows))
+        return ExportReport(arts, format_results(rows), rows)
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
@@ -565,4 +584,4 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: st
     else:
         art.verification = verify_random(bundle, "no --run DIR given: checked against itself on random inputs")
     rows = ([reference_row(ref, None)] if ref is not None else []) + [art.row()]
-    return ExportReport([art], format_results(rows))
+    return ExportReport([art], format_results(rows), rows)

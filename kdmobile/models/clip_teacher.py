@@ -8,6 +8,7 @@ of an ablation). Teacher files are safetensors with the open_clip name in the he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.errors import KDError
 from kdmobile.models.conv_stem import use_conv_stem
 from kdmobile.models.weights import load_state, read_weights, save_weights
@@ -106,6 +108,10 @@ class ClipTeacher(nn.Module):
         oc = _open_clip()
         self.spec = spec
         pretrained = spec.pretrained if load_pretrained else None
+        # open_clip warns "no pretrained weights loaded" whenever pretrained is None: false when weights are loaded
+        # right after (a teacher file); true (kept) otherwise. Built-in configs are built here, without the warning.
+        weights_follow = bool(spec.checkpoint) or not load_pretrained
+        quiet = quiet_open_clip_random_init() if pretrained is None and weights_follow else contextlib.nullcontext()
         try:
             if spec.model_name in BUILTIN_TEACHERS:  # offline config: built here, weights from a file if given
                 cfg = builtin_config(spec.model_name, spec.image_size)
@@ -119,7 +125,8 @@ class ClipTeacher(nn.Module):
                 # 49,408 x width table made the AdamW step cost more than the rest of the teacher's step.
                 self.clip.token_embedding.requires_grad_(False)
             else:
-                self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
+                with quiet:
+                    self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
         except Exception as exc:  # download failures, bad files
             raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
         if spec.checkpoint and load_pretrained:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from kdmobile.console import quiet_native_stderr
 from kdmobile.errors import KDError
 
 if TYPE_CHECKING:
@@ -91,8 +92,9 @@ class LiteRTBackend:
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
         interpreter_cls = _import_interpreter()
         try:
-            self.interpreter = interpreter_cls(model_path=str(path), num_threads=int(threads))
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():  # drops only LiteRT's "INFO: Created ... XNNPACK delegate" line
+                self.interpreter = interpreter_cls(model_path=str(path), num_threads=int(threads))
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise KDError(f"{path}: LiteRT cannot load the model ({str(e).splitlines()[0]})") from None
         ins = self.interpreter.get_input_details()

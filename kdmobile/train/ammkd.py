@@ -62,8 +62,12 @@ class AMMKD:
         split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
         train, val, test = split_dataset(data, split_seed, cfg.data.val_frac, cfg.data.test_frac,
                                          cfg.data.max_train, cfg.data.max_test)
+        self.size_reason = "set by --image-size / the config"
         if cfg.data.image_size is None:
             cfg.data.image_size = auto_image_size(data)
+            native = min(data.images.shape[1:3])
+            self.size_reason = (f"from the data ({native} px images; 32 px for small images, else up to 96 px; "
+                                "--image-size changes it)")
         flip_ok = cfg.data.spec.split(":", 1)[0] not in NOT_FLIP_INVARIANT
         cfg.data.augment = resolve_augment(cfg.data.augment, flip_ok)
         self.size = cfg.data.image_size

@@ -26,6 +26,7 @@ from kdmobile.config import TrainConfig
 from kdmobile.errors import KDError
 from kdmobile.fileio import append_jsonl, atomic_path
 from kdmobile.train import distributed as dist
+from kdmobile.train import progress as progress_report
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
+        self._timed = False  # the first batches of this stage were timed for the run estimate
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.ema = _make_ema(self.model, cfg.ema)
@@ -198,18 +200,31 @@ class Trainer:
         if dist.world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             wrapped = DistributedDataParallel(self.model, device_ids=ids)
-        for epoch in range(start, self.cfg.epochs):
-            self.model.train()
-            record = self._run_epoch(wrapped, self._loader(dataset, epoch), step, opt, sched, epoch)
-            if evaluate is not None and dist.is_main():
-                self.model.eval()
-                with torch.no_grad(), self.autocast():
-                    record.update({f"val_{k}": float(v) for k, v in evaluate(self.final_model()).items()})
-            self.history.append(record)
-            if self.log:
-                self.log.write(stage=self.stage, event="epoch", **record)
-            self._save(epoch + 1, opt, sched)
-            dist.barrier()
+        # One bar for the whole stage (its ETA covers every epoch); epoch lines are written above it.
+        reporter = progress_report.active() if dist.is_main() else None
+        stage_started = time.perf_counter()
+        if reporter:
+            reporter.stage_start(self.stage, self.cfg.epochs, start, steps_per_epoch)
+        bar = tqdm(total=max(0, self.cfg.epochs - start) * steps_per_epoch, desc=self.stage,
+                   disable=not self.progress or start >= self.cfg.epochs, leave=False, dynamic_ncols=True)
+        with bar:
+            for epoch in range(start, self.cfg.epochs):
+                epoch_started = time.perf_counter()
+                self.model.train()
+                record = self._run_epoch(wrapped, self._loader(dataset, epoch), step, opt, sched, epoch, bar, reporter)
+                if evaluate is not None and dist.is_main():
+                    self.model.eval()
+                    with torch.no_grad(), self.autocast():
+                        record.update({f"val_{k}": float(v) for k, v in evaluate(self.final_model()).items()})
+                self.history.append(record)
+                if self.log:
+                    self.log.write(stage=self.stage, event="epoch", **record)
+                self._save(epoch + 1, opt, sched)
+                if reporter:
+                    reporter.epoch_end(self.stage, record, self.cfg.epochs, time.perf_counter() - epoch_started)
+                dist.barrier()
+        if reporter:
+            reporter.stage_end(self.stage, self.history, time.perf_counter() - stage_started)
         if self.ema is not None:  # the averaged weights are the result
             self.model.load_state_dict(self.ema.module.state_dict())
         self.model.eval()
@@ -220,15 +235,15 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _run_epoch(self, model: nn.Module, loader: DataLoader, step: StepFn, opt: torch.optim.Optimizer,
-                   sched: Any, epoch: int) -> dict[str, Any]:
+                   sched: Any, epoch: int, bar: Any, reporter: progress_report.Reporter | None) -> dict[str, Any]:
         sums: dict[str, float] = {}
         seen = 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
-        bar = tqdm(loader, desc=f"{self.stage} {epoch + 1}/{self.cfg.epochs}", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
-        for batch in bar:
+        bar.set_description(f"{self.stage} {epoch + 1}/{self.cfg.epochs}")
+        timed = _first_batches_timer(len(loader), started) if reporter and not self._timed else None
+        for batch in loader:
             batch = _to_device(batch, self.device)
             with self.autocast():
                 out = step(model, batch)
@@ -255,7 +270,13 @@ class Trainer:
             seen += n
             for k, v in {"loss": out.loss.item(), **out.stats}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
+            bar.update(1)
             bar.set_postfix({k: f"{sums[k] / seen:.3f}" for k in ("loss", "acc") if k in sums})
+            if timed is not None and reporter is not None:
+                per_step = timed(time.perf_counter())
+                if per_step is not None:
+                    reporter.steps_timed(self.stage, per_step)
+                    self._timed, timed = True, None
             for cb in self.callbacks:
                 cb(self)
         totals = dist.all_reduce_sum(torch.tensor([seen, *sums.values()], dtype=torch.float64))
@@ -275,6 +296,26 @@ def _make_ema(model: nn.Module, decay: float) -> Any:
     from timm.utils.model_ema import ModelEmaV3
 
     return ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
+def _first_batches_timer(steps: int, started: float, timed_steps: int = 3) -> Callable[[float], float | None]:
+    """Call after each step with the time; returns seconds per step once the first batches are timed (the very first
+    step, which pays for warm-up, is left out when the epoch has more than one), else None."""
+    count = 0
+    first_done = started
+
+    def tick(now: float) -> float | None:
+        nonlocal count, first_done
+        count += 1
+        if steps <= 1:
+            return now - started
+        if count == 1:
+            first_done = now
+            return None
+        n = min(timed_steps, steps - 1)
+        return (now - first_done) / n if count == n + 1 else None
+
+    return tick
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -8,6 +8,7 @@ teachers' KD terms are combined by the same `TeacherWeighting` AMMKD uses; every
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
 
 
+def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
+    """Where the generated default Navier-Stokes set for these settings is cached."""
+    d = cfg.data
+    return cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+
+
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
     """Generate (once) the small default Navier-Stokes set for these settings; later runs reuse the file."""
     from kdmobile.data.navier_stokes import generate_to_file
 
     d = cfg.data
-    path = cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+    path = cached_navier_stokes_path(cfg)
     if not path.is_file():
         generate_to_file(path, n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed, progress=progress)
     return path
@@ -156,7 +163,12 @@ class SDKD:
 
         path = teacher_file(self.run, name)
         if self.cfg.teacher_files:
-            return load_model(Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser())[0].to(self.device)
+            source = Path(self.cfg.teacher_files[self.teacher_names.index(name)]).expanduser()
+            if dist.is_main() and not path.is_file():  # kept in this run too: bench and --teachers-from find it
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    shutil.copyfile(source, tmp)
+            return load_model(source)[0].to(self.device)
         if self.resume and path.is_file():
             return load_model(path)[0].to(self.device)
         seed_everything(seed)
