@@ -222,7 +222,8 @@ def generate(
     """Simulate n FNO-style trajectories in memory; return (n, t_final/dt_record, res, res) snapshots in `dtype`.
 
     `batch_size` trajectories are solved per chunk (on CPU split over `cpu_threads` workers, default all CPUs).
-    Results do not depend on batch size, threads or device beyond FFT rounding (float64: ~1e-15 relative).
+    Results do not depend on batch size, threads or device beyond FFT rounding (float64, 64², t=2, batch 8 vs 1:
+    measured max difference 4e-16 of the max value).
     `info` receives dt statistics, the wall time and the device.
     """
     runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads)
