@@ -237,9 +237,14 @@ def _add_train(sub: Any) -> None:
 def _data_navier_stokes(args: argparse.Namespace) -> int:
     from kdmobile.data.navier_stokes import generate_to_file
 
+    info: dict[str, Any] = {}
     path = generate_to_file(args.out, n=args.n, res=args.res, visc=args.visc, t_final=args.t_final, seed=args.seed,
-                            batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
-    print(f"wrote {path}")
+                            batch_size=args.batch_size, device=args.device, dt=args.dt, forcing=args.forcing,
+                            dt_record=args.record_every, dtype=args.dtype, cpu_threads=args.threads,
+                            progress=not args.no_progress, restart=args.restart, info=info)
+    threads = f"{info['threads']} thread{'s' if info['threads'] > 1 else ''}"
+    where = f"cpu, {threads}" if info["device"] == "cpu" else info["device"]
+    print(f"wrote {path} ({args.n} trajectories; this run {info['seconds']:.1f} s on {where})")
     return 0
 
 
@@ -251,15 +256,26 @@ def _add_data(sub: Any) -> None:
         "navier-stokes", help="2-D Navier-Stokes vorticity trajectories (FNO-paper generator)",
         description="Pseudo-spectral solver of 2-D incompressible Navier-Stokes on the unit torus, as in the FNO "
                     "paper: Gaussian random field initial vorticity, forcing 0.1(sin 2pi(x+y) + cos 2pi(x+y)), "
-                    "Crank-Nicolson viscosity, one snapshot per unit time. Writes (N,T,H,W) float32 as .npz/.npy.")
-    ns.add_argument("--out", required=True, help="output file (.npz or .npy); written atomically")
+                    "Crank-Nicolson viscosity, one snapshot per unit time. Writes .npz (u: N,T,H,W plus a, t, "
+                    "meta), .npy (u only) or .mat (MATLAB v7.3, FNO's layout u: N,H,W,T, a: N,H,W, t). "
+                    "Saved chunk by chunk in OUT.parts/: rerunning an interrupted command resumes it.")
+    ns.add_argument("--out", required=True, help="output file (.npz, .npy or .mat); written atomically at the end")
     ns.add_argument("--n", type=int, default=20, help="number of trajectories (default 20)")
     ns.add_argument("--res", type=int, default=64, help="grid size (default 64)")
     ns.add_argument("--visc", type=float, default=1e-3, help="viscosity nu (default 1e-3)")
-    ns.add_argument("--t-final", type=float, default=20.0, help="simulated time = snapshots (default 20)")
+    ns.add_argument("--t-final", type=float, default=20.0, help="simulated time (default 20)")
+    ns.add_argument("--record-every", type=float, default=1.0, help="time between snapshots (default 1)")
+    ns.add_argument("--dt", type=float, default=None, help="time step (default: adaptive, at most 1e-3)")
+    ns.add_argument("--forcing", choices=["fno", "none"], default="fno", help="forcing term (default fno)")
+    ns.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="solver and file precision (default float32)")
     ns.add_argument("--seed", type=int, default=0, help="seed of the initial conditions (default 0)")
-    ns.add_argument("--batch-size", type=int, default=32, help="trajectories solved together (default 32)")
+    ns.add_argument("--batch-size", type=int, default=32,
+                    help="trajectories per chunk: one batch on CUDA, split over the threads on CPU (default 32)")
+    ns.add_argument("--threads", type=int, default=None, help="CPU worker threads (default: all CPUs)")
     ns.add_argument("--device", default=None, help="cpu or cuda (default: CUDA if available)")
+    ns.add_argument("--restart", action="store_true",
+                    help="discard an unfinished generation in OUT.parts/ instead of resuming it")
     ns.add_argument("--no-progress", action="store_true", help="no progress bar")
     ns.set_defaults(func=_data_navier_stokes)
 
@@ -339,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kdmobile: error: {where}{err.strerror or err} (exit 1: environment failure)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("kdmobile: interrupted; only complete files were kept (train: rerun with --resume)", file=sys.stderr)
+        print("kdmobile: interrupted; only complete files were kept (train: rerun with --resume; data: rerun the "
+              "same command to continue)", file=sys.stderr)
         return 130
 
 

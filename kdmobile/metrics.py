@@ -30,7 +30,10 @@ def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np
 
 
 def forecast_errors(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """MSE, MAE and relative L2 of forecasts (N,T,H,W) in physical units."""
+    """MSE, MAE and relative L2 of forecasts (N,T,H,W) in physical units.
+
+    rel_l2 is FNO's metric: per sample, ||pred - true||_2 / ||true||_2 over its whole forecast (all steps and
+    pixels), then the mean over samples."""
     diff = pred - target
     rel = np.linalg.norm(diff.reshape(len(diff), -1), axis=1) / np.maximum(
         np.linalg.norm(target.reshape(len(target), -1), axis=1), 1e-12)
@@ -57,3 +60,11 @@ def ssim(pred: np.ndarray, target: np.ndarray, window: int = 7) -> float:
 def per_step_mse(pred: np.ndarray, target: np.ndarray) -> list[float]:
     """MSE at each forecast step (axis 1) of (N,T,H,W) arrays: how error grows with the horizon."""
     return [float(v) for v in ((pred - target) ** 2).mean(axis=(0, 2, 3))]
+
+
+def per_step_rel_l2(pred: np.ndarray, target: np.ndarray) -> list[float]:
+    """Relative L2 ||pred - true|| / ||true|| of each forecast step (axis 1) per sample, averaged over samples."""
+    diff = (pred - target).astype(np.float64)
+    num = np.sqrt((diff**2).sum(axis=(2, 3)))
+    den = np.maximum(np.sqrt((target.astype(np.float64) ** 2).sum(axis=(2, 3))), 1e-12)
+    return [float(v) for v in (num / den).mean(axis=0)]

@@ -1,10 +1,9 @@
-"""Navier–Stokes generator: exact solutions, divergence-free velocity, FNO equivalence, dt convergence, seeds, files."""
+"""Navier–Stokes solver and in-memory generator: exact solutions, divergence-free velocity, FNO equivalence,
+dt convergence, seeds, argument errors (files and resuming: test_ns_dataset.py)."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,6 +268,10 @@ def test_gaussian_random_field_statistics() -> None:
         ({"t_final": 2.5}, "whole multiple"),
         ({"forcing": "kolmogorov"}, "forcing"),
         ({"device": "tpu"}, "device"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"dt": -1e-3}, "--dt"),
+        ({"dtype": "float16"}, "--dtype"),
+        ({"cpu_threads": 0}, "--threads"),
     ],
 )
 def test_generate_refuses_bad_arguments(kwargs: dict, needle: str) -> None:
@@ -277,68 +280,3 @@ def test_generate_refuses_bad_arguments(kwargs: dict, needle: str) -> None:
     with pytest.raises(KDError, match=needle) as e:
         ns.generate(**args)
     assert "\n" not in str(e.value)
-
-
-# ---------------------------------------------------------------- files
-
-
-def test_generate_to_file_writes_npz_with_meta(tmp_path: Path) -> None:
-    """.npz holds `u` (N,T,H,W) float32 and a JSON `meta`; the sequence loader reads it back."""
-    from kdmobile.data.sequences import load_sequences
-
-    out = ns.generate_to_file(tmp_path / "sub" / "ns.npz", n=2, res=16, t_final=2.0, seed=4, device="cpu", progress=False)
-    assert out == tmp_path / "sub" / "ns.npz" and out.is_file()
-    with np.load(out, allow_pickle=False) as z:
-        assert set(z.files) == {"u", "meta"}
-        u = z["u"]
-        meta = json.loads(str(z["meta"]))
-    assert u.shape == (2, 2, 16, 16) and u.dtype == np.float32
-    assert meta["n"] == 2 and meta["res"] == 16 and meta["seed"] == 4 and meta["record_times"] == [1.0, 2.0]
-    assert meta["dt_max"] <= 1e-3 and meta["forcing"] == "fno"
-    direct = ns.generate(2, res=16, t_final=2.0, seed=4, device="cpu", progress=False)
-    assert np.array_equal(u, direct)
-    assert np.array_equal(load_sequences(out), u)
-    assert [p.name for p in out.parent.iterdir()] == ["ns.npz"]  # no temp files left
-
-
-def test_generate_to_file_npy(tmp_path: Path) -> None:
-    """.npy output is the bare array."""
-    out = ns.generate_to_file(tmp_path / "ns.npy", n=1, res=16, t_final=1.0, device="cpu", progress=False)
-    assert np.load(out).shape == (1, 1, 16, 16)
-
-
-def test_generate_to_file_refuses_bad_paths(tmp_path: Path) -> None:
-    """Wrong extension or an uncreatable parent: KDError naming the path, before any simulation."""
-    with pytest.raises(KDError, match=r"ns\.h5.*\.npz or \.npy"):
-        ns.generate_to_file(tmp_path / "ns.h5", n=1, res=16, t_final=1.0, progress=False)
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(KDError, match="cannot create the output folder") as e:
-        ns.generate_to_file(blocker / "deeper" / "ns.npz", n=1, res=16, t_final=1.0, progress=False)
-    assert str(blocker) in str(e.value) and "\n" not in str(e.value)
-    (tmp_path / "adir.npz").mkdir()
-    with pytest.raises(KDError, match="is a directory"):
-        ns.generate_to_file(tmp_path / "adir.npz", n=1, res=16, t_final=1.0, progress=False)
-
-
-def test_interrupted_generation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception mid-generation leaves neither the output nor a temp file behind."""
-    calls = {"n": 0}
-    real_solve = ns.solve
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_solve(*args, **kwargs)
-
-    monkeypatch.setattr(ns, "solve", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        ns.generate_to_file(tmp_path / "ns.npz", n=2, res=16, t_final=1.0, batch_size=1, device="cpu", progress=False)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_save_dataset_checks_rank(tmp_path: Path) -> None:
-    """save_dataset wants (N,T,H,W)."""
-    with pytest.raises(KDError, match="4-D"):
-        ns.save_dataset(tmp_path / "x.npz", np.zeros((2, 3, 4)), {})

@@ -37,6 +37,7 @@ def test_tiny_sdkd_run(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     for m in metrics["models"].values():
         assert m["mse"] > 0 and m["mae"] > 0 and -1 <= m["ssim"] <= 1 and len(m["per_step_mse"]) == 10
+        assert m["rel_l2"] > 0 and len(m["per_step_rel_l2"]) == 10
     assert metrics["models"]["student"]["params"] < metrics["models"]["teacher1"]["params"]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     sdkd = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]

@@ -22,7 +22,7 @@ from kdmobile.config import SDKDConfig, save_config
 from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path, write_json
-from kdmobile.metrics import forecast_errors, per_step_mse, ssim
+from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssim
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
@@ -43,20 +43,22 @@ def cache_dir() -> Path:
 
 
 def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
-    """Where the generated default Navier-Stokes set for these settings is cached."""
+    """Where the generated default Navier-Stokes set for these settings is cached (named by a digest of its key)."""
+    from kdmobile.data.navier_stokes import cached_dataset_path
+
     d = cfg.data
-    return cache_dir() / f"navier_stokes_n{d.n}_r{d.res}_v{d.visc:g}_t{d.t_final:g}_s{cfg.seed}.npz"
+    return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed)
 
 
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
-    """Generate (once) the small default Navier-Stokes set for these settings; later runs reuse the file."""
-    from kdmobile.data.navier_stokes import generate_to_file
+    """Generate (once, resumably) the small default Navier-Stokes set for these settings; later runs reuse the file.
+
+    The file name carries a digest of every generation parameter, so changing any of them makes a new file."""
+    from kdmobile.data.navier_stokes import cached_dataset
 
     d = cfg.data
-    path = cached_navier_stokes_path(cfg)
-    if not path.is_file():
-        generate_to_file(path, n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed, progress=progress)
-    return path
+    return cached_dataset(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed,
+                          progress=progress)
 
 
 class Distiller(nn.Module):
@@ -249,7 +251,7 @@ class SDKD:
                                for s in iterate_batches(len(x), batch)])
 
     def evaluate_all(self, models: dict[str, nn.Module]) -> dict[str, Any]:
-        """MSE/MAE/relative L2/SSIM in physical units, per-step MSE, parameters, FLOPs, CPU latency."""
+        """MSE/MAE/relative L2/SSIM in physical units, per-step MSE and relative L2, parameters, FLOPs, CPU latency."""
         s = self.splits
         target = s.test_y * s.std + s.mean
         probe = torch.from_numpy(s.test_x[:1]).float()
@@ -259,7 +261,8 @@ class SDKD:
             pred = self.predict(model, s.test_x) * s.std + s.mean
             out[name] = {"role": "teacher" if name.startswith("teacher") else "student",
                          **forecast_errors(pred, target), "ssim": ssim(pred, target),
-                         "per_step_mse": per_step_mse(pred, target), "params": count_params(model),
+                         "per_step_mse": per_step_mse(pred, target),
+                         "per_step_rel_l2": per_step_rel_l2(pred, target), "params": count_params(model),
                          "flops": count_flops(model, probe), "cpu_latency_ms": _latency_ms(model, probe)}
         base = out.get("student_nokd")
         summary = {}
