@@ -9,6 +9,7 @@ no HDF5 times), so a resumed run writes the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, ToolError
 from kdmobile.fileio import atomic_path, write_json
 
 OUTPUT_SUFFIXES = (".npz", ".npy", ".mat")
@@ -39,10 +40,11 @@ def check_output_path(out: str | os.PathLike) -> Path:
         raise KDError(f"{p}: is a directory, expected a file path ending in .npz, .npy or .mat")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KDError(f"{p}: cannot create the output folder {p.parent}: {e.strerror or e}") from None
+    except OSError as e:  # a file in the way is bad input (2); a read-only or full disk is the environment (1)
+        err = ToolError if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) else KDError
+        raise err(f"{p}: cannot create the output folder {p.parent}: {e.strerror or e}") from None
     if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise KDError(f"{p}: output folder {p.parent} is not writable")
+        raise ToolError(f"{p}: output folder {p.parent} is not writable")
     return p
 
 
