@@ -89,7 +89,8 @@ class AMMKDConfig(_Strict):
     seed: int = 0
     data: ImageDataConfig = ImageDataConfig()
     teachers: list[str] = ["kd-vit-s", "kd-rn-s"]
-    teacher_train: TrainConfig = TrainConfig(epochs=18, lr=5e-4, batch_size=32, warmup_epochs=2, label_smoothing=0.1)
+    # Measured on digits (ViT: 95-96.6 % top-1 at 15-20 epochs; lr 1e-3 left it at chance): lr 5e-4, batch 32.
+    teacher_train: TrainConfig = TrainConfig(epochs=20, lr=5e-4, batch_size=32)
     templates: list[str] = [
         "a photo of a {}.",
         "a picture of a {}.",
@@ -163,9 +164,19 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
         if value is not None:
             _set_dotted(tree, key, value)
     try:
-        return cls.model_validate(tree)
+        # Overrides go onto the method's own defaults: validating `{"teacher_train": {"epochs": 2}}` alone would
+        # rebuild that section from TrainConfig's class defaults and silently drop the method's teacher lr etc.
+        return cls.model_validate(_merge(cls().model_dump(), tree))
     except ValidationError as err:
         raise KDError(_one_line(err)) from None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` laid onto `base`, section by section (mappings merge, every other value replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def save_config(path: str | os.PathLike, cfg: BaseModel) -> None:
