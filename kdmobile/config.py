@@ -75,9 +75,9 @@ class LossConfig(_Strict):
 
 
 class HealthConfig(_Strict):
-    """Teacher health check: each teacher must beat the no-KD student by `margin` (points; SDKD: a fraction)."""
+    """Teacher health check: each teacher must make `margin` (a fraction) fewer errors than the no-KD student."""
 
-    margin: float = Field(2.0, ge=0, lt=100)
+    margin: float = Field(0.1, ge=0, lt=1)
     drop_weak: bool = True  # leave weak teachers out of the distillation (they are still reported)
 
 
@@ -89,8 +89,9 @@ class AMMKDConfig(_Strict):
     seed: int = 0
     data: ImageDataConfig = ImageDataConfig()
     teachers: list[str] = ["kd-vit-s", "kd-rn-s"]
-    # Measured on digits (ViT: 95-96.6 % top-1 at 15-20 epochs; lr 1e-3 left it at chance): lr 5e-4, batch 32.
-    teacher_train: TrainConfig = TrainConfig(epochs=20, lr=5e-4, batch_size=32)
+    # Measured on digits: the ViT reached 95.0 % val top-1 in 20 epochs, 98.3-98.9 % in 30 with an EMA of the
+    # weights; lr 1e-3 left it at chance. lr 5e-4, batch 32.
+    teacher_train: TrainConfig = TrainConfig(epochs=25, lr=5e-4, batch_size=32, ema=0.998)
     templates: list[str] = [
         "a photo of a {}.",
         "a picture of a {}.",
@@ -224,7 +225,7 @@ class SDKDConfig(_Strict):
     tolerance: float = Field(0.6, gt=0, le=1)
     train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
     baseline: bool = True
-    health: HealthConfig = HealthConfig(margin=0.1)  # a teacher's val MSE must be <= 0.9 x the no-KD student's
+    health: HealthConfig = HealthConfig()  # a teacher's val MSE must be <= 0.9 x the no-KD student's
 
     @field_validator("cutoffs")
     @classmethod

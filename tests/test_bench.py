@@ -113,7 +113,11 @@ def test_report_schema_and_files(tiny, full_bench) -> None:
     assert all("metrics.json" in r["metric_source"] and r["backend"] == "torch eager" for r in teachers)
     assert a["speedup_vs_teacher"] > 0 and "a/teacher:kd-vit-tiny" in a["speedup_reference"]
     assert "s/teacher" in s["speedup_reference"]
+    baseline = {r["model"]: r for r in doc["rows"] if r["role"] == "baseline" and r["batch"] == 1}
+    assert set(baseline) == {"a/student_nokd", "s/student_nokd"}  # what the student reaches without the teachers
+    assert baseline["a/student_nokd"]["metric"] == pytest.approx(metrics["models"]["student_nokd"]["top1"])
     md = (out / "report.md").read_text()
+    assert "no KD" in md
     header = next(line for line in md.splitlines() if line.startswith("| model"))
     assert [c.strip() for c in header.strip("|").split("|")] == rep.MD_HEADERS
     assert "ISA: AVX2" in md

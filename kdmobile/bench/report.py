@@ -9,7 +9,7 @@ report.json (schema "kdmobile.bench/1"):
       "settings": {runs, warmup, batches: [int], threads, device, max_time_s, inputs: [path]},
       "rows": [{
         "model": str,                 bundle directory name, or RUN/student, RUN/teacher:NAME
-        "role": "student" | "teacher",
+        "role": "student" | "teacher" | "baseline" (the no-KD student, PyTorch),
         "run": str | null,            run directory name the model comes from
         "source": str,                bundle directory or checkpoint file
         "backend": str,               onnxruntime | litert | coreml | torch eager
@@ -187,14 +187,17 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     for r in rows:
         backend = r["backend"] if r["device"] == "cpu" else f"{r['backend']} ({r['device']})"
         speed = "-" if r.get("speedup_vs_teacher") is None else f"{r['speedup_vs_teacher']:.1f}x"
-        if r["role"] == "teacher":
-            speed = "teacher"
+        if r["role"] in ROLE_LABELS:
+            speed = ROLE_LABELS[r["role"]]
         batch = f"{r['batch']}" + (" (loop)" if r.get("batch_mode") == "loop" and r["batch"] > 1 else "")
         out.append([r["model"], backend, fmt_precision(r), batch, fmt_size(r.get("size_bytes")),
                     fmt_metric(r.get("metric_name"), r.get("metric")), r.get("metric_source") or "-",
                     fmt_ms(r["p50_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r["p99_ms"]), fmt_memory(r), speed])
     return out
 
+
+ROLE_LABELS = {"teacher": "teacher", "baseline": "no KD"}  # the speed-up column of rows that are references
+SOURCE_LABELS = {"teacher": "teachers", "baseline": "no-KD student"}
 
 COMPACT_HEADERS = ["model", "backend", "precision", "batch", "size", "metric", "p50 ms", "p99 ms", "peak mem",
                    "speed-up"]
@@ -206,7 +209,7 @@ def compact_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     for r in rows:
         backend = "torch" if r["backend"] == "torch eager" else r["backend"]
         backend += "" if r["device"] == "cpu" else f" {r['device']}"
-        speed = "teacher" if r["role"] == "teacher" else (
+        speed = ROLE_LABELS.get(r["role"]) or (
             "-" if r.get("speedup_vs_teacher") is None else f"{r['speedup_vs_teacher']:.1f}x")
         batch = f"{r['batch']}" + ("L" if r.get("batch_mode") == "loop" and r["batch"] > 1 else "")
         mem = r.get("peak_gpu_mb") if r.get("peak_gpu_mb") is not None else r.get("peak_rss_mb")
@@ -219,7 +222,7 @@ def compact_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 def compact_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     """What the narrow table leaves out, said once instead of per row (metric sources, loop batches)."""
-    sources = list(dict.fromkeys(f"{'teachers' if r['role'] == 'teacher' else 'students'}: {r['metric_source']}"
+    sources = list(dict.fromkeys(f"{SOURCE_LABELS.get(r['role'], 'students')}: {r['metric_source']}"
                                  for r in rows if r.get("metric_source")))
     notes = ["metric source: " + "; ".join(sources)] if sources else []
     if any(r.get("batch_mode") == "loop" and r["batch"] > 1 for r in rows):

@@ -24,7 +24,7 @@ from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bund
 from kdmobile.errors import KDError
 from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
 from kdmobile.runtime.measure import host_info, measure_peak_rss, time_callable
-from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, read_method, recorded_bundles, require_complete
+from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_method, recorded_bundles, require_complete
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
 DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
@@ -412,7 +412,7 @@ class TorchSubject(Subject):
 
     def metric(self) -> tuple[str | None, float | None, str]:
         kind = self.run.kind
-        if self.role == "teacher":
+        if self.role in ("teacher", "baseline"):  # measured in training, on the same split
             key = self.model.split("/", 1)[1]
             name, value = _metric_from_entry(self.run.entry(key), kind)
             n = self.run.test_size()
@@ -667,6 +667,16 @@ def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
     return out
 
 
+def _baseline_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
+    """The run's no-KD student (trained without the teachers), so the table shows what distillation added."""
+    file, entry = run.path / NOKD_FILE, run.entry("student_nokd")
+    if not file.is_file() or not entry:
+        return []
+    params, flops = _params_flops(entry)
+    kind = "student" if run.method == "ammkd" else "forecaster"
+    return [TorchSubject(f"{run.name}/student_nokd", "baseline", run, file, d, kind, params, flops) for d in devices]
+
+
 def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
     """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
     out = Plan()
@@ -731,7 +741,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
             subjects = _teacher_subjects(run, devices)
             if devices and not subjects:
                 out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
-            out.subjects += subjects
+            out.subjects += subjects + _baseline_subjects(run, devices)
     if not out.subjects:
         raise KDError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
     return out

@@ -22,19 +22,20 @@ class TeacherHealth:
         """One line for the console and the log."""
         verdict = "ok" if self.healthy else "WEAK: not clearly better than the student alone"
         return (f"teacher {self.teacher}: {self.metric} {self.teacher_value:.4g} vs no-KD student "
-                f"{self.student_value:.4g} (margin {self.margin:g}) -> {verdict}")
+                f"{self.student_value:.4g} (needs {self.margin:.0%} fewer errors) -> {verdict}")
 
 
 def check_teachers(teacher_values: Mapping[str, float], student_value: float, metric: str,
                    higher_is_better: bool, margin: float) -> list[TeacherHealth]:
-    """Compare every teacher with the no-KD student: healthy when better by at least `margin` (points for
-    accuracies, a relative fraction for errors: teacher error <= (1 - margin) * student error)."""
+    """Compare every teacher with the no-KD student: healthy when it makes at least `margin` (a fraction) fewer
+    errors, teacher error <= (1 - margin) * student error. Errors are the metric itself (MSE) or 100 - metric for
+    percentages (accuracy, recall): a fixed point margin would be too strict near 100 % and too loose near 50 %."""
+    def error(v: float) -> float:
+        return 100.0 - v if higher_is_better else v
+
     out = []
     for name, value in teacher_values.items():
-        if higher_is_better:
-            healthy = value >= student_value + margin
-        else:
-            healthy = value <= (1.0 - margin) * student_value
+        healthy = error(value) <= (1.0 - margin) * error(student_value)
         out.append(TeacherHealth(name, metric, float(value), float(student_value), float(margin), bool(healthy)))
     return out
 
