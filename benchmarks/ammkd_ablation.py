@@ -11,6 +11,7 @@ skipped when the script is run again, so a long run can be interrupted and conti
   python benchmarks/ammkd_ablation.py --dataset cifar10 --seeds 0 1 2 3 4
   python benchmarks/ammkd_ablation.py --dataset flickr8k --seeds 0 1 2 --teacher-epochs 60
   python benchmarks/ammkd_ablation.py --dataset cifar10 --report-only      # tables from the records so far
+  python benchmarks/ammkd_ablation.py --dataset digits --teachers-from runs/demo-ammkd --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ TEACHERS = ["kd-vit-s", "kd-rn-s"]
 WEIGHTINGS = ["none", *(f"single:{t}" for t in TEACHERS), "equal", "adaptive", "confidence", "reliable"]
 FEATURE_TERMS = {"fd": 1.0, "icl": 1.0}
 DATASETS: dict[str, dict[str, Any]] = {
+    "digits": {"spec": "digits", "max_train": None, "max_test": None, "metrics": ["top1"], "image_size": 32,
+               "val_frac": 0.1},  # the demo's split, so `--teachers-from runs/demo-ammkd` reuses its teachers
     "cifar10": {"spec": "cifar10:{root}/cifar10/cifar10_test.npz", "max_train": 8000, "max_test": 2000,
                 "metrics": ["top1"], "image_size": 32},
     "flickr8k": {"spec": "captions:{root}/flickr8k/flickr8k_1000_64.npz", "max_train": None, "max_test": 200,
@@ -47,7 +50,8 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 def _base(args: argparse.Namespace, ds: dict[str, Any], seed: int) -> dict[str, Any]:
     """Config overrides every run of this ablation shares."""
-    return {"data.spec": ds["spec"].format(root=args.data_root), "data.val_frac": 0.0, "data.test_frac": 0.2,
+    return {"data.spec": ds["spec"].format(root=args.data_root), "data.val_frac": ds.get("val_frac", 0.0),
+            "data.test_frac": 0.2,
             "data.max_train": ds["max_train"], "data.max_test": ds["max_test"], "data.split_seed": 0,
             "data.image_size": ds["image_size"], "seed": seed, "out": args.runs, "baseline": False,
             "health.drop_weak": False, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
@@ -73,6 +77,14 @@ class Records:
 def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> list[str]:
     """Train the teacher pair once for the fixed split (or reuse it); returns the teacher files."""
     rec = records.get("teachers")
+    if args.teachers_from and rec is None:
+        run = Path(args.teachers_from)
+        source = json.loads((run / "metrics.json").read_text())
+        if source.get("dataset") != ds["spec"].format(root=args.data_root):
+            raise SystemExit(f"--teachers-from {run}: trained on {source.get('dataset')}, not this dataset")
+        rec = {"files": [str(teacher_file(run, t)) for t in TEACHERS], "source": str(run),
+               "models": {k: v for k, v in source["models"].items() if v["role"] == "teacher"}}
+        records.put("teachers", rec)
     if rec is None or not all(Path(f).is_file() for f in rec["files"]):
         over = {**_base(args, ds, 0), "name": f"{args.dataset}-teachers", "weighting": "none", "train.epochs": 0,
                 "teachers": TEACHERS}
@@ -174,6 +186,7 @@ def main() -> int:
                    help="folder holding cifar10/ and flickr8k/ (default: $KDMOBILE_SHARED_DATA or ../shared/data)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--variants", nargs="+", help="only these (e.g. none adaptive features); default: all")
+    p.add_argument("--teachers-from", help="reuse this run's teachers (its split must be this script's: seed 0)")
     p.add_argument("--teacher-epochs", type=int, default=40)
     p.add_argument("--epochs", type=int, default=15, help="student epochs")
     p.add_argument("--batch-size", type=int, default=64)
@@ -187,7 +200,8 @@ def main() -> int:
     ds = DATASETS[args.dataset]
     records = Records(RESULTS / f"ammkd_ablation_{args.dataset}_records.json")
     if not args.report_only:
-        if not args.data_root or not Path(ds["spec"].format(root=args.data_root).split(":", 1)[1]).is_file():
+        data_file = ds["spec"].format(root=args.data_root).split(":", 1)[-1] if ":" in ds["spec"] else None
+        if data_file is not None and (not args.data_root or not Path(data_file).is_file()):
             print("ammkd_ablation: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
             return 2
         files = train_teachers(args, ds, records)

@@ -99,32 +99,29 @@ def clean_stale(directory: str | os.PathLike) -> list[Path]:
 
 
 def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_FREE_BYTES) -> Path:
-    """Create `directory` if needed and prove it takes a file and has `min_free` bytes free; ToolError otherwise.
+    """Prove `directory` (or, when it does not exist yet, its nearest existing parent, where it would be made) takes
+    a file and has `min_free` bytes free; ToolError otherwise. Creates nothing, so a dry run leaves no trace.
 
     Run before long work, so a read-only or full disk fails in the first second, not after the training or
-    conversion. A folder this call had to create is removed again if the check fails.
+    conversion.
     """
     d = Path(directory).expanduser()
     if d.exists() and not d.is_dir():
         raise KDError(f"{what} {d}: exists and is not a directory")
-    created = [p for p in [d, *d.parents] if not p.exists()]
+    probe_dir = next((p for p in [d, *d.parents] if p.exists()), Path("."))
+    if not probe_dir.is_dir():
+        raise KDError(f"{what} {d}: cannot create it ({probe_dir} is a file)")
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".kdmobile-probe.{os.getpid()}.", suffix=".tmp", dir=d)
+        fd, probe = tempfile.mkstemp(prefix=f".kdmobile-probe.{os.getpid()}.", suffix=".tmp", dir=probe_dir)
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)
         finally:
             os.close(fd)
             os.unlink(probe)
-        free = shutil.disk_usage(d).free
+        free = shutil.disk_usage(probe_dir).free
         if free < min_free:
             raise OSError(errno.ENOSPC, f"only {free >> 20} MiB free, {min_free >> 20} MiB needed")
     except OSError as e:
-        for p in created:  # deepest first
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        if e.errno in (errno.ENOTDIR, errno.EEXIST):  # a file in the way: the path is wrong, not the disk
-            raise KDError(f"{what} {d}: cannot create it ({e.strerror or e})") from None
         raise ToolError(f"{what} {d}: cannot write there ({e.strerror or e})") from None
     return d

@@ -196,7 +196,8 @@ def test_default_out_and_bench_without_torch(tiny, tmp_path) -> None:
     rows = json.loads((tmp_path / "bench" / "s" / "report.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["s-onnx-fp32"]
     p = plan([str(tiny["ammkd"])], tiny["bundles"], Settings(teachers=False))
-    assert [s.model for s in p.subjects] == ["a-onnx-fp32"]
+    models = [s.model for s in p.subjects]  # other tests of the session may export more of run a into that folder
+    assert "a-onnx-fp32" in models and all(m.startswith("a-onnx-") for m in models)
 
 
 def test_model_that_fails_to_run_is_reported(tmp_path) -> None:

@@ -192,7 +192,8 @@ def test_sdkd_teachers_from_reuses_the_teacher(tmp_path, capsys, monkeypatch):
     assert {r["stage"] for r in log if r.get("event") == "epoch"} == {"student"}
     a, b = (json.loads((runs / n / "metrics.json").read_text())["models"]["teacher"] for n in ("a", "b"))
     assert a["mse"] == pytest.approx(b["mse"], rel=1e-6)
-    assert (runs / "b" / "teachers" / "teacher.pt").read_bytes() == (runs / "a" / "teachers" / "teacher.pt").read_bytes()
+    assert ((runs / "b" / "teachers" / "teacher.safetensors").read_bytes()
+            == (runs / "a" / "teachers" / "teacher.safetensors").read_bytes())
 
 
 def test_export_records_bundles_for_bench(tmp_path):

@@ -32,7 +32,7 @@ class Pane:
 
     def __init__(self, cwd: Path) -> None:
         self.name = f"kdm-{uuid.uuid4().hex[:8]}"
-        env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=2 TERM=xterm-256color"
+        env = f"PYTHONPATH={shlex.quote(str(REPO))} OMP_NUM_THREADS=1 TERM=xterm-256color"
         subprocess.run(["tmux", "new-session", "-d", "-x", str(WIDTH), "-y", "50", "-s", self.name, "-c", str(cwd),
                         f"env {env} bash --norc --noprofile"], check=True)
         subprocess.run(["tmux", "set-option", "-t", self.name, "history-limit", "20000"], check=True)

@@ -155,6 +155,7 @@ class ExportOptions:
     def prepare_out(self) -> Path:
         """Prove --out is writable with free space (before any conversion) and remove temporaries of killed exports."""
         out = check_writable(self.out, "--out")
+        out.mkdir(parents=True, exist_ok=True)  # removed again by export_run if nothing lands in it
         clean_stale(out)
         return out
 

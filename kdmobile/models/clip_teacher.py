@@ -64,7 +64,7 @@ class TeacherSpec:
 def builtin_config(name: str, image_size: int | None) -> dict[str, Any]:
     """A built-in teacher's config (open_clip's, plus `kdmobile_conv_stem`) scaled to the data: the tower's input size, and for ViTs a patch size
     giving an 8x8 token grid (a fixed patch of 8 px left 16 tokens at 32 px, too coarse to learn CIFAR from scratch);
-    ResNet towers take the data's size as it is (at 64 px one CIFAR step cost 2.5x the 32 px one)."""
+    ResNet towers take the data's size, at least 32 px (at 64 px one CIFAR step cost 2.5x the 32 px one)."""
     cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
     vision = cfg["vision_cfg"]
     if image_size is not None:
@@ -72,7 +72,7 @@ def builtin_config(name: str, image_size: int | None) -> dict[str, Any]:
             vision["patch_size"] = max(2, image_size // 8)
             vision["image_size"] = vision["patch_size"] * 8
         else:
-            vision["image_size"] = image_size
+            vision["image_size"] = max(32, image_size)  # below 32 px its last stage has no pixels left
     return cfg
 
 

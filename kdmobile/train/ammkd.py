@@ -87,6 +87,12 @@ class AMMKD:
         return names
 
     @property
+    def trains_baseline(self) -> bool:
+        """A no-KD student is trained when asked and when the student distils at all (else it is that student)."""
+        kd_on = self.weighting.mode != "none" and any(w > 0 for t, w in self.cfg.loss.terms.items() if t != "ce")
+        return self.cfg.baseline and kd_on
+
+    @property
     def health_split(self) -> Split:
         """Where teachers and the no-KD student are compared: validation when there is one, else test."""
         return self.val if len(self.val.images) else self.test
@@ -107,7 +113,7 @@ class AMMKD:
             with atomic_path(self.run / "class_vectors.npz") as tmp:
                 np.savez(tmp, **{n: v["train"].cpu().numpy() for n, v in vectors.items()})
             self.save_heldout(vectors)
-        baseline = self.distil(teachers, vectors, kd=False) if self.cfg.baseline else None
+        baseline = self.distil(teachers, vectors, kd=False) if self.trains_baseline else None
         health = self.check_health(teachers, vectors, baseline) if baseline is not None else []
         dropped = [h.teacher for h in health if not h.healthy] if self.cfg.health.drop_weak else []
         active = [n for n in teachers if n not in dropped]

@@ -162,7 +162,7 @@ def ammkd_plan(job: Any, probe: bool = True, teachers_from: str | None = None) -
         plan.stages.append(StageEstimate(stage, teacher_epochs,
                                          steps_per_epoch(n["train"], cfg.teacher_train.batch_size)))
         plan.batch_sizes[stage] = cfg.teacher_train.batch_size
-    for stage in (["student_nokd"] if cfg.baseline else []) + ["student"]:
+    for stage in (["student_nokd"] if job.trains_baseline else []) + ["student"]:
         plan.stages.append(StageEstimate(stage, cfg.train.epochs, steps_per_epoch(n["train"], cfg.train.batch_size)))
         plan.batch_sizes[stage] = cfg.train.batch_size
     if job.resume:
@@ -252,7 +252,7 @@ def probe_ammkd(job: Any) -> dict[str, float]:
             opt.step()
 
         out["student"] = _time_steps(student_step, device)
-        if cfg.baseline:
+        if job.trains_baseline:
             out["student_nokd"] = _time_steps(lambda: student_step(kd=False), device)
     teachers.clear()
     if device.type == "cuda":
