@@ -15,7 +15,8 @@ from kdmobile.models import create_model, load_model
 
 TINY = ["--n", "6", "--res", "16", "--epochs", "1", "--teacher-epochs", "1", "--no-progress",
         "--set", "data.t_final=21", "--set", "teacher.width=16", "--set", "teacher.heads=2",
-        "--set", "student_kwargs={width: 8, blocks: 1}", "--batch-size", "8", "--set", "teacher_train.batch_size=8"]
+        "--set", "student_kwargs={width: 8, blocks: 1}", "--batch-size", "8", "--set", "teacher_train.batch_size=8",
+        "--set", "health.drop_weak=false"]  # 1-epoch teachers may be weak; these tests exercise the KD path
 
 
 @pytest.fixture(autouse=True)
@@ -79,3 +80,16 @@ def test_bad_data_files_give_one_line_and_exit_2(content, needle, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "seq.npy" in proc.stderr, proc.stderr
     assert needle in proc.stderr, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_sdkd_records_the_teacher_health_check(tmp_path):
+    """The same health check as AMMKD's: each teacher's validation MSE against the no-KD student's, recorded with
+    the verdict the numbers imply (10 % fewer errors needed), and weak teachers left out by default."""
+    args = TINY[:-2]  # without health.drop_weak=false
+    assert main(["train", "sdkd", *args, "--out", str(tmp_path / "runs"), "--name", "h"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "h" / "metrics.json").read_text())
+    health = metrics["teacher_health"]
+    assert [c["teacher"] for c in health["teachers"]] == ["teacher"]
+    for c in health["teachers"]:
+        assert c["metric"] == "val mse" and c["healthy"] == (c["teacher_value"] <= 0.9 * c["student_value"])
+    assert health["excluded_from_kd"] == health["weak"]
