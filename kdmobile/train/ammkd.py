@@ -30,7 +30,7 @@ from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_stude
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
 from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
 from kdmobile.train.augment import AugmentedImages, resolve_augment
-from kdmobile.train.health import TeacherHealth, check_teachers, health_record
+from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
 from kdmobile.train.weighting import TeacherWeighting
@@ -200,13 +200,9 @@ class AMMKD:
                   for n, t in teachers.items()}
         alone = eval_student(baseline.to(self.device), [vectors[n][key] for n in teachers], split)[metric]
         checks = check_teachers(values, alone, f"{key} {metric}", True, self.cfg.health.margin)
-        for c in checks:
-            if self.log:
-                self.log.write(stage="health", event="teacher", **c.__dict__)
-            if dist.is_main() and (not c.healthy or self.progress):
-                print(("WARNING: " if not c.healthy else "") + c.message(), flush=True)
+        announce(checks, self.log, self.progress, dist.is_main())
         if dist.is_main() and checks and not any(c.healthy for c in checks) and self.cfg.health.drop_weak:
-            print("WARNING: no teacher beats the student alone: the student is trained without distillation "
+            print("kdmobile: warning: no teacher beats the student alone: the student is trained without distillation "
                   "(--set health.drop_weak=false distils anyway)", flush=True)
         return checks
 

@@ -40,6 +40,15 @@ def check_teachers(teacher_values: Mapping[str, float], student_value: float, me
     return out
 
 
+def announce(checks: list[TeacherHealth], log: Any, verbose: bool, main_process: bool = True) -> None:
+    """Log every verdict; print weak teachers always (loudly) and healthy ones when `verbose`."""
+    for c in checks:
+        if log is not None:
+            log.write(stage="health", event="teacher", **asdict(c))
+        if main_process and (not c.healthy or verbose):
+            print(("kdmobile: warning: " if not c.healthy else "") + c.message(), flush=True)
+
+
 def health_record(checks: list[TeacherHealth], dropped: list[str]) -> dict[str, Any]:
     """The `teacher_health` entry of metrics.json."""
     return {"teachers": [asdict(c) for c in checks], "weak": [c.teacher for c in checks if not c.healthy],

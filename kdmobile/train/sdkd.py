@@ -31,7 +31,7 @@ from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
 from kdmobile.train.losses import output_distill, spectral_band_loss
-from kdmobile.train.health import TeacherHealth, check_teachers, health_record
+from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.weighting import TeacherWeighting
 
 KD_MODES = ("none", "output", "spectral", "spectral-low", "spectral-high")
@@ -151,11 +151,7 @@ class SDKD:
         """Each teacher's validation MSE against the no-KD student's: a teacher must be clearly better to teach."""
         values = {n: self._eval_mse(t)["mse"] for n, t in teachers.items()}
         checks = check_teachers(values, self._eval_mse(baseline)["mse"], "val mse", False, self.cfg.health.margin)
-        for c in checks:
-            if self.log:
-                self.log.write(stage="health", event="teacher", **c.__dict__)
-            if dist.is_main() and (not c.healthy or self.progress):
-                print(("WARNING: " if not c.healthy else "") + c.message(), flush=True)
+        announce(checks, self.log, self.progress, dist.is_main())
         return checks
 
     # ------------------------------------------------------------------ stages
