@@ -156,8 +156,8 @@ export async function loadBundle(baseUrl, fetchFn = fetch) {
     throw new BundleError(`${MANIFEST} changed after export (its digest does not match ${SEAL})`);
   }
   const manifest = checkManifest(parseJson(raw, MANIFEST));
-  const listed = Object.keys(manifest.files);
-  if (seal.size !== listed.length + 1 || !listed.every((rel) => seal.has(rel))) {
+  const listed = new Set([...Object.keys(manifest.files), MANIFEST]);
+  if (seal.size !== listed.size || ![...listed].every((rel) => seal.has(rel))) {
     throw new BundleError(`${SEAL} and ${MANIFEST} list different files`);
   }
   const files = {};
