@@ -19,7 +19,8 @@ ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-th
 MIME = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".mjs": "text/javascript",
         ".css": "text/css", ".json": "application/json", ".wasm": "application/wasm", ".png": "image/png",
         ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".onnx": "application/octet-stream",
-        ".f32": "application/octet-stream", ".txt": "text/plain; charset=utf-8"}
+        ".f32": "application/octet-stream", ".txt": "text/plain; charset=utf-8",
+        ".sha256": "text/plain; charset=utf-8"}
 
 
 def mime_type(path: Path) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 from kdmobile.bundle import load_bundle
+from kdmobile.errors import KDError
+from kdmobile.fileio import sha256_file
 from kdmobile.runtime.predictors import RetrievalPredictor, load_image
 
 from test_predict import build_tiny, main
@@ -51,6 +53,29 @@ def tamper(src: Path, dest: Path, victim: str) -> Path:
     raw = bytearray((dest / victim).read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (dest / victim).write_bytes(bytes(raw))
+    return dest
+
+
+def edit_manifest(src: Path, dest: Path, relabel: bool = False) -> Path:
+    """A copy of a bundle whose manifest.json was edited after sealing: a new logit_scale, or (relabel) a renamed
+    class in labels.json with the manifest's digest for it updated to match; bundle.sha256 is left as exported."""
+    shutil.copytree(src, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    if relabel:
+        labels = json.loads((dest / "labels.json").read_text())
+        labels[0] = "not-" + labels[0]
+        (dest / "labels.json").write_text(json.dumps(labels))
+        m["files"]["labels.json"] = sha256_file(dest / "labels.json")
+    else:
+        m["retrieval"]["logit_scale"] = 100.0
+    (dest / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    return dest
+
+
+def unseal(src: Path, dest: Path) -> Path:
+    """A copy of a bundle without its bundle.sha256."""
+    shutil.copytree(src, dest)
+    (dest / "bundle.sha256").unlink()
     return dest
 
 
@@ -95,7 +120,10 @@ def server(golden, tmp_path_factory):
     bad = tmp_path_factory.mktemp("tampered")
     bundles = {"fp32": t["a_onnx"], "int8": golden["int8"], "sdkd": t["s_onnx"],
                "bad-model": tamper(t["a_onnx"], bad / "m", "model.onnx"),
-               "bad-vectors": tamper(t["a_onnx"], bad / "v", "class_vectors.f32")}
+               "bad-vectors": tamper(t["a_onnx"], bad / "v", "class_vectors.f32"),
+               "edited-scale": edit_manifest(t["a_onnx"], bad / "e"),
+               "relabelled": edit_manifest(t["a_onnx"], bad / "r", relabel=True),
+               "unsealed": unseal(t["a_onnx"], bad / "u")}
     with DemoServer(bundles, fixtures=golden["fx"]) as srv:
         yield srv
 
@@ -104,7 +132,7 @@ def test_java_core_reproduces_python(golden, tmp_path) -> None:
     done = subprocess.run([str(DEMO / "core" / "run_tests.sh"), str(golden["fx"])], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "KDM_CORE_BUILD": str(tmp_path)})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "OK (5 tests)" in done.stdout, done.stdout
+    assert "OK (7 tests)" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
@@ -144,6 +172,17 @@ def test_page_refuses_tampered_bundle(server, name, victim) -> None:
     assert f"checksum mismatch for {victim}" in report["error"], report["error"]
 
 
+@pytest.mark.parametrize("name,expect", [("edited-scale", "manifest.json changed after export"),
+                                         ("relabelled", "manifest.json changed after export"),
+                                         ("unsealed", "bundle.sha256 missing")])
+def test_page_refuses_edited_or_unsealed_bundle(server, name, expect) -> None:
+    with pytest.raises(KDError, match=expect):  # the page refuses what kdmobile.bundle refuses, with its words
+        load_bundle(server.bundles[name])
+    report = run_page(server, f"/bundles/{name}/", "/fixtures/cases.json")
+    assert not report["ok"] and report["kind"] == "bundle"
+    assert expect in report["error"], report["error"]
+
+
 def test_apk_builds_signed_without_network_permission(golden, tmp_path) -> None:
     t = golden["tiny"]
     assets = tmp_path / "assets"
@@ -152,8 +191,6 @@ def test_apk_builds_signed_without_network_permission(golden, tmp_path) -> None:
     from kdmobile.export.android import copy_to_assets
 
     copy_to_assets(t["a_onnx"], assets)
-    from kdmobile.errors import KDError
-
     with pytest.raises(KDError, match="checksum mismatch for model.onnx"):  # a changed bundle is not copied in
         copy_to_assets(tamper(t["a_onnx"], tmp_path / "t" / "a-bad", "model.onnx"), assets)
     assert not (assets / "bundles" / "a-bad").exists()

@@ -1,8 +1,14 @@
-// kdcore.js: the bundle contract in the browser, dependency-free (no DOM, no runtime): manifest checks, WebCrypto
-// checksums, preprocessing bit-exact with kdmobile.runtime.predictors (Pillow bilinear resize, no centre crop),
-// cosine top-k and forecast (de)normalisation. Shared by the web demo, the Android WebView and the tests.
+// kdcore.js: the bundle contract in the browser, dependency-free (no DOM, no runtime): manifest checks, the
+// bundle.sha256 seal and WebCrypto checksums (in kdmobile.bundle.load_bundle's order), preprocessing bit-exact
+// with kdmobile.runtime.predictors (Pillow bilinear resize, no centre crop), cosine top-k and forecast
+// (de)normalisation. Shared by the web demo, the Android WebView and the tests.
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2; // 2: sealed by bundle.sha256 (kdmobile/bundle.py)
+export const MANIFEST = 'manifest.json';
+export const SEAL = 'bundle.sha256';
+const MAX_SEAL_BYTES = 4 << 20; // kdmobile.bundle._read_seal
+const MAX_JSON_BYTES = 1 << 20; // kdmobile.untrusted.MAX_JSON_BYTES
+const MAX_JSON_DEPTH = 32; // kdmobile.untrusted.MAX_JSON_DEPTH
 const PRECISION_BITS = 22; // Pillow's 8-bit resampling: 32 - 8 - 2
 
 /** A bundle problem (bad manifest, changed or missing file): shown to the user, reported by the tests. */
@@ -15,8 +21,9 @@ export function checkManifest(m) {
   need(m.schema_version === SCHEMA_VERSION, `schema_version ${m.schema_version}; this page reads ${SCHEMA_VERSION}`);
   need(m.target === 'onnx', `target ${m.target}: this page runs ONNX bundles (ONNX Runtime Web)`);
   need(typeof m.model_file === 'string' && m.files && m.files[m.model_file], 'model_file is not listed in files');
-  for (const rel of Object.keys(m.files)) {
+  for (const [rel, digest] of Object.entries(m.files)) {
     need(!rel.startsWith('/') && !rel.split('/').includes('..'), `files entry ${rel} escapes the bundle`);
+    need(typeof digest === 'string' && digest.length === 64, `files entry ${rel} should map to a sha256 hex digest`);
   }
   const inp = m.input || {};
   need(Array.isArray(inp.shape) && inp.shape.length === 4, 'input.shape should have 4 entries');
@@ -39,21 +46,128 @@ export async function sha256Hex(buffer) {
   return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-/** Fetch manifest.json and every listed file, verify each sha256 before use; returns {manifest, files}. */
+/** Nesting depth of JSON text, scanned without parsing (so a hostile manifest cannot exhaust the stack). */
+export function jsonDepth(text) {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') {
+      inString = true;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      deepest = Math.max(deepest, depth);
+    } else if (c === '}' || c === ']') {
+      depth--;
+    }
+  }
+  return deepest;
+}
+
+/** Parse JSON bytes as kdmobile.untrusted.parse_json does: strict UTF-8, depth limit; BundleError naming `where`. */
+export function parseJson(buffer, where) {
+  let text;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(buffer);
+  } catch (e) {
+    throw new BundleError(`${where}: not valid JSON (not UTF-8)`);
+  }
+  if (jsonDepth(text) > MAX_JSON_DEPTH) {
+    throw new BundleError(`${where}: JSON nested too deeply (limit ${MAX_JSON_DEPTH})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new BundleError(`${where}: not valid JSON (${e.message})`);
+  }
+}
+
+/** bundle.sha256 text as a Map {relative path: hex digest}; BundleError when malformed or missing manifest.json. */
+export function parseSeal(text) {
+  const seal = new Map();
+  const lines = text.split(/\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/); // Python's str.splitlines
+  if (lines.length && lines[lines.length - 1] === '') lines.pop(); // splitlines() drops the final newline
+  for (const line of lines) {
+    const at = line.indexOf('  ');
+    const digest = at < 0 ? '' : line.slice(0, at);
+    const rel = line.slice(at + 2);
+    if (at < 0 || !/^[0-9a-f]{64}$/.test(digest) || seal.has(rel)) {
+      throw new BundleError(`${SEAL} is malformed (expected 'SHA256  PATH' lines)`);
+    }
+    seal.set(rel, digest);
+  }
+  if (!seal.has(MANIFEST)) throw new BundleError(`${SEAL} does not cover ${MANIFEST}`);
+  return seal;
+}
+
+/** One bundle file's bytes, refused (named) when missing or over `maxBytes`. */
+async function fetchBytes(fetchFn, base, rel, maxBytes = Infinity) {
+  const r = await fetchFn(`${base}${rel}`, { cache: 'no-store' });
+  if (!r.ok) throw new BundleError(`bundle file ${rel} is missing or unreadable (HTTP ${r.status})`);
+  const declared = Number(r.headers && r.headers.get ? r.headers.get('Content-Length') : NaN);
+  if (declared > maxBytes) {
+    throw new BundleError(`${rel}: ${declared} bytes, over the ${maxBytes}-byte limit (refused unread)`);
+  }
+  const buf = await r.arrayBuffer();
+  if (buf.byteLength > maxBytes) {
+    throw new BundleError(`${rel}: ${buf.byteLength} bytes, over the ${maxBytes}-byte limit`);
+  }
+  return buf;
+}
+
+/** For an unsealed bundle: the schema-version refusal when its manifest states another version (else nothing). */
+async function oldSchema(fetchFn, base) {
+  let found;
+  try {
+    found = parseJson(await fetchBytes(fetchFn, base, MANIFEST, MAX_JSON_BYTES), MANIFEST).schema_version;
+  } catch (e) {
+    return;
+  }
+  if (found !== SCHEMA_VERSION) {
+    throw new BundleError(`${MANIFEST}: schema_version ${found}; this page reads ${SCHEMA_VERSION} ` +
+      '(re-export the bundle with this kdmobile version)');
+  }
+}
+
+/**
+ * Fetch a sealed bundle and verify it before use, in kdmobile.bundle.load_bundle's order: bundle.sha256; the
+ * manifest's digest against the seal (before parsing it); size/depth limits; the manifest's fields; the seal and
+ * the manifest list the same files with the same digests; every file's bytes. Returns {manifest, files}.
+ */
 export async function loadBundle(baseUrl, fetchFn = fetch) {
   const base = baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`;
-  const res = await fetchFn(`${base}manifest.json`, { cache: 'no-store' });
-  if (!res.ok) throw new BundleError(`bundle ${base}: no readable manifest.json (HTTP ${res.status})`);
-  let manifest;
-  try { manifest = JSON.parse(await res.text()); } catch (e) { throw new BundleError(`manifest.json: ${e.message}`); }
-  checkManifest(manifest);
+  const sealRes = await fetchFn(`${base}${SEAL}`, { cache: 'no-store' });
+  if (!sealRes.ok) {
+    await oldSchema(fetchFn, base);
+    throw new BundleError(`bundle ${base}: ${SEAL} missing (HTTP ${sealRes.status}; the bundle is not sealed; ` +
+      're-export it with this kdmobile version)');
+  }
+  const sealBuf = await sealRes.arrayBuffer();
+  if (sealBuf.byteLength > MAX_SEAL_BYTES) {
+    throw new BundleError(`${SEAL}: ${sealBuf.byteLength} bytes, over the ${MAX_SEAL_BYTES}-byte limit`);
+  }
+  const seal = parseSeal(new TextDecoder('utf-8').decode(sealBuf));
+  const raw = await fetchBytes(fetchFn, base, MANIFEST, MAX_JSON_BYTES);
+  if (await sha256Hex(raw) !== seal.get(MANIFEST)) {
+    throw new BundleError(`${MANIFEST} changed after export (its digest does not match ${SEAL})`);
+  }
+  const manifest = checkManifest(parseJson(raw, MANIFEST));
+  const listed = new Set([...Object.keys(manifest.files), MANIFEST]);
+  if (seal.size !== listed.size || ![...listed].every((rel) => seal.has(rel))) {
+    throw new BundleError(`${SEAL} and ${MANIFEST} list different files`);
+  }
   const files = {};
   for (const [rel, want] of Object.entries(manifest.files)) {
-    const r = await fetchFn(`${base}${rel}`, { cache: 'no-store' });
-    if (!r.ok) throw new BundleError(`bundle file ${rel} is missing or unreadable (HTTP ${r.status})`);
-    const buf = await r.arrayBuffer();
+    if (seal.get(rel) !== want) {
+      throw new BundleError(`checksum mismatch for ${rel}: ${MANIFEST} and ${SEAL} give different digests`);
+    }
+    const buf = await fetchBytes(fetchFn, base, rel);
     const got = await sha256Hex(buf);
-    if (got !== want.toLowerCase()) {
+    if (got !== want) {
       throw new BundleError(`checksum mismatch for ${rel}: the manifest says ${want.slice(0, 12)}..., ` +
         `the file has ${got.slice(0, 12)}...`);
     }

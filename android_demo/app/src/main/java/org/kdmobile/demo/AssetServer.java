@@ -34,6 +34,7 @@ final class AssetServer extends WebViewClient {
         MIME.put("png", "image/png");
         MIME.put("onnx", "application/octet-stream");
         MIME.put("f32", "application/octet-stream");
+        MIME.put("sha256", "text/plain");
     }
 
     private final AssetManager assets;

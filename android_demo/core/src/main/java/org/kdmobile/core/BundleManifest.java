@@ -1,17 +1,26 @@
 package org.kdmobile.core;
 
+import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
 import java.util.Collections;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.util.Set;
 
 import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
 
-/** The fields of a kdmobile manifest.json (schema 1) that a phone-side runner needs, checked on parse. */
+/** The fields of a kdmobile manifest.json (schema 2, sealed) that a phone-side runner needs, checked on parse. */
 public final class BundleManifest {
-    public static final int SCHEMA_VERSION = 1;
+    /** 2: sealed by bundle.sha256, no unlisted files or symbolic links (kdmobile/bundle.py). */
+    public static final int SCHEMA_VERSION = 2;
+    /** kdmobile.untrusted.MAX_JSON_BYTES and MAX_JSON_DEPTH. */
+    public static final int MAX_JSON_BYTES = 1 << 20;
+    public static final int MAX_JSON_DEPTH = 32;
 
     public final String task;
     public final String target;
@@ -26,6 +35,8 @@ public final class BundleManifest {
     public final String resize;
     /** Relative path to lower-case sha256, in manifest order. */
     public final Map<String, String> files;
+    /** bundle.sha256: relative path to lower-case sha256, manifest.json included (checked by Checksums.verify). */
+    public final Map<String, String> seal;
     // retrieval
     public final String classVectorsFile;
     public final int numClasses;
@@ -38,12 +49,9 @@ public final class BundleManifest {
     public final double forecastMean;
     public final double forecastStd;
 
-    private BundleManifest(JSONObject m) throws JSONException, BundleException {
-        int schema = m.getInt("schema_version");
-        if (schema != SCHEMA_VERSION) {
-            throw new BundleException("manifest.json has schema_version " + schema + "; this app reads "
-                    + SCHEMA_VERSION);
-        }
+    private BundleManifest(JSONObject m, Map<String, String> seal) throws JSONException, BundleException {
+        this.seal = seal;
+        checkSchema(m.opt("schema_version"));
         task = m.getString("task");
         target = m.getString("target");
         precision = m.getString("precision");
@@ -64,7 +72,11 @@ public final class BundleManifest {
             if (k.startsWith("/") || k.equals("..") || k.startsWith("../") || k.contains("/../")) {
                 throw new BundleException("manifest.json: files entry " + k + " escapes the bundle");
             }
-            listed.put(k, f.getString(k));
+            String digest = f.getString(k);
+            if (digest.length() != 64) {
+                throw new BundleException("manifest.json: files entry " + k + " should map to a sha256 hex digest");
+            }
+            listed.put(k, digest);
         }
         files = Collections.unmodifiableMap(listed);
         if (!files.containsKey(modelFile)) {
@@ -109,22 +121,97 @@ public final class BundleManifest {
         }
     }
 
-    /** Parse and check manifest.json text; malformed or missing fields become a BundleException. */
-    public static BundleManifest parse(String json) throws BundleException {
+    private static void checkSchema(Object found) throws BundleException {
+        if (!(found instanceof Integer) || (Integer) found != SCHEMA_VERSION) {
+            throw new BundleException("manifest.json has schema_version " + found + "; this app reads "
+                    + SCHEMA_VERSION + " (re-export the bundle with this kdmobile version)");
+        }
+    }
+
+    /**
+     * Read and check a bundle's manifest.json in kdmobile.bundle.load_bundle's order: no links or special files;
+     * the seal; the manifest's digest against the seal before it is parsed; size and depth limits; the fields.
+     * Checksums.verify then checks the files themselves.
+     */
+    public static BundleManifest read(FileSource source) throws BundleException {
+        Set<String> present = Checksums.present(source);
+        if (!present.contains(Seal.MANIFEST)) {
+            throw new BundleException("bundle has no manifest.json");
+        }
+        if (!present.contains(Seal.FILE)) {
+            oldSchema(source);
+            throw new BundleException(Seal.FILE + " missing (the bundle is not sealed; re-export it with this "
+                    + "kdmobile version)");
+        }
+        Map<String, String> seal = Seal.read(source);
+        byte[] raw = manifestBytes(source);
+        if (!Bytes.sha256(raw).equals(seal.get(Seal.MANIFEST))) {
+            throw new BundleException("manifest.json changed after export (its digest does not match "
+                    + Seal.FILE + ")");
+        }
+        return parse(raw, seal);
+    }
+
+    /** For an unsealed bundle: the schema-version refusal when its manifest states another version. */
+    private static void oldSchema(FileSource source) throws BundleException {
+        Object found;
         try {
-            return new BundleManifest(new JSONObject(json));
+            found = new JSONObject(new String(manifestBytes(source), Bytes.UTF8)).opt("schema_version");
+        } catch (BundleException | JSONException e) {
+            return;
+        }
+        checkSchema(found);
+    }
+
+    private static byte[] manifestBytes(FileSource source) throws BundleException {
+        try {
+            return Bytes.readLimited(source, Seal.MANIFEST, MAX_JSON_BYTES);
+        } catch (IOException e) {
+            throw new BundleException("bundle has no readable manifest.json (" + e.getMessage() + ")");
+        }
+    }
+
+    /** Decode (strict UTF-8), depth-check and parse manifest bytes whose digest the seal has vouched for. */
+    private static BundleManifest parse(byte[] raw, Map<String, String> seal) throws BundleException {
+        String json;
+        try {
+            json = Bytes.UTF8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(raw)).toString();
+        } catch (CharacterCodingException e) {
+            throw new BundleException("manifest.json: not valid JSON (not UTF-8)");
+        }
+        if (jsonDepth(json) > MAX_JSON_DEPTH) {
+            throw new BundleException("manifest.json: JSON nested too deeply (limit " + MAX_JSON_DEPTH + ")");
+        }
+        try {
+            return new BundleManifest(new JSONObject(json), seal);
         } catch (JSONException e) {
             throw new BundleException("manifest.json: " + e.getMessage());
         }
     }
 
-    /** Read, parse and check a bundle's manifest.json. */
-    public static BundleManifest read(FileSource source) throws BundleException {
-        try {
-            return parse(Bytes.readText(source, "manifest.json"));
-        } catch (java.io.IOException e) {
-            throw new BundleException("bundle has no readable manifest.json");
+    /** Nesting depth of JSON text, scanned without parsing (org.json recurses, so depth is checked first). */
+    static int jsonDepth(String text) {
+        int depth = 0;
+        int deepest = 0;
+        boolean inString = false;
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (inString) {
+                if (c == '\\') {
+                    i++;
+                } else if (c == '"') {
+                    inString = false;
+                }
+            } else if (c == '"') {
+                inString = true;
+            } else if (c == '{' || c == '[') {
+                deepest = Math.max(deepest, ++depth);
+            } else if (c == '}' || c == ']') {
+                depth--;
+            }
         }
+        return deepest;
     }
 
     private static int[] ints(JSONArray a) throws JSONException {

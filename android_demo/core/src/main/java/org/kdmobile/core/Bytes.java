@@ -29,6 +29,34 @@ public final class Bytes {
         }
     }
 
+    /** Every byte of a bundle file, refused (IOException) once it exceeds maxBytes, so a huge file is not read whole. */
+    public static byte[] readLimited(FileSource source, String path, int maxBytes) throws IOException {
+        InputStream in = source.open(path);
+        try {
+            ByteArrayOutputStream out = new ByteArrayOutputStream();
+            byte[] buf = new byte[1 << 16];
+            int n;
+            while ((n = in.read(buf)) > 0) {
+                out.write(buf, 0, n);
+                if (out.size() > maxBytes) {
+                    throw new IOException(path + " is over the " + maxBytes + "-byte limit (refused)");
+                }
+            }
+            return out.toByteArray();
+        } finally {
+            in.close();
+        }
+    }
+
+    /** Lower-case hex sha256 of bytes in memory. */
+    public static String sha256(byte[] raw) {
+        try {
+            return hex(java.security.MessageDigest.getInstance("SHA-256").digest(raw));
+        } catch (java.security.NoSuchAlgorithmException e) {
+            throw new IllegalStateException("SHA-256 is not available", e);
+        }
+    }
+
     /** A file of the bundle as UTF-8 text. */
     public static String readText(FileSource source, String path) throws IOException {
         return new String(readAll(source.open(path)), UTF8);

@@ -125,6 +125,65 @@ public class GoldenTest {
         }
     }
 
+    private static Path copyBundle() throws IOException {
+        Path copy = Files.createTempDirectory("kdmobile-sealed");
+        for (File f : bundle.listFiles()) {
+            Files.copy(f.toPath(), copy.resolve(f.getName()));
+        }
+        return copy;
+    }
+
+    private static String refusal(Path copy) {
+        try {
+            DirectorySource src = new DirectorySource(copy.toFile());
+            Checksums.verify(BundleManifest.read(src), src);
+        } catch (BundleException e) {
+            return e.getMessage();
+        }
+        fail("bundle " + copy + " was accepted");
+        return null;
+    }
+
+    @Test
+    public void editedManifestIsRefusedBeforeParsing() throws Exception {
+        Path copy = copyBundle();
+        Path manifest = copy.resolve("manifest.json");
+        String text = new String(Files.readAllBytes(manifest), Bytes.UTF8);
+        String edited = text.replaceFirst("\"logit_scale\": [0-9.eE+-]+", "\"logit_scale\": 100.0");
+        assertTrue("no logit_scale to edit", !edited.equals(text));
+        Files.write(manifest, edited.getBytes(Bytes.UTF8));
+        String msg = refusal(copy);
+        assertTrue(msg, msg.contains("manifest.json changed after export"));
+        Files.write(manifest, "{\"schema_version\": 2,".getBytes(Bytes.UTF8)); // not even JSON: never parsed
+        msg = refusal(copy);
+        assertTrue(msg, msg.contains("manifest.json changed after export"));
+    }
+
+    @Test
+    public void unsealedOrPaddedBundleIsRefused() throws Exception {
+        Path copy = copyBundle();
+        Files.write(copy.resolve("extra.txt"), new byte[] {1, 2, 3});
+        String msg = refusal(copy);
+        assertTrue(msg, msg.contains("extra.txt is not listed"));
+        Files.delete(copy.resolve("extra.txt"));
+        Files.createSymbolicLink(copy.resolve("link.onnx"), copy.resolve("model.onnx"));
+        msg = refusal(copy);
+        assertTrue(msg, msg.contains("link.onnx is a symbolic link"));
+        Files.delete(copy.resolve("link.onnx"));
+        Path seal = copy.resolve("bundle.sha256");
+        String lines = new String(Files.readAllBytes(seal), Bytes.UTF8);
+        Files.write(seal, lines.replaceFirst("(?m)^[0-9a-f]{64}  labels\\.json$",
+                new String(new char[64]).replace('\0', '0') + "  labels.json").getBytes(Bytes.UTF8));
+        msg = refusal(copy);
+        assertTrue(msg, msg.contains("checksum mismatch for labels.json"));
+        Files.write(seal, "not a seal\n".getBytes(Bytes.UTF8));
+        msg = refusal(copy);
+        assertTrue(msg, msg.contains("bundle.sha256 is malformed"));
+        Files.delete(seal);
+        msg = refusal(copy);
+        assertTrue(msg, msg.contains("bundle.sha256 missing"));
+    }
+
     @Test
     public void resizeKeepsConstantImagesConstant() {
         int[] plane = new int[37 * 23];
