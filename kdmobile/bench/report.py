@@ -196,6 +196,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return out
 
 
+PLOT_STYLE = {"teacher": ("tab:red", "s"), "baseline": ("tab:gray", "D")}  # (colour, marker); students: blue dots
 ROLE_LABELS = {"teacher": "teacher", "baseline": "no KD"}  # the speed-up column of rows that are references
 SOURCE_LABELS = {"teacher": "teachers", "baseline": "no-KD student"}
 
@@ -320,9 +321,8 @@ def plot_figure(rows: Sequence[dict[str, Any]]) -> Any:
     for ax, name in zip(axes[0], metrics):
         group = [r for r in pts if r.get("metric_name") == name and r.get("metric") is not None]
         for r in group:
-            teacher = r["role"] == "teacher"
-            ax.scatter([r["p50_ms"]], [r["metric"]], c="tab:red" if teacher else "tab:blue",
-                       marker="s" if teacher else "o", zorder=3)
+            color, marker = PLOT_STYLE.get(r["role"], ("tab:blue", "o"))
+            ax.scatter([r["p50_ms"]], [r["metric"]], c=color, marker=marker, zorder=3)
         ax.set_xscale("log")
         xs = [r["p50_ms"] for r in group]
         ys = [r["metric"] for r in group]
@@ -337,7 +337,8 @@ def plot_figure(rows: Sequence[dict[str, Any]]) -> Any:
         ax.set_ylabel(f"{name} ({'lower' if name in LOWER_IS_BETTER else 'higher'} is better)")
         ax.grid(True, which="both", alpha=0.3)
         panels.append((ax, name, group, xs, ys))
-    axes[0][0].set_title("latency vs task metric (squares, red: teachers)", fontsize=10)
+    axes[0][0].set_title("latency vs task metric (red squares: teachers; grey diamonds: student without KD)",
+                         fontsize=10)
     fig.tight_layout()
     fig.subplots_adjust(right=1 - 0.42 / max(1, len(metrics)), wspace=0.9 if len(metrics) > 1 else None)
     for ax, name, group, xs, ys in panels:  # labels last: their spacing depends on the final axes height
@@ -352,7 +353,7 @@ def plot_figure(rows: Sequence[dict[str, Any]]) -> Any:
             ax.annotate("", xy=(xs[i], ys[i]), xytext=(1.02, y_label), textcoords="axes fraction",
                         arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.55", "shrinkA": 0, "shrinkB": 3})
             ax.text(1.025, y_label, label, transform=ax.transAxes, fontsize=7, va="center", ha="left",
-                    gid="point-label", color="tab:red" if r["role"] == "teacher" else "black")
+                    gid="point-label", color=PLOT_STYLE.get(r["role"], ("black",))[0])
     return fig
 
 
