@@ -86,6 +86,11 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
                "models": {k: v for k, v in source["models"].items() if v["role"] == "teacher"}}
         records.put("teachers", rec)
     if rec is None or not all(Path(f).is_file() for f in rec["files"]):
+        stale = [k for k in records.data["runs"] if k != "teachers"]
+        if stale:  # students of other teachers must not be mixed with the new pair in one table
+            print(f"teacher files missing: retraining them, and dropping {len(stale)} student records made with "
+                  "the old ones", flush=True)
+            records.data["runs"] = {}
         over = {**_base(args, ds, 0), "name": f"{args.dataset}-teachers", "weighting": "none", "train.epochs": 0,
                 "teachers": TEACHERS}
         cfg = load_config(AMMKDConfig, None, over, args.set)

@@ -191,7 +191,7 @@ def _add_train(sub: Any) -> None:
     a = methods.add_parser(
         "ammkd", help="image-text retrieval student from two CLIP teachers",
         description="AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
-                    "mobile student with feature fusion and adaptive multi-teacher KL weighting. A run plan (data, "
+                    "mobile student with feature fusion and multi-teacher KL weighting. A run plan (data, "
                     "stages, device, teachers, estimated time) is printed before training.",
         epilog=_AMMKD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
@@ -201,8 +201,8 @@ def _add_train(sub: Any) -> None:
     a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
     a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_075)")
     a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
-    a.add_argument("--weighting", help="how the teachers are combined: adaptive (AE-KD, default), confidence "
-                                       "(CA-MKD per-sample), reliable (min-norm x confidence), equal, none (no KD), "
+    a.add_argument("--weighting", help="how the teachers are combined: confidence (CA-MKD per-sample, default), "
+                                       "adaptive (AE-KD), reliable (min-norm x confidence), equal, none (no KD), "
                                        "single:TEACHER")
     a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
     a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
