@@ -30,7 +30,7 @@ def build_augment(level: AugmentLevel, size: int) -> v2.Transform | None:
     """The torchvision pipeline of one level for (3, size, size) uint8 tensors; None for `none`."""
     if level == "none":
         return None
-    pad = max(1, size // 8)
+    pad = max(1, size // 16)  # 2 px at 32 px; 4 px cost the digits student 2.4 points (94.3 vs 96.7, 2 seeds)
     if level == "crop":
         return v2.RandomCrop(size, padding=pad, padding_mode="reflect")
     if level == "crop-flip":
