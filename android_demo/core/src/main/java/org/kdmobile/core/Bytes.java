@@ -16,22 +16,16 @@ public final class Bytes {
 
     /** Every byte of a stream, which is closed afterwards. */
     public static byte[] readAll(InputStream in) throws IOException {
-        try {
-            ByteArrayOutputStream out = new ByteArrayOutputStream();
-            byte[] buf = new byte[1 << 16];
-            int n;
-            while ((n = in.read(buf)) > 0) {
-                out.write(buf, 0, n);
-            }
-            return out.toByteArray();
-        } finally {
-            in.close();
-        }
+        return readUpTo(in, Integer.MAX_VALUE, "stream");
     }
 
     /** Every byte of a bundle file, refused (IOException) once it exceeds maxBytes, so a huge file is not read whole. */
     public static byte[] readLimited(FileSource source, String path, int maxBytes) throws IOException {
-        InputStream in = source.open(path);
+        return readUpTo(source.open(path), maxBytes, path);
+    }
+
+    /** Read `in` to its end (closing it), refusing it once it holds more than maxBytes. */
+    private static byte[] readUpTo(InputStream in, int maxBytes, String what) throws IOException {
         try {
             ByteArrayOutputStream out = new ByteArrayOutputStream();
             byte[] buf = new byte[1 << 16];
@@ -39,7 +33,7 @@ public final class Bytes {
             while ((n = in.read(buf)) > 0) {
                 out.write(buf, 0, n);
                 if (out.size() > maxBytes) {
-                    throw new IOException(path + " is over the " + maxBytes + "-byte limit (refused)");
+                    throw new IOException(what + " is over the " + maxBytes + "-byte limit (refused)");
                 }
             }
             return out.toByteArray();
