@@ -158,8 +158,14 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> di
                    "mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
             rows.append(row)
             table.append([variant, metric, f"{row['mean']:.2f} ± {row['std']:.2f}", len(arr)])
+    source = (records.get("teachers") or {}).get("source")
+    made = f"teachers reused from {source}" if source else "teachers trained once for it"
+    if args.note and args.note not in records.data.setdefault("notes", []):
+        records.data["notes"].append(args.note)
+        write_json(records.path, records.data)
     out = {"benchmark": "ammkd_ablation", "dataset": args.dataset, "data": ds["spec"].format(root="../shared/data"),
-           "split": "fixed (split seed 0); teachers trained once for it; students over the seeds listed per row",
+           "split": f"fixed (split seed 0); {made}; students over the seeds listed per row",
+           "notes": records.data.get("notes", []),
            "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size")}
            | {"image_size": ds["image_size"], "overrides": args.set},
            "host": f"{platform.machine()} {_cpu_name()}", "device": args.device, "rows": rows}
@@ -168,7 +174,8 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> di
     md = format_table(["variant", "metric", "mean ± std", "seeds"], table, markdown=True)
     (RESULTS / f"ammkd_ablation_{args.dataset}.md").write_text(
         f"# AMMKD ablation: {args.dataset}\n\n{out['data']}; {out['split']}. Host: {out['host']}, device "
-        f"{args.device}. Settings: {json.dumps(out['settings'])}.\n\n{md}\n")
+        f"{args.device}. Settings: {json.dumps(out['settings'])}.\n\n"
+        + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n")
     print(md)
     return out
 
@@ -201,6 +208,7 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
+    p.add_argument("--note", help="a sentence kept with the records and printed above the table")
     args = p.parse_args()
     ds = DATASETS[args.dataset]
     records = Records(RESULTS / f"ammkd_ablation_{args.dataset}_records.json")
