@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdmobile.bench.report import compact_notes, compact_rows, plot_figure, title_line
-from kdmobile.console import drop_log_message, fmt_duration, quiet_native_stderr
+from kdmobile.console import fmt_duration
 from kdmobile.table import fit_table, precision_label
 
 
