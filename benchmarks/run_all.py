@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from kdmobile.bench import report as rep
-from kdmobile.bench.runner import Settings, bench_host, measure, plan
+from kdmobile.bench.discover import plan
+from kdmobile.bench.measure import bench_host, measure
+from kdmobile.bench.settings import DEVICES, Settings
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.table import format_table
 
@@ -38,6 +40,7 @@ QUICK = {  # the tiny configurations of the test suite: minutes on 2 cores
     "sdkd": ({"data.n": 6, "data.res": 16, "teacher_train.epochs": 1, "train.epochs": 1},
              ["data.t_final=21", "teacher.width=16", "teacher.heads=2", "student_kwargs={width: 8, blocks: 1}"]),
 }
+QUICK_TIMING = {"runs": 20, "warmup": 3}  # --quick: few timed runs (a smoke test, not a measurement)
 
 
 def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: bool, progress: bool) -> Path:
@@ -160,17 +163,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="runs", help="parent of the run directories (default runs)")
     p.add_argument("--bundles", default="bundles", help="parent of the bundles (default bundles)")
     p.add_argument("--results", default=str(RESULTS), help="where headline.{json,md} go (default benchmarks/results)")
-    p.add_argument("--runs", type=int, help="timed runs per measurement (default 200; 20 with --quick)")
-    p.add_argument("--warmup", type=int, help="warm-up runs (default 20; 3 with --quick)")
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where teachers run")
+    d = Settings.default  # the bench's own defaults; --quick has its own, smaller ones (QUICK_TIMING)
+    p.add_argument("--runs", type=int,
+                   help=f"timed runs per measurement (default {d('runs')}; {QUICK_TIMING['runs']} with --quick)")
+    p.add_argument("--warmup", type=int,
+                   help=f"warm-up runs (default {d('warmup')}; {QUICK_TIMING['warmup']} with --quick)")
+    p.add_argument("--threads", type=int, default=d("threads"), help=f"inference threads (default {d('threads')})")
+    p.add_argument("--device", default=d("device"), choices=DEVICES, help="where teachers run")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--progress", action="store_true", help="progress bars")
     args = p.parse_args(argv)
-    settings = Settings(runs=args.runs or (20 if args.quick else 200), warmup=args.warmup or (3 if args.quick else 20),
-                        batches=[1], threads=args.threads, device=args.device, teachers=True,
-                        progress=args.progress)
-    settings.check()
+    timing = QUICK_TIMING if args.quick else {k: d(k) for k in QUICK_TIMING}
+    settings = Settings(runs=args.runs or timing["runs"], warmup=args.warmup or timing["warmup"], batches=[1],
+                        threads=args.threads, device=args.device, teachers=True, progress=args.progress)
     runs_dir, bundles = Path(args.runs_dir), Path(args.bundles)
     prefix = "bench-quick" if args.quick else "bench"
     methods: dict[str, Any] = {}

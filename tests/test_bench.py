@@ -12,7 +12,9 @@ import pytest
 
 from kdmobile.bench import cli as bench_cli
 from kdmobile.bench import report as rep
-from kdmobile.bench.runner import Settings, plan, probe_memory
+from kdmobile.bench.discover import plan
+from kdmobile.bench.memory import probe_memory
+from kdmobile.bench.settings import Settings
 
 from test_predict import build_tiny, ensure_verb, main
 
@@ -202,7 +204,8 @@ def test_default_out_and_bench_without_torch(tiny, tmp_path) -> None:
 
 def test_model_that_fails_to_run_is_reported(tmp_path) -> None:
     """A model that raises while loading gets a FAILED row (no numbers) and fails the latency gate; others go on."""
-    from kdmobile.bench.runner import Subject, measure
+    from kdmobile.bench.measure import measure
+    from kdmobile.bench.subjects import Subject
 
     class Broken(Subject):
         def memory(self, settings):

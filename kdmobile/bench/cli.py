@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from kdmobile.bench.settings import DEVICES, Settings
+from kdmobile.bench.timing import MIN_RUNS
 from kdmobile.errors import KDError
 
 _DESCRIPTION = """\
@@ -50,18 +52,22 @@ def register(sub: Any) -> None:
                         "recorded them in RUN/exports.json, else bundles/)")
     p.add_argument("--wide", action="store_true",
                    help="print every column (default: a table that fits 120 columns; report.md has them all)")
-    p.add_argument("--runs", type=int, default=200, metavar="N", help="timed calls per measurement (default 200)")
-    p.add_argument("--warmup", type=int, default=20, metavar="N", help="untimed calls first (default 20)")
+    d = Settings.default  # every default below is the settings model's own
+    p.add_argument("--runs", type=int, default=d("runs"), metavar="N",
+                   help=f"timed calls per measurement (default {d('runs')})")
+    p.add_argument("--warmup", type=int, default=d("warmup"), metavar="N",
+                   help=f"untimed calls first (default {d('warmup')})")
     p.add_argument("--batch", type=int, nargs="+", default=[], metavar="B",
                    help="batch sizes measured besides batch 1, e.g. --batch 8 32")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="inference threads for every backend, torch included (default 1)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+    p.add_argument("--threads", type=int, default=d("threads"), metavar="N",
+                   help=f"inference threads for every backend, torch included (default {d('threads')})")
+    p.add_argument("--device", choices=DEVICES, default=d("device"),
                    help="where PyTorch models (teachers) run: auto = CPU, plus CUDA when available (default); "
                         "bundles always run on the CPU")
     p.add_argument("--no-teachers", action="store_true", help="do not measure the runs' teachers")
-    p.add_argument("--max-time", type=float, default=60.0, metavar="S",
-                   help="time budget per measurement: slow models get fewer runs (at least 10; default 60 s)")
+    p.add_argument("--max-time", type=float, default=d("max_time_s"), metavar="S",
+                   help=f"time budget per measurement: slow models get fewer runs (at least {MIN_RUNS}; default "
+                        f"{d('max_time_s'):g} s)")
     p.add_argument("--out", metavar="DIR",
                    help="output directory (default: bench/RUNNAME when every path belongs to one run, else "
                         "bench/latest)")
@@ -94,15 +100,14 @@ def _default_out(runs: list[Any], subjects: list[Any]) -> Path:
 
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile bench`; returns 1 when a gate fails (KDError -> 2 via kdmobile.cli.main)."""
-    from kdmobile.bench.runner import Settings, plan
+    from kdmobile.bench.discover import plan
     from kdmobile.fileio import check_writable
 
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
         raise KDError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
     settings = Settings(runs=args.runs, warmup=args.warmup, batches=list(dict.fromkeys([1, *args.batch])),
                         threads=args.threads, device=args.device, teachers=not args.no_teachers,
-                        max_time_s=args.max_time, progress=not args.no_progress)
-    settings.check()
+                        max_time_s=args.max_time, progress=not args.no_progress)  # one-line KDError if bad
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise KDError(f"--out {out}: exists and is not a directory")
@@ -118,10 +123,10 @@ def handler(args: argparse.Namespace) -> int:
         raise
 
 
-def _measure_and_report(args: argparse.Namespace, settings: Any, p: Any, out: Path) -> int:
+def _measure_and_report(args: argparse.Namespace, settings: Settings, p: Any, out: Path) -> int:
     """Measure the planned subjects, write the report into `out`, print the table; returns the exit code."""
     from kdmobile.bench import report as rep
-    from kdmobile.bench.runner import bench_host, measure
+    from kdmobile.bench.measure import bench_host, measure
     from kdmobile.table import fit_table, format_table
 
     width = None if args.wide else WIDTH

@@ -1,0 +1,251 @@
+"""Find what to benchmark: read run directories, find and check their bundles, and plan the subjects to measure."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kdmobile.bench.settings import Settings
+from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _params_flops
+from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bundle
+from kdmobile.errors import KDError
+from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_method, recorded_bundles, require_complete
+from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
+
+DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
+
+
+@dataclass
+class RunInfo:
+    """What the bench reads from a run directory: method, metrics.json and (lazily) heldout.npz."""
+
+    path: Path
+    method: str
+    metrics: dict[str, Any] | None
+    _heldout: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def kind(self) -> str:
+        """classes | captions | forecast."""
+        if self.method == "sdkd":
+            return "forecast"
+        task = (self.metrics or {}).get("task")
+        if task in ("classes", "captions"):
+            return task
+        return "captions" if "caption_owner_test" in self.heldout() else "classes"
+
+    def heldout(self) -> dict[str, np.ndarray]:
+        """The held-out arrays (loaded once); one-line error when missing or unreadable."""
+        if self._heldout is None:
+            self._heldout = load_npz(self.path / "heldout.npz")
+        return self._heldout
+
+    def entry(self, *keys: str) -> dict[str, Any] | None:
+        """The first of models.KEY in metrics.json that exists."""
+        models = (self.metrics or {}).get("models", {})
+        return next((models[k] for k in keys if k in models), None)
+
+    def test_size(self) -> int | None:
+        """Test-split size recorded in metrics.json."""
+        m = self.metrics or {}
+        sizes = m.get("split_sizes") or m.get("split_windows") or {}
+        return sizes.get("test")
+
+
+def open_run(path: str | Path) -> RunInfo:
+    """A run directory, with one-line errors for a path that is not one."""
+    p = Path(path).expanduser().resolve()
+    method = read_method(p)
+    if method not in ("ammkd", "sdkd"):
+        raise KDError(f"{p}: method {method!r} cannot be benchmarked (expected ammkd or sdkd)")
+    require_complete(p, "bench")
+    metrics = None
+    if (p / "metrics.json").is_file():
+        metrics = read_json(p / "metrics.json", max_bytes=MAX_LABELS_BYTES)
+        if not isinstance(metrics, dict):
+            raise KDError(f"{p / 'metrics.json'}: should hold a JSON object")
+    return RunInfo(p, method, metrics)
+
+
+@dataclass
+class Plan:
+    """What to measure, found from the inputs, and what was noticed on the way."""
+
+    subjects: list[Subject] = field(default_factory=list)
+    runs: list[RunInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    torch_fallback: list[str] = field(default_factory=list)  # runs without bundles: their PyTorch student measured
+
+
+def _same_dir(a: str | Path, b: Path) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def find_bundles(run: RunInfo, bundles_dir: str | Path | None, notes: list[str]) -> list[Bundle]:
+    """This run's bundles (checked): with bundles_dir None, those RUN/exports.json records (where `kdmobile export`
+    wrote them), else or then RUNNAME-TARGET-PRECISION under the default `bundles/`; with a bundles_dir, those in it."""
+    candidates: list[Path] = []
+    if bundles_dir is None:
+        candidates = recorded_bundles(run.path)
+    root = Path(bundles_dir if bundles_dir is not None else DEFAULT_BUNDLES).expanduser()
+    if not candidates:
+        candidates = [root / f"{run.name}-{t}-{p}" for t in TARGETS for p in PRECISIONS]
+    found = []
+    for d in candidates:
+        if not d.is_dir():
+            continue
+        bundle = load_bundle(d)  # refuses a changed bundle (checksums) in one line
+        src = (bundle.manifest.get("source") or {}).get("run_dir")
+        if src and Path(src).expanduser().is_dir() and not _same_dir(src, run.path):
+            notes.append(f"{d} was exported from {src}, not {run.path}: skipped")
+            continue
+        found.append(bundle)
+    return found
+
+
+def _runnable(bundle: Bundle, notes: list[str]) -> bool:
+    """False (with a note) for bundles this machine cannot run: CoreML off macOS."""
+    if bundle.target == "coreml" and platform.system() != "Darwin":
+        notes.append(f"{bundle.path.name}: skipped (CoreML runs on macOS only)")
+        return False
+    if bundle.model_path.suffix != MODEL_SUFFIX.get(bundle.target, bundle.model_path.suffix):
+        notes.append(f"{bundle.path.name}: skipped (unexpected model file {bundle.model_path.name})")
+        return False
+    return True
+
+
+def _check_io(bundle: Bundle) -> None:
+    """Refuse (before any measurement or report) a bundle whose manifest shapes disagree with its model file."""
+    from kdmobile.runtime.backends import open_backend
+    from kdmobile.runtime.predictors import check_model_io
+
+    try:
+        backend = open_backend(bundle)
+    except KDError:
+        return  # a backend missing here is reported per model by `measure`, as before
+    check_model_io(bundle, backend)
+
+
+def _torch_devices(settings: Settings) -> list[str]:
+    """Devices for PyTorch subjects: auto = CPU (+ CUDA when available); [] when torch is missing (auto)."""
+    try:
+        import torch
+    except ImportError:
+        if settings.device == "auto":
+            return []
+        raise KDError("teachers and un-exported students run in PyTorch: install torch, or pass --no-teachers "
+                      "and bundles only") from None
+    cuda = torch.cuda.is_available()
+    if settings.device == "cuda" and not cuda:
+        raise KDError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", "cuda"] if cuda else ["cpu"]}[settings.device]
+
+
+def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
+    """The run's teachers (teachers/*.safetensors), on each device."""
+    files = sorted((run.path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
+    order = [k for k in ((run.metrics or {}).get("models") or {})]
+    keyed = []
+    for f in files:
+        key = f"teacher:{f.stem}" if run.method == "ammkd" else f.stem
+        keyed.append((order.index(key) if key in order else len(order), key, f))
+    out: list[Subject] = []
+    for device in devices:
+        for _, key, f in sorted(keyed):
+            params, flops = _params_flops(run.entry(key))
+            kind = "clip-teacher" if run.method == "ammkd" else "forecaster"
+            out.append(TorchSubject(f"{run.name}/{key}", "teacher", run, f, device, kind, params, flops))
+    return out
+
+
+def _baseline_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
+    """The run's no-KD student (trained without the teachers), so the table shows what distillation added."""
+    file, entry = run.path / NOKD_FILE, run.entry("student_nokd")
+    if not file.is_file() or not entry:
+        return []
+    params, flops = _params_flops(entry)
+    kind = "student" if run.method == "ammkd" else "forecaster"
+    return [TorchSubject(f"{run.name}/student_nokd", "baseline", run, file, d, kind, params, flops) for d in devices]
+
+
+def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
+    """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
+    out = Plan()
+    bundles: list[tuple[Bundle, RunInfo | None]] = []
+    torch_students: list[RunInfo] = []
+
+    def add_run(path: str | Path) -> RunInfo:
+        run = open_run(path)
+        for r in out.runs:
+            if r.path == run.path:
+                return r
+        out.runs.append(run)
+        return run
+
+    for arg in inputs:
+        p = Path(arg).expanduser()
+        if not p.exists():
+            raise KDError(f"{p}: no such bundle or run directory")
+        if p.is_dir() and (p / "manifest.json").is_file():
+            bundle = load_bundle(p)
+            src = (bundle.manifest.get("source") or {}).get("run_dir")
+            run = None
+            if src and (Path(src) / "method.json").is_file():
+                run = add_run(src)
+            else:
+                out.notes.append(f"{p.name}: run directory {src or '(none recorded)'} not found: metric from the "
+                                 "manifest's export verification, no teachers")
+            bundles.append((bundle, run))
+        elif p.is_dir() and (p / "method.json").is_file():
+            run = add_run(p)
+            found = find_bundles(run, bundles_dir, out.notes)
+            if not found:
+                where = (f"{run.path / 'exports.json'} or {DEFAULT_BUNDLES}/{run.name}-*" if bundles_dir is None
+                         else f"{Path(bundles_dir)}/{run.name}-*")
+                out.notes.append(f"{run.name}: no bundles found in {where}: benchmarked the PyTorch student (torch "
+                                 "eager) instead; run `kdmobile export` for the phone numbers")
+                out.torch_fallback.append(run.name)
+                torch_students.append(run)
+            bundles += [(b, run) for b in found]
+        else:
+            raise KDError(f"{p}: not a bundle (no manifest.json) or run directory (no method.json)")
+    seen: set[Path] = set()
+    for bundle, run in bundles:
+        key = bundle.path.resolve()
+        if key not in seen and _runnable(bundle, out.notes):
+            seen.add(key)
+            _check_io(bundle)
+            out.subjects.append(BundleSubject(bundle, run))
+    needs_torch = bool(torch_students) or (settings.teachers and out.runs)
+    devices = _torch_devices(settings) if needs_torch else []
+    if needs_torch and not devices:
+        out.notes.append("torch is not installed: teachers and un-exported students were not measured")
+    for run in torch_students:
+        if not (run.path / STUDENT_FILE).is_file():
+            raise KDError(f"{run.path}: no bundles and no {STUDENT_FILE} to benchmark")
+        params, flops = _params_flops(run.entry("student"))
+        for device in devices:
+            out.subjects.append(TorchSubject(f"{run.name}/student", "student", run, run.path / STUDENT_FILE, device,
+                                             "student", params, flops))
+    if settings.teachers:
+        for run in out.runs:
+            subjects = _teacher_subjects(run, devices)
+            if devices and not subjects:
+                out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
+            out.subjects += subjects + _baseline_subjects(run, devices)
+    if not out.subjects:
+        raise KDError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
+    return out
+
+

@@ -1,0 +1,71 @@
+"""Bench settings as one pydantic model: defaults stated once (the CLI reads them), one-line errors for bad values."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from kdmobile.errors import KDError
+
+DEVICES = ("auto", "cpu", "cuda")  # torch subjects: auto (CPU, plus CUDA when available), cpu, cuda
+# The command-line flag that sets each field, so an error names what the user typed.
+FLAGS = {"runs": "--runs", "warmup": "--warmup", "batches": "--batch", "threads": "--threads", "device": "--device",
+         "teachers": "--no-teachers", "max_time_s": "--max-time", "progress": "--no-progress"}
+# Values that make no sense: (is it fine?, the one-line error), checked in field order (the first one is reported).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "runs": (lambda v: v >= 1, "--runs must be >= 1, got {v}"),
+    "warmup": (lambda v: v >= 0, "--warmup must be >= 0, got {v}"),
+    "batches": (lambda v: bool(v) and min(v) >= 1, "--batch sizes must be >= 1, got {v}"),
+    "threads": (lambda v: v >= 1, "--threads must be >= 1, got {v}"),
+    "device": (lambda v: v in DEVICES, "--device must be auto, cpu or cuda, got {v!r}"),
+    "max_time_s": (lambda v: v > 0, "--max-time must be > 0 seconds, got {v}"),
+}
+
+
+class Settings(BaseModel):
+    """How to measure: timed runs, warm-up, batch sizes, threads, torch devices and the per-measurement budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: int = 200
+    warmup: int = 20
+    batches: list[int] = Field(default_factory=lambda: [1])
+    threads: int = 1
+    device: str = "auto"
+    teachers: bool = True
+    max_time_s: float = 60.0
+    progress: bool = True
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(cls, data: Any, handler: Any) -> Any:
+        """The one place a pydantic ValidationError becomes a one-line KDError (the first problem, as before)."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            cause = (first.get("ctx") or {}).get("error")
+            if isinstance(cause, ValueError):  # one of _CHECKS: its message is already the whole line
+                raise KDError(str(cause)) from None
+            field = str(first["loc"][0]) if first["loc"] else ""
+            raise KDError(f"{FLAGS.get(field, field or 'bench settings')}: {first['msg']}") from None
+
+    @field_validator(*_CHECKS)
+    @classmethod
+    def _check(cls, v: Any, info: ValidationInfo) -> Any:
+        """The value checks of _CHECKS, with today's one-line messages."""
+        ok, message = _CHECKS[str(info.field_name)]
+        if not ok(v):
+            raise ValueError(message.format(v=v))
+        return v
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of one field (the CLI's argparse defaults come from here, not from restated numbers)."""
+        f = cls.model_fields[name]
+        return f.get_default(call_default_factory=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings report.json records (everything but the progress bar)."""
+        return self.model_dump(exclude={"progress"})

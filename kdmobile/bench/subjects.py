@@ -1,0 +1,356 @@
+"""What the bench measures: a bundle through the torch-free runtime, or a PyTorch teacher/student, as one interface.
+
+Each subject loads its model, times one call per batch through `timing.time_calls`, measures its memory (a fresh
+process, or CUDA's allocator) and its task metric; torch is imported only inside the PyTorch subject's methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from kdmobile.bench.memory import probe_memory
+from kdmobile.bench.settings import Settings
+from kdmobile.bench.timing import time_calls
+from kdmobile.bundle import Bundle
+from kdmobile.console import quiet_open_clip_random_init
+from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
+
+if TYPE_CHECKING:
+    from kdmobile.bench.discover import RunInfo
+
+BACKEND_NAMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
+MB = 1024.0 * 1024.0
+_NOT_QUANTIZED = frozenset({"none", "fp32", "float32", "fp16", "float16"})
+
+
+def _params_flops(entry: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """Per-input parameters (image tower where recorded) and FLOPs of a metrics.json model entry."""
+    if not entry:
+        return None, None
+    return entry.get("image_params", entry.get("params")), entry.get("flops")
+
+
+def _metric_from_entry(entry: dict[str, Any] | None, kind: str) -> tuple[str | None, float | None]:
+    """The headline metric of a metrics.json entry: top1, R@1 (mean of both directions) or mse."""
+    if not entry:
+        return None, None
+    if kind == "classes":
+        return "top1", entry.get("top1")
+    if kind == "captions":
+        if "i2t_R@1" in entry and "t2i_R@1" in entry:
+            return "R@1", 0.5 * (entry["i2t_R@1"] + entry["t2i_R@1"])
+        return "R@1", None
+    return "mse", entry.get("mse")
+
+
+def _path_size(p: Path) -> int | None:
+    """Bytes of a file, or of every file under a directory (an .mlpackage)."""
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return None
+
+
+def _tile(x: np.ndarray, batch: int) -> np.ndarray:
+    """`batch` samples cycled from x (held-out inputs, not random ones)."""
+    return np.ascontiguousarray(x[np.arange(batch) % len(x)])
+
+
+@dataclass
+class Subject(abc.ABC):
+    """One model to measure and the row fields that describe it."""
+
+    model: str
+    role: str
+    run: RunInfo | None
+    backend: str
+    device: str
+    precision: str
+    source: str
+    size_bytes: int | None
+    params: int | None
+    flops: int | None
+    quantization: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "role": self.role, "run": self.run.name if self.run else None,
+                "source": self.source, "backend": self.backend, "device": self.device, "precision": self.precision,
+                "quantization": self.quantization, "size_bytes": self.size_bytes, "params": self.params,
+                "flops": self.flops}
+
+    # Each kind of measured model (bundle, PyTorch teacher, PyTorch student) implements these.
+    @abc.abstractmethod
+    def probe_spec(self, settings: Settings) -> dict[str, Any]:
+        """What a fresh process needs to load and run this model once (for the memory probe)."""
+
+    @abc.abstractmethod
+    def load(self, settings: Settings) -> None:
+        """Load the model in this process and run it once at the largest batch."""
+
+    @abc.abstractmethod
+    def timed(self, batch: int, settings: Settings) -> tuple[list[float], str, int]:
+        """(per-call ms samples, batch mode, warm-up runs done) at this batch."""
+
+    @abc.abstractmethod
+    def metric(self) -> tuple[str | None, float | None, str]:
+        """(metric name, value, where it comes from)."""
+
+    def memory(self, settings: Settings) -> dict[str, float | None]:
+        """Peak resident growth (MB) while loading and running once at the largest batch, in a fresh process
+        (so one model's number does not depend on what this process loaded before it)."""
+        grown = probe_memory(self.probe_spec(settings))
+        return {"peak_rss_mb": None if grown is None else grown / MB, "peak_gpu_mb": None}
+
+    def close(self) -> None:
+        """Drop the loaded model."""
+
+
+class BundleSubject(Subject):
+    """A bundle run by the runtime backend of its target; metric from the runtime predictors on held-out data."""
+
+    def __init__(self, bundle: Bundle, run: RunInfo | None) -> None:
+        params, flops = _params_flops(run.entry("student") if run else None)
+        quant = (bundle.manifest.get("quantization") or {}).get("format")
+        quant = None if str(quant).lower() in _NOT_QUANTIZED else str(quant)
+        source_run = (bundle.manifest.get("source") or {}).get("run_name")
+        super().__init__(bundle.name, "student", run, BACKEND_NAMES.get(bundle.target, bundle.target), "cpu",
+                         bundle.precision, str(bundle.path), _path_size(bundle.model_path), params, flops,
+                         quant)
+        self.bundle = bundle
+        self.run_name = run.name if run else source_run
+        self.predictor: Any = None
+        self.inputs: np.ndarray | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "run": self.run_name}
+
+    def _raw_inputs(self) -> Any:
+        """Held-out inputs in the predictor's raw units (uint8 images / physical frames), or random ones."""
+        if self.run is not None and (self.run.path / "heldout.npz").is_file():
+            h = self.run.heldout()
+            if self.bundle.task == "retrieval" and "images_test" in h:
+                return h["images_test"]
+            if self.bundle.task == "forecast" and "x_test" in h:
+                fc = self.bundle.manifest["forecast"]
+                return h["x_test"].astype(np.float32) * fc["std"] + fc["mean"]
+        rng = np.random.default_rng(0)
+        shape = list(self.bundle.input["shape"])
+        if self.bundle.task == "retrieval":
+            return rng.integers(0, 256, size=(8, shape[2], shape[3], 3), dtype=np.uint8)
+        fc = self.bundle.manifest["forecast"]
+        return (rng.standard_normal((8, *shape[1:])) * fc["std"] + fc["mean"]).astype(np.float32)
+
+    def load(self, settings: Settings) -> None:
+        from kdmobile.runtime.backends import open_backend
+        from kdmobile.runtime.predictors import ForecastPredictor, RetrievalPredictor
+
+        cls = RetrievalPredictor if self.bundle.task == "retrieval" else ForecastPredictor
+        self.predictor = cls(self.bundle, backend=open_backend(self.bundle, threads=settings.threads))
+        raw = self._raw_inputs()
+        if self.bundle.task == "retrieval":
+            self.inputs = self.predictor.preprocess(list(raw[:max(settings.batches)]))
+        else:
+            p = self.predictor
+            self.inputs = ((raw[:max(settings.batches)] - p.mean) / p.std).astype(np.float32)
+        self._call(max(settings.batches))()
+
+    def probe_spec(self, settings: Settings) -> dict[str, Any]:
+        return {"kind": "bundle", "path": str(self.bundle.path), "threads": settings.threads,
+                "batch": max(settings.batches)}
+
+    def _call(self, batch: int) -> Callable[[], Any]:
+        """One timed call: the model on `batch` preprocessed inputs (a loop of batch-1 calls if the batch is fixed)."""
+        backend, name = self.predictor.backend, self.predictor.input_name
+        x = _tile(self.inputs, batch)
+        if self.predictor.batched or batch == 1:
+            return lambda: backend.run({name: x})
+        parts = [x[i:i + 1] for i in range(batch)]
+        return lambda: [backend.run({name: p}) for p in parts]
+
+    def timed(self, batch: int, settings: Settings) -> tuple[list[float], str, int]:
+        samples, warm = time_calls(self._call(batch), settings)
+        return samples, "batched" if self.predictor.batched or batch == 1 else "loop", warm
+
+    def metric(self) -> tuple[str | None, float | None, str]:
+        if self.run is None or not (self.run.path / "heldout.npz").is_file():
+            return self._verification_metric("run directory not found")
+        h, kind, p = self.run.heldout(), self.run.kind, self.predictor
+        if kind == "forecast":
+            fc = self.bundle.manifest["forecast"]
+            x = h["x_test"].astype(np.float32) * fc["std"] + fc["mean"]
+            y = h["y_test"].astype(np.float32) * fc["std"] + fc["mean"]
+            return "mse", forecast_errors(p.predict(x), y)["mse"], f"measured on held-out (N={len(x)})"
+        r = self.bundle.manifest.get("retrieval", {})
+        if r.get("class_source", "run") not in ("run", "held-out captions"):
+            return "top1", None, f"n/a (bundle holds new classes: {r.get('class_source')})"
+        images = list(h["images_test"])
+        if kind == "captions":
+            owner = h["caption_owner_test"]
+            text = self.bundle.class_vectors
+            if len(text) != len(owner):
+                return "R@1", None, "n/a (bundle captions differ from the run's held-out captions)"
+            rec = retrieval_recall(p.embed(images), text, owner)
+            return "R@1", 0.5 * (rec["i2t_R@1"] + rec["t2i_R@1"]), f"measured on held-out (N={len(images)})"
+        top1 = topk_accuracy(p.scores(images), h["labels_test"], ks=(1,))["top1"]
+        return "top1", top1, f"measured on held-out (N={len(images)})"
+
+    def _verification_metric(self, why: str) -> tuple[str | None, float | None, str]:
+        """Without the run: the metric measured at export, recorded in the manifest."""
+        v = (self.bundle.manifest.get("verification") or {}).get("metric") or {}
+        name = v.get("name")
+        if name is None or "value" not in v:
+            return None, None, f"n/a ({why})"
+        if name == "mse":  # the manifest's headline MSE is in normalised units; report physical units
+            value = (v.get("all") or {}).get("mse_phys")
+            return ("mse", value, f"export verification ({why})") if value is not None else (None, None, "n/a")
+        return name, v["value"], f"export verification ({why})"
+
+    def close(self) -> None:
+        self.predictor = None
+        self.inputs = None
+
+
+class TorchSubject(Subject):
+    """A PyTorch model (a teacher, or a student without bundles) on CPU or CUDA."""
+
+    def __init__(self, model: str, role: str, run: RunInfo, file: Path, device: str, kind: str,
+                 params: int | None, flops: int | None) -> None:
+        super().__init__(model, role, run, "torch eager", device, "fp32", str(file), _path_size(file), params, flops)
+        self.file, self.kind = file, kind   # kind: clip-teacher | forecaster | ammkd-student
+        self.module: Any = None
+        self.forward: Callable[[Any], Any] | None = None
+        self.inputs: Any = None
+        self._threads: int | None = None
+
+    def probe_spec(self, settings: Settings) -> dict[str, Any]:
+        shape = [max(settings.batches), *self._model_inputs().shape[1:]]
+        return {"kind": "torch", "file": self.file.as_posix(), "model_kind": self.kind, "threads": settings.threads,
+                "shape": shape}
+
+    def _model_inputs(self) -> np.ndarray:
+        """Held-out model inputs: CLIP-normalised images (N,3,S,S) or normalised frame windows (N,T,H,W)."""
+        h = self.run.heldout()
+        if "x_test" in h:
+            return h["x_test"].astype(np.float32)
+        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, normalise
+
+        return normalise(h["images_test"][:256], CLIP_MEAN, CLIP_STD)
+
+    def load(self, settings: Settings) -> None:
+        import torch
+
+        if self.device == "cpu":
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(settings.threads)
+        self.module, self.forward = _load_torch(self.file, self.kind, self.device)
+        self.inputs = torch.from_numpy(_tile(self._model_inputs(), max(settings.batches))).to(self.device)
+        self._call(max(settings.batches))()
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def memory(self, settings: Settings) -> dict[str, float | None]:
+        if self.device != "cuda":
+            return super().memory(settings)
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        self.load(settings)
+        grown = (torch.cuda.max_memory_allocated() - base) / MB
+        self.close()
+        return {"peak_rss_mb": None, "peak_gpu_mb": grown}
+
+    def _call(self, batch: int) -> Callable[[], Any]:
+        import torch
+
+        x, fwd = self.inputs[:batch], self.forward
+
+        def call() -> Any:
+            with torch.inference_mode():
+                return fwd(x)
+
+        return call
+
+    def timed(self, batch: int, settings: Settings) -> tuple[list[float], str, int]:
+        samples, warm = time_calls(self._call(batch), settings, cuda=self.device == "cuda")
+        return samples, "batched", warm
+
+    def metric(self) -> tuple[str | None, float | None, str]:
+        kind = self.run.kind
+        if self.role in ("teacher", "baseline"):  # measured in training, on the same split
+            key = self.model.split("/", 1)[1]
+            name, value = _metric_from_entry(self.run.entry(key), kind)
+            n = self.run.test_size()
+            src = f"run metrics.json (same split, N={n})" if value is not None else "n/a (not in metrics.json)"
+            return name, value, src
+        return self._student_metric(kind)
+
+    def _student_metric(self, kind: str) -> tuple[str | None, float | None, str]:
+        """The un-exported student's metric, measured here in PyTorch on the held-out split."""
+        import torch
+
+        h, model = self.run.heldout(), self.module
+        if kind == "forecast":
+            norm = json.loads((self.run.path / "normalisation.json").read_text()) \
+                if (self.run.path / "normalisation.json").is_file() else {"mean": 0.0, "std": 1.0}
+            with torch.inference_mode():
+                pred = model(torch.from_numpy(h["x_test"].astype(np.float32)).to(self.device)).float().cpu().numpy()
+            y = h["y_test"].astype(np.float32)
+            mse = forecast_errors(pred * norm["std"] + norm["mean"], y * norm["std"] + norm["mean"])["mse"]
+            return "mse", mse, f"measured on held-out (N={len(y)})"
+        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, normalise
+
+        with torch.inference_mode():
+            x = torch.from_numpy(normalise(h["images_test"], CLIP_MEAN, CLIP_STD)).to(self.device)
+            emb = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)]).float().cpu().numpy()
+            if kind == "captions":
+                names = [k[len("textvec_test_"):] for k in h if k.startswith("textvec_test_")]
+                text = model.fuse_text([torch.from_numpy(h[f"textvec_test_{n}"]).to(self.device) for n in names])
+                rec = retrieval_recall(emb, text.float().cpu().numpy(), h["caption_owner_test"])
+                return "R@1", 0.5 * (rec["i2t_R@1"] + rec["t2i_R@1"]), f"measured on held-out (N={len(emb)})"
+            cv_file = self.run.path / "student_class_vectors.npy"
+            if not cv_file.is_file():
+                return "top1", None, "n/a (student_class_vectors.npy missing)"
+            scores = float(model.scale().detach().cpu()) * emb @ np.load(cv_file).T
+        return "top1", topk_accuracy(scores, h["labels_test"], ks=(1,))["top1"], \
+            f"measured on held-out (N={len(emb)})"
+
+    def close(self) -> None:
+        self.module = self.forward = self.inputs = None
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable[[Any], Any]]:
+    """(module, forward) of a teacher or student checkpoint on `device`; the forward is what runs per input."""
+    if kind == "clip-teacher":
+        from kdmobile.models.clip_teacher import load_teacher
+
+        with quiet_open_clip_random_init():  # open_clip warns that it built the model without pretrained weights
+            teacher = load_teacher(file).to(device)
+        return teacher, teacher.encode_image
+    from kdmobile.models.registry import load_model
+
+    model = load_model(file)[0].to(device).eval()
+    return model, model
+
+
