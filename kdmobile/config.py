@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kdmobile.errors import KDError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+KDMode = Literal["none", "output", "spectral", "spectral-low", "spectral-high"]  # SDKD's distillation variants
+KD_MODES: tuple[str, ...] = get_args(KDMode)
 
 
 class _Strict(BaseModel):
@@ -219,7 +223,7 @@ class SDKDConfig(_Strict):
     teacher_train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
     student: Literal["sdkd_resnet", "sdkd_unet"] = "sdkd_resnet"
     student_kwargs: dict[str, Any] = {}
-    kd: Literal["none", "output", "spectral", "spectral-low", "spectral-high"] = "spectral"
+    kd: KDMode = "spectral"
     cutoffs: list[float] = [0.25, 0.5]
     gt_weight: float = Field(1.0, ge=0)
     output_weight: float = Field(1.0, ge=0)

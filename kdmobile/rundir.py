@@ -14,11 +14,14 @@ runs/NAME/
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdmobile import __version__
-from kdmobile.errors import KDError
+from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
+from kdmobile.contracts.heldout import HeldOut, read_heldout
+from kdmobile.errors import KDError, UserError
 from kdmobile.fileio import check_writable, clean_stale, write_json
 from kdmobile.untrusted import MAX_LABELS_BYTES
 from kdmobile.untrusted import read_json as untrusted_json
@@ -119,3 +122,77 @@ def recorded_bundles(run: str | Path, existing_only: bool = True) -> list[Path]:
     except (KDError, OSError, ValueError, AttributeError):
         return []
     return [p for p in listed if p.is_dir()] if existing_only else listed
+
+
+# ------------------------------------------------------------------------------------------------ reading a run
+METHODS = ("ammkd", "sdkd")
+
+
+@dataclass
+class RunDir:
+    """A finished run directory as export and bench read it: method, metrics.json, and lazily its held-out set and
+    student card (the one reader of a run; nothing outside kdmobile.rundir and kdmobile.contracts names its files)."""
+
+    path: Path
+    method: str
+    metrics: dict[str, Any] | None
+    _heldout: HeldOut | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def kind(self) -> str:
+        """classes | captions | forecast."""
+        if self.method == "sdkd":
+            return "forecast"
+        task = (self.metrics or {}).get("task")
+        return task if task in ("classes", "captions") else self.heldout().kind
+
+    @property
+    def task(self) -> str:
+        """The bundle task: retrieval or forecast."""
+        return "forecast" if self.method == "sdkd" else "retrieval"
+
+    def has_heldout(self) -> bool:
+        return (self.path / HELDOUT_FILE).is_file()
+
+    def heldout(self) -> HeldOut:
+        """The held-out arrays (read and checked once); one-line error when missing or unreadable."""
+        if self._heldout is None:
+            self._heldout = read_heldout(self.path)
+        return self._heldout
+
+    def entry(self, *keys: str) -> dict[str, Any] | None:
+        """The first of models.KEY in metrics.json that exists."""
+        models = (self.metrics or {}).get("models", {})
+        return next((models[k] for k in keys if k in models), None)
+
+    def test_size(self) -> int | None:
+        """Test-split size recorded in metrics.json."""
+        m = self.metrics or {}
+        sizes = m.get("split_sizes") or m.get("split_windows") or {}
+        return sizes.get("test")
+
+    def normalisation(self) -> dict[str, float]:
+        """A forecast run's frame normalisation (normalisation.json); identity when absent."""
+        f = self.path / "normalisation.json"
+        doc = untrusted_json(f) if f.is_file() else {}
+        return {"mean": float(doc.get("mean", 0.0)), "std": float(doc.get("std", 1.0))}
+
+
+def open_run(path: str | Path, verb: str) -> RunDir:
+    """A finished run directory, with one-line errors for a path that is not one, a foreign method or an
+    unfinished run (`verb` names the command that needs it)."""
+    p = Path(path).expanduser().resolve()
+    method = read_method(p)
+    if method not in METHODS:
+        raise UserError(f"{p}: method {method!r} cannot be used by {verb} (expected ammkd or sdkd)")
+    require_complete(p, verb)
+    metrics = None
+    if (p / "metrics.json").is_file():
+        metrics = untrusted_json(p / "metrics.json", max_bytes=MAX_LABELS_BYTES)
+        if not isinstance(metrics, dict):
+            raise UserError(f"{p / 'metrics.json'}: should hold a JSON object")
+    return RunDir(p, method, metrics)

@@ -7,72 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _params_flops
 from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bundle
 from kdmobile.errors import KDError
-from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_method, recorded_bundles, require_complete
-from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
+from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, recorded_bundles
+from kdmobile.rundir import open_run
 
 DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
-
-
-@dataclass
-class RunInfo:
-    """What the bench reads from a run directory: method, metrics.json and (lazily) heldout.npz."""
-
-    path: Path
-    method: str
-    metrics: dict[str, Any] | None
-    _heldout: dict[str, np.ndarray] | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def kind(self) -> str:
-        """classes | captions | forecast."""
-        if self.method == "sdkd":
-            return "forecast"
-        task = (self.metrics or {}).get("task")
-        if task in ("classes", "captions"):
-            return task
-        return "captions" if "caption_owner_test" in self.heldout() else "classes"
-
-    def heldout(self) -> dict[str, np.ndarray]:
-        """The held-out arrays (loaded once); one-line error when missing or unreadable."""
-        if self._heldout is None:
-            self._heldout = load_npz(self.path / "heldout.npz")
-        return self._heldout
-
-    def entry(self, *keys: str) -> dict[str, Any] | None:
-        """The first of models.KEY in metrics.json that exists."""
-        models = (self.metrics or {}).get("models", {})
-        return next((models[k] for k in keys if k in models), None)
-
-    def test_size(self) -> int | None:
-        """Test-split size recorded in metrics.json."""
-        m = self.metrics or {}
-        sizes = m.get("split_sizes") or m.get("split_windows") or {}
-        return sizes.get("test")
-
-
-def open_run(path: str | Path) -> RunInfo:
-    """A run directory, with one-line errors for a path that is not one."""
-    p = Path(path).expanduser().resolve()
-    method = read_method(p)
-    if method not in ("ammkd", "sdkd"):
-        raise KDError(f"{p}: method {method!r} cannot be benchmarked (expected ammkd or sdkd)")
-    require_complete(p, "bench")
-    metrics = None
-    if (p / "metrics.json").is_file():
-        metrics = read_json(p / "metrics.json", max_bytes=MAX_LABELS_BYTES)
-        if not isinstance(metrics, dict):
-            raise KDError(f"{p / 'metrics.json'}: should hold a JSON object")
-    return RunInfo(p, method, metrics)
 
 
 @dataclass
@@ -80,7 +23,7 @@ class Plan:
     """What to measure, found from the inputs, and what was noticed on the way."""
 
     subjects: list[Subject] = field(default_factory=list)
-    runs: list[RunInfo] = field(default_factory=list)
+    runs: list[RunDir] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     torch_fallback: list[str] = field(default_factory=list)  # runs without bundles: their PyTorch student measured
 
@@ -92,7 +35,7 @@ def _same_dir(a: str | Path, b: Path) -> bool:
         return False
 
 
-def find_bundles(run: RunInfo, bundles_dir: str | Path | None, notes: list[str]) -> list[Bundle]:
+def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str]) -> list[Bundle]:
     """This run's bundles (checked): with bundles_dir None, those RUN/exports.json records (where `kdmobile export`
     wrote them), else or then RUNNAME-TARGET-PRECISION under the default `bundles/`; with a bundles_dir, those in it."""
     candidates: list[Path] = []
@@ -152,7 +95,7 @@ def _torch_devices(settings: Settings) -> list[str]:
     return {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", "cuda"] if cuda else ["cpu"]}[settings.device]
 
 
-def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
+def _teacher_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     """The run's teachers (teachers/*.safetensors), on each device."""
     files = sorted((run.path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
     order = [k for k in ((run.metrics or {}).get("models") or {})]
@@ -169,7 +112,7 @@ def _teacher_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
     return out
 
 
-def _baseline_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
+def _baseline_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     """The run's no-KD student (trained without the teachers), so the table shows what distillation added."""
     file, entry = run.path / NOKD_FILE, run.entry("student_nokd")
     if not file.is_file() or not entry:
@@ -182,11 +125,11 @@ def _baseline_subjects(run: RunInfo, devices: Sequence[str]) -> list[Subject]:
 def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
     """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
     out = Plan()
-    bundles: list[tuple[Bundle, RunInfo | None]] = []
-    torch_students: list[RunInfo] = []
+    bundles: list[tuple[Bundle, RunDir | None]] = []
+    torch_students: list[RunDir] = []
 
-    def add_run(path: str | Path) -> RunInfo:
-        run = open_run(path)
+    def add_run(path: str | Path) -> RunDir:
+        run = open_run(path, "bench")
         for r in out.runs:
             if r.path == run.path:
                 return r

@@ -7,7 +7,6 @@ process, or CUDA's allocator) and its task metric; torch is imported only inside
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -19,10 +18,12 @@ from kdmobile.bench.settings import Settings
 from kdmobile.bench.timing import time_calls
 from kdmobile.bundle import Bundle
 from kdmobile.console import quiet_open_clip_random_init
-from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
+from kdmobile.contracts.student import StudentCard, student_card
+from kdmobile.evaluation import (Infer, backend_infer, evaluate_forecast, evaluate_retrieval, headline, score_captions,
+                                 score_classes)
 
 if TYPE_CHECKING:
-    from kdmobile.bench.discover import RunInfo
+    from kdmobile.rundir import RunDir
 
 BACKEND_NAMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
 MB = 1024.0 * 1024.0
@@ -38,15 +39,7 @@ def _params_flops(entry: dict[str, Any] | None) -> tuple[int | None, int | None]
 
 def _metric_from_entry(entry: dict[str, Any] | None, kind: str) -> tuple[str | None, float | None]:
     """The headline metric of a metrics.json entry: top1, R@1 (mean of both directions) or mse."""
-    if not entry:
-        return None, None
-    if kind == "classes":
-        return "top1", entry.get("top1")
-    if kind == "captions":
-        if "i2t_R@1" in entry and "t2i_R@1" in entry:
-            return "R@1", 0.5 * (entry["i2t_R@1"] + entry["t2i_R@1"])
-        return "R@1", None
-    return "mse", entry.get("mse")
+    return headline(kind, entry) if entry else (None, None)
 
 
 def _path_size(p: Path) -> int | None:
@@ -69,7 +62,7 @@ class Subject(abc.ABC):
 
     model: str
     role: str
-    run: RunInfo | None
+    run: RunDir | None
     backend: str
     device: str
     precision: str
@@ -115,7 +108,7 @@ class Subject(abc.ABC):
 class BundleSubject(Subject):
     """A bundle run by the runtime backend of its target; metric from the runtime predictors on held-out data."""
 
-    def __init__(self, bundle: Bundle, run: RunInfo | None) -> None:
+    def __init__(self, bundle: Bundle, run: RunDir | None) -> None:
         params, flops = _params_flops(run.entry("student") if run else None)
         quant = (bundle.manifest.get("quantization") or {}).get("format")
         quant = None if str(quant).lower() in _NOT_QUANTIZED else str(quant)
@@ -133,13 +126,13 @@ class BundleSubject(Subject):
 
     def _raw_inputs(self) -> Any:
         """Held-out inputs in the predictor's raw units (uint8 images / physical frames), or random ones."""
-        if self.run is not None and (self.run.path / "heldout.npz").is_file():
+        if self.run is not None and self.run.has_heldout():
             h = self.run.heldout()
-            if self.bundle.task == "retrieval" and "images_test" in h:
-                return h["images_test"]
-            if self.bundle.task == "forecast" and "x_test" in h:
+            if self.bundle.task == "retrieval" and h.images_test is not None:
+                return h.images_test
+            if self.bundle.task == "forecast" and h.x_test is not None:
                 fc = self.bundle.manifest["forecast"]
-                return h["x_test"].astype(np.float32) * fc["std"] + fc["mean"]
+                return h.x_test.astype(np.float32) * fc["std"] + fc["mean"]
         rng = np.random.default_rng(0)
         shape = list(self.bundle.input["shape"])
         if self.bundle.task == "retrieval":
@@ -179,27 +172,27 @@ class BundleSubject(Subject):
         return samples, "batched" if self.predictor.batched or batch == 1 else "loop", warm
 
     def metric(self) -> tuple[str | None, float | None, str]:
-        if self.run is None or not (self.run.path / "heldout.npz").is_file():
+        if self.run is None or not self.run.has_heldout():
             return self._verification_metric("run directory not found")
         h, kind, p = self.run.heldout(), self.run.kind, self.predictor
-        if kind == "forecast":
+        if kind == "forecast":  # the runtime predictor takes and gives physical units; report physical MSE
             fc = self.bundle.manifest["forecast"]
-            x = h["x_test"].astype(np.float32) * fc["std"] + fc["mean"]
-            y = h["y_test"].astype(np.float32) * fc["std"] + fc["mean"]
-            return "mse", forecast_errors(p.predict(x), y)["mse"], f"measured on held-out (N={len(x)})"
+            mean, std = float(fc["mean"]), float(fc["std"])
+            infer: Infer = lambda x: (p.predict(x * std + mean) - mean) / std  # noqa: E731
+            _, m = evaluate_forecast(infer, h.x_test.astype(np.float32), h.y_test.astype(np.float32), mean, std)
+            return "mse", m["mse_phys"], f"measured on held-out (N={len(h.x_test)})"
         r = self.bundle.manifest.get("retrieval", {})
         if r.get("class_source", "run") not in ("run", "held-out captions"):
             return "top1", None, f"n/a (bundle holds new classes: {r.get('class_source')})"
-        images = list(h["images_test"])
+        emb, gallery = p.embed(list(h.images_test)), self.bundle.class_vectors
         if kind == "captions":
-            owner = h["caption_owner_test"]
-            text = self.bundle.class_vectors
-            if len(text) != len(owner):
+            if len(gallery) != len(h.caption_owner_test):
                 return "R@1", None, "n/a (bundle captions differ from the run's held-out captions)"
-            rec = retrieval_recall(p.embed(images), text, owner)
-            return "R@1", 0.5 * (rec["i2t_R@1"] + rec["t2i_R@1"]), f"measured on held-out (N={len(images)})"
-        top1 = topk_accuracy(p.scores(images), h["labels_test"], ks=(1,))["top1"]
-        return "top1", top1, f"measured on held-out (N={len(images)})"
+            m = score_captions(emb, gallery, h.caption_owner_test)
+        else:
+            m = score_classes(emb, gallery, h.labels_test, p.logit_scale)
+        name, value = headline(kind, m)
+        return name, value, f"measured on held-out (N={len(emb)})"
 
     def _verification_metric(self, why: str) -> tuple[str | None, float | None, str]:
         """Without the run: the metric measured at export, recorded in the manifest."""
@@ -220,7 +213,7 @@ class BundleSubject(Subject):
 class TorchSubject(Subject):
     """A PyTorch model (a teacher, or a student without bundles) on CPU or CUDA."""
 
-    def __init__(self, model: str, role: str, run: RunInfo, file: Path, device: str, kind: str,
+    def __init__(self, model: str, role: str, run: RunDir, file: Path, device: str, kind: str,
                  params: int | None, flops: int | None) -> None:
         super().__init__(model, role, run, "torch eager", device, "fp32", str(file), _path_size(file), params, flops)
         self.file, self.kind = file, kind   # kind: clip-teacher | forecaster | ammkd-student
@@ -228,6 +221,8 @@ class TorchSubject(Subject):
         self.forward: Callable[[Any], Any] | None = None
         self.inputs: Any = None
         self._threads: int | None = None
+        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD  # what CLIP teachers are fed; a student's card
+        self.mean, self.std = list(CLIP_MEAN), list(CLIP_STD)   # replaces these when it is loaded
 
     def probe_spec(self, settings: Settings) -> dict[str, Any]:
         shape = [max(settings.batches), *self._model_inputs().shape[1:]]
@@ -235,13 +230,13 @@ class TorchSubject(Subject):
                 "shape": shape}
 
     def _model_inputs(self) -> np.ndarray:
-        """Held-out model inputs: CLIP-normalised images (N,3,S,S) or normalised frame windows (N,T,H,W)."""
+        """Held-out model inputs: normalised images (N,3,S,S) or normalised frame windows (N,T,H,W)."""
         h = self.run.heldout()
-        if "x_test" in h:
-            return h["x_test"].astype(np.float32)
-        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, normalise
+        if h.x_test is not None:
+            return h.x_test.astype(np.float32)
+        from kdmobile.data.transforms import normalise
 
-        return normalise(h["images_test"][:256], CLIP_MEAN, CLIP_STD)
+        return normalise(h.images_test[:256], self.mean, self.std)
 
     def load(self, settings: Settings) -> None:
         import torch
@@ -249,7 +244,9 @@ class TorchSubject(Subject):
         if self.device == "cpu":
             self._threads = torch.get_num_threads()
             torch.set_num_threads(settings.threads)
-        self.module, self.forward = _load_torch(self.file, self.kind, self.device)
+        self.module, self.forward, card = _load_torch(self.file, self.kind, self.device)
+        if card is not None and card.task != "forecast":
+            self.mean, self.std = card.image_mean, card.image_std
         self.inputs = torch.from_numpy(_tile(self._model_inputs(), max(settings.batches))).to(self.device)
         self._call(max(settings.batches))()
         self._sync()
@@ -302,31 +299,29 @@ class TorchSubject(Subject):
         """The un-exported student's metric, measured here in PyTorch on the held-out split."""
         import torch
 
-        h, model = self.run.heldout(), self.module
-        if kind == "forecast":
-            norm = json.loads((self.run.path / "normalisation.json").read_text()) \
-                if (self.run.path / "normalisation.json").is_file() else {"mean": 0.0, "std": 1.0}
-            with torch.inference_mode():
-                pred = model(torch.from_numpy(h["x_test"].astype(np.float32)).to(self.device)).float().cpu().numpy()
-            y = h["y_test"].astype(np.float32)
-            mse = forecast_errors(pred * norm["std"] + norm["mean"], y * norm["std"] + norm["mean"])["mse"]
-            return "mse", mse, f"measured on held-out (N={len(y)})"
-        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, normalise
+        from kdmobile.data.transforms import normalise
+        from kdmobile.runtime.backends import TorchBackend
 
-        with torch.inference_mode():
-            x = torch.from_numpy(normalise(h["images_test"], CLIP_MEAN, CLIP_STD)).to(self.device)
-            emb = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)]).float().cpu().numpy()
-            if kind == "captions":
-                names = [k[len("textvec_test_"):] for k in h if k.startswith("textvec_test_")]
-                text = model.fuse_text([torch.from_numpy(h[f"textvec_test_{n}"]).to(self.device) for n in names])
-                rec = retrieval_recall(emb, text.float().cpu().numpy(), h["caption_owner_test"])
-                return "R@1", 0.5 * (rec["i2t_R@1"] + rec["t2i_R@1"]), f"measured on held-out (N={len(emb)})"
+        h, model = self.run.heldout(), self.module
+        infer = backend_infer(TorchBackend(model, device=self.device))
+        if kind == "forecast":
+            norm = self.run.normalisation()
+            _, m = evaluate_forecast(infer, h.x_test.astype(np.float32), h.y_test.astype(np.float32), norm["mean"],
+                                     norm["std"])
+            return "mse", m["mse_phys"], f"measured on held-out (N={len(h.y_test)})"
+        x = normalise(h.images_test, self.mean, self.std)
+        if kind == "captions":
+            with torch.inference_mode():
+                text = model.fuse_text([torch.from_numpy(v).to(self.device) for v in h.textvec_test.values()])
+            _, m = evaluate_retrieval(infer, x, text.float().cpu().numpy(), owner=h.caption_owner_test)
+        else:
             cv_file = self.run.path / "student_class_vectors.npy"
             if not cv_file.is_file():
                 return "top1", None, "n/a (student_class_vectors.npy missing)"
-            scores = float(model.scale().detach().cpu()) * emb @ np.load(cv_file).T
-        return "top1", topk_accuracy(scores, h["labels_test"], ks=(1,))["top1"], \
-            f"measured on held-out (N={len(emb)})"
+            _, m = evaluate_retrieval(infer, x, np.load(cv_file), labels=h.labels_test,
+                                      logit_scale=float(model.scale().detach().cpu()))
+        name, value = headline(kind, m)
+        return name, value, f"measured on held-out (N={len(x)})"
 
     def close(self) -> None:
         self.module = self.forward = self.inputs = None
@@ -340,17 +335,19 @@ class TorchSubject(Subject):
             torch.cuda.empty_cache()
 
 
-def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable[[Any], Any]]:
-    """(module, forward) of a teacher or student checkpoint on `device`; the forward is what runs per input."""
+def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable[[Any], Any], StudentCard | None]:
+    """(module, forward, student card) of a teacher or student file on `device`; the forward runs per input; a
+    teacher has no card (CLIP models are fed CLIP's normalisation)."""
     if kind == "clip-teacher":
         from kdmobile.models.clip_teacher import load_teacher
 
         with quiet_open_clip_random_init():  # open_clip warns that it built the model without pretrained weights
             teacher = load_teacher(file).to(device)
-        return teacher, teacher.encode_image
+        return teacher, teacher.encode_image, None
     from kdmobile.models.registry import load_model
 
-    model = load_model(file)[0].to(device).eval()
-    return model, model
+    model, extra = load_model(file)
+    model = model.to(device).eval()
+    return model, model, student_card(extra, "sdkd" if kind == "forecaster" else "ammkd", str(file))
 
 

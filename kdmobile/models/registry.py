@@ -32,12 +32,6 @@ def _ensure_registered() -> None:
     from kdmobile.models import forecasters, student  # noqa: F401
 
 
-def list_models() -> list[str]:
-    """Names that `create_model` accepts."""
-    _ensure_registered()
-    return sorted(_REGISTRY)
-
-
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; the kwargs are stored with it by `save_model`."""
     _ensure_registered()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdmobile.config import AMMKDConfig, save_config
+from kdmobile.contracts.heldout import HeldOut, write_heldout
 from kdmobile.data import CaptionData, ClassData, load_dataset, split_dataset
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
 from kdmobile.fileio import atomic_path, write_json
@@ -176,18 +177,15 @@ class AMMKD:
     def save_heldout(self, vectors: dict[str, dict[str, torch.Tensor]], calib: int = 256) -> None:
         """heldout.npz: test images (+labels or caption vectors) and calibration images, so export and bench
         can verify and quantize from the run directory alone, without the original dataset."""
-        arrays: dict[str, np.ndarray] = {
-            "images_test": self.test.images.permute(0, 2, 3, 1).numpy(),
-            "images_calib": self.train.images[:calib].permute(0, 2, 3, 1).numpy(),
-        }
+        images = {"images_test": self.test.images.permute(0, 2, 3, 1).numpy(),
+                  "images_calib": self.train.images[:calib].permute(0, 2, 3, 1).numpy()}
         if self.task == "classes":
-            arrays["labels_test"] = self.test.labels.numpy()
+            held = HeldOut(**images, labels_test=self.test.labels.numpy())
         else:
-            arrays["caption_owner_test"] = self.test.caption_owner
-            arrays["captions_test"] = np.asarray(self.test.captions)
-            arrays.update({f"textvec_test_{n}": v["test"].cpu().numpy() for n, v in vectors.items()})
-        with atomic_path(self.run / "heldout.npz") as tmp:
-            np.savez(tmp, **arrays)
+            held = HeldOut(**images, caption_owner_test=self.test.caption_owner,
+                           captions_test=np.asarray(self.test.captions),
+                           textvec_test={n: v["test"].cpu().numpy() for n, v in vectors.items()})
+        write_heldout(self.run, held)
 
     # ---------------------------------------------------------------- health
     def check_health(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]],

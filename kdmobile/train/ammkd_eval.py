@@ -11,7 +11,7 @@ from torch import nn
 
 from kdmobile.data import CaptionData, ClassData
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, resize_images
-from kdmobile.metrics import retrieval_recall, topk_accuracy
+from kdmobile.evaluation import score_captions, score_classes
 from kdmobile.models.clip_teacher import ClipTeacher
 from kdmobile.table import format_table
 from kdmobile.train.loop import iterate_batches
@@ -62,22 +62,21 @@ def embed(encode: Callable[[torch.Tensor], torch.Tensor], split: Split, device: 
 def eval_teacher(teacher: ClipTeacher, split: Split, classes: Sequence[str], templates: Sequence[str]) -> dict:
     """A teacher's top-1/top-5 with its own class vectors, or its retrieval recall on the split's captions."""
     device = next(teacher.parameters()).device
-    if split.labels is not None:
-        cv = teacher.class_vectors(classes, templates)
-        return topk_accuracy((embed(teacher.encode_image, split, device) @ cv.T).cpu().numpy(), split.labels.numpy())
     img = embed(teacher.encode_image, split, device).cpu().numpy()
-    return retrieval_recall(img, teacher.encode_texts(split.captions).cpu().numpy(), split.caption_owner)
+    if split.labels is not None:
+        return score_classes(img, teacher.class_vectors(classes, templates).cpu().numpy(), split.labels.numpy())
+    return score_captions(img, teacher.encode_texts(split.captions).cpu().numpy(), split.caption_owner)
 
 
 @torch.no_grad()
 def eval_student(student: nn.Module, vectors: Sequence[torch.Tensor], split: Split) -> dict:
     """The student on a split: `vectors` are each teacher's class vectors (or this split's caption vectors)."""
     device = next(student.parameters()).device
-    fused = student.fuse_text([v.to(device) for v in vectors])
-    img = embed(student, split, device)
+    fused = student.fuse_text([v.to(device) for v in vectors]).cpu().numpy()
+    img = embed(student, split, device).cpu().numpy()
     if split.labels is not None:
-        return topk_accuracy((img @ fused.T).cpu().numpy(), split.labels.numpy())
-    return retrieval_recall(img.cpu().numpy(), fused.cpu().numpy(), split.caption_owner)
+        return score_classes(img, fused, split.labels.numpy())
+    return score_captions(img, fused, split.caption_owner)
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:

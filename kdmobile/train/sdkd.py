@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from kdmobile.config import SDKDConfig, save_config
+from kdmobile.contracts.heldout import HeldOut, write_heldout
 from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path, write_json
@@ -33,9 +34,6 @@ from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, se
 from kdmobile.train.losses import output_distill, spectral_band_loss
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.weighting import TeacherWeighting
-
-KD_MODES = ("none", "output", "spectral", "spectral-low", "spectral-high")
-
 
 def cache_dir() -> Path:
     """Where generated datasets are cached: $KDMOBILE_CACHE or ~/.cache/kdmobile."""
@@ -109,8 +107,7 @@ class SDKD:
                                                          "frames_in": self.cfg.data.frames_in,
                                                          "frames_out": self.cfg.data.frames_out,
                                                          "source": str(self.source)})
-            with atomic_path(self.run / "heldout.npz") as tmp:
-                np.savez(tmp, x_test=s.test_x, y_test=s.test_y, x_calib=s.train_x[:256])
+            write_heldout(self.run, HeldOut(x_test=s.test_x, y_test=s.test_y, x_calib=s.train_x[:256]))
         dist.barrier()
         self.log = RunLog(self.run / "log.jsonl")
         teachers = {}
