@@ -1,6 +1,8 @@
 """The `kdmobile` command: train, export, bench, predict, data, doctor.
 
-Heavy imports (torch, open_clip, converters) happen inside each verb, so `--help` and the torch-free verbs stay fast.
+Heavy imports (torch, open_clip, converters) happen inside each verb, and the export, predict and bench verbs are
+defined in their stage's module, imported only when that verb runs: `--help` stays fast and `predict` / `bench
+BUNDLE` work with only the [runtime] extra installed. A verb whose extra is missing says which one to install.
 User errors print one line and exit 2; environment failures (disk full, read-only folder, a converter crash) print
 one line with the cause and exit 1; Ctrl-C exits 130 and leaves only complete files behind.
 """
@@ -281,72 +283,188 @@ def _add_data(sub: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- doctor
-def _doctor(args: argparse.Namespace) -> int:
-    import importlib
-    import platform
+def _extras_status() -> list[list[str]]:
+    """Per extra of this installation ([runtime], [train], [export]): installed or not, and what is missing.
 
-    from kdmobile.table import format_table
+    Read from kdmobile's own package metadata (pyproject.toml's extras), without importing anything."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    try:
+        reqs = requires("kdmobile") or []
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return []
+    extras: dict[str, list[str]] = {}
+    for req in reqs:
+        name, _, marker = req.partition(";")
+        found = re.search(r"""extra\s*==\s*['"]([^'"]+)['"]""", marker)
+        if found:
+            extras.setdefault(found.group(1), []).append(name.strip())
+
+    def missing(extra: str, seen: set[str]) -> list[str]:
+        """What of an extra is not installed: its packages, and "[other]" for an included extra that is incomplete."""
+        out: list[str] = []
+        for req in extras.get(extra, []):
+            m = re.match(r"([A-Za-z0-9_.-]+)\s*(?:\[([^\]]*)\])?", req)
+            if m is None:
+                continue
+            if m.group(1).lower() == "kdmobile":  # an extra that includes other extras
+                for sub in (x.strip() for x in (m.group(2) or "").split(",")):
+                    if sub and sub not in seen:
+                        seen.add(sub)
+                        if missing(sub, seen):
+                            out.append(f"[{sub}]")
+                continue
+            try:
+                version(m.group(1))
+            except PackageNotFoundError:
+                if m.group(1) not in out:
+                    out.append(m.group(1))
+        return out
 
     rows = []
-    for label, module in [("torch", "torch"), ("open_clip", "open_clip"), ("timm", "timm"),
-                          ("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("litert-torch", "litert_torch"),
-                          ("ai-edge-quantizer", "ai_edge_quantizer"), ("LiteRT (ai-edge-litert)", "ai_edge_litert"),
-                          ("tflite-runtime", "tflite_runtime"), ("coremltools", "coremltools")]:
+    for extra in ("runtime", "train", "export"):
+        if extra not in extras:  # an installation older than these extras
+            continue
+        lacking = missing(extra, {extra})
+        rows.append([f"[{extra}]", "no" if lacking else "yes", ", ".join(lacking)])
+    return rows
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import importlib.util
+    import platform
+
+    from kdmobile.runtime.backends import available_backends
+    from kdmobile.table import format_table
+
+    rows = [[module, "yes" if v else "no", v or ""] for module, v in available_backends().items()]
+    cuda = "no (torch missing)"
+    if importlib.util.find_spec("torch") is not None:
         try:
-            mod = importlib.import_module(module)
-            version = getattr(mod, "__version__", None)
-            if version is None:
-                from importlib.metadata import version as dist_version
+            import torch
 
-                version = dist_version(module.replace("_", "-"))
-            rows.append([label, "yes", version])
-        except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
-            rows.append([label, "no", type(exc).__name__])
-    try:
-        import torch
-
-        cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
-    except Exception:  # noqa: BLE001
-        cuda = "no (torch missing)"
+            cuda = f"yes ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "no"
+        except Exception as exc:  # noqa: BLE001 - a broken torch install means "no CUDA here"
+            cuda = f"no ({type(exc).__name__})"
     rows.append(["CUDA", cuda, ""])
     print(f"kdmobile {__version__} on Python {platform.python_version()} ({platform.machine()})")
     print(format_table(["backend", "available", "version"], rows))
+    extras = _extras_status()
+    if extras:
+        print()
+        print(format_table(["extra", "installed", "missing"], extras))
     return 0
 
 
 # ------------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used by the docs and tests)."""
+# Verbs defined next to their stage: (name, module with register(sub), extra it needs, one-line help for `--help`).
+# A module is imported only when its verb runs (or by build_parser() for the whole tree); until then, and when its
+# extra is missing, a stub stands in that lists the verb and, when run, names the extra to install.
+_LAZY_VERBS: tuple[tuple[str, str, str, str], ...] = (
+    ("export", "kdmobile.export.cli", "export", "export a run to verified ONNX / TFLite / CoreML bundles"),
+    ("predict", "kdmobile.runtime.cli", "runtime",
+     "run a bundle on images (retrieval) or frame arrays (forecast); no torch"),
+    ("bench", "kdmobile.bench.cli", "runtime",
+     "latency, memory, size and metric of bundles vs teachers, with CI gates"),
+)
+
+# Top-level modules of each extra (what a ModuleNotFoundError names), to turn one into "install the [extra]".
+_EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "runtime": frozenset({"onnxruntime", "ai_edge_litert", "psutil"}),
+    "plot": frozenset({"matplotlib"}),  # also in [train], which `kdmobile train` names instead
+    "train": frozenset({"torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "yaml",
+                        "safetensors"}),
+    "export": frozenset({"onnx", "onnxscript", "onnx_ir", "litert_torch", "ai_edge_quantizer", "coremltools"}),
+}
+_VERB_EXTRA = {"train": "train", "data": "train", "export": "export"}  # predict and bench: what the module needs
+
+# Further verbs registered by plugins or tests: each a register(sub) function.
+_EXTRA_VERBS: list[Callable[[Any], None]] = []
+
+
+def _extra_of(module: str | None) -> str | None:
+    """The extra that provides a top-level module (None: not one of kdmobile's optional dependencies)."""
+    top = (module or "").split(".")[0]
+    return next((extra for extra, mods in _EXTRA_MODULES.items() if top in mods), None)
+
+
+def missing_extra_message(verb: str, err: ModuleNotFoundError) -> str | None:
+    """'kdmobile VERB needs the [EXTRA] extra ...' for a missing optional dependency; None for anything else."""
+    extra = _extra_of(err.name)
+    if extra is None:
+        return None
+    extra = _VERB_EXTRA.get(verb, extra)
+    return (f"kdmobile {verb} needs the [{extra}] extra ({err.name.split('.')[0]} is not installed): "
+            f"pip install 'kdmobile[{extra}]'")
+
+
+def _add_stub(sub: Any, name: str, extra: str, help_text: str, missing: ModuleNotFoundError | None) -> None:
+    """A verb whose module is not loaded: listed in `--help`; when run, it names the extra to install."""
+    def stub(args: argparse.Namespace) -> int:
+        if missing is not None:
+            raise missing
+        raise KDError(f"kdmobile {name} was not loaded by this parser (build it with build_parser(load={name!r}))")
+
+    p = sub.add_parser(name, help=help_text, add_help=False,
+                       description=f"{help_text} (needs the [{extra}] extra: pip install 'kdmobile[{extra}]')")
+    p.set_defaults(func=stub, _stub=True)
+
+
+def _add_lazy_verbs(sub: Any, load: str | None) -> None:
+    """Register each stage's verb: for real when `load` names it (or is "*"), else a stub (also when its extra is
+    missing and its module cannot be imported)."""
+    import importlib
+
+    for name, module, extra, help_text in _LAZY_VERBS:
+        missing = None
+        if load in ("*", name):
+            try:
+                importlib.import_module(module).register(sub)
+                continue
+            except ModuleNotFoundError as err:
+                if _extra_of(err.name) is None:
+                    raise
+                missing = err
+        _add_stub(sub, name, extra, help_text, missing)
+
+
+def build_parser(load: str | None = "*") -> argparse.ArgumentParser:
+    """The argument parser; `load` names the one stage verb whose module is imported ("*": all, for the docs and
+    tests; None: none, for `kdmobile --help`)."""
     parser = _Parser(prog="kdmobile", description="From large teachers to a small quantized model on a phone.")
     parser.add_argument("--version", action="version", version=f"kdmobile {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     _add_train(sub)
     _add_data(sub)
+    _add_lazy_verbs(sub, load)
     for register in _EXTRA_VERBS:
         register(sub)
-    d = sub.add_parser("doctor", help="show which backends are installed")
+    d = sub.add_parser("doctor", help="show which backends and extras are installed")
     d.set_defaults(func=_doctor)
     return parser
 
 
-def _extra_verbs() -> list[Callable[[Any], None]]:
-    """Verbs defined next to their stage (each module imports only argparse-level code at import time)."""
-    from kdmobile.bench.cli import register as bench
-    from kdmobile.export.cli import register as export
-    from kdmobile.runtime.cli import register as predict
-
-    return [export, predict, bench]
-
-
-_EXTRA_VERBS: list[Callable[[Any], None]] = _extra_verbs()
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb on a command line: the first argument that is not an option (the top level takes no values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(load=_verb_of(argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_stub", False):  # a stub's flags are the real verb's: not checked here
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as err:
+        message = missing_extra_message(args.verb, err)
+        if message is None:
+            raise
+        print(f"kdmobile: error: {message}", file=sys.stderr)
+        return 1
     except KDError as err:
         print(f"kdmobile: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -149,7 +149,10 @@ def _measure_and_report(args: argparse.Namespace, settings: Settings, p: Any, ou
     for line in rep.render_markdown(report).splitlines():
         if line.startswith("- speed-up"):
             _say(line[2:], width)
-    _say(f"wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}", width)
+    _say(f"wrote {paths['json']}, {paths['md'].name}" + (f", {paths['png'].name}" if "png" in paths else ""), width)
+    if "png" not in paths:
+        _say("note: no latency_vs_accuracy.png: matplotlib is not installed (pip install 'kdmobile[plot]')", width,
+             sys.stderr)
     failed = [g for g in gates if not g["passed"]]
     for g in failed:
         for f in g["failures"]:

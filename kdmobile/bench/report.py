@@ -369,7 +369,8 @@ def render_plot(rows: Sequence[dict[str, Any]]) -> bytes:
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]:
-    """Write report.json, report.md and latency_vs_accuracy.png into out_dir, each atomically."""
+    """Write report.json, report.md and latency_vs_accuracy.png into out_dir, each atomically; without matplotlib
+    (only the [runtime] extra installed) the plot is skipped: no "png" in the paths returned."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "latency_vs_accuracy.png"}
@@ -377,7 +378,13 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> dict[str, Path]
     write_json(paths["json"], report)
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text(render_markdown(report))
-    png = render_plot(report["rows"])
+    try:
+        png = render_plot(report["rows"])
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "matplotlib":
+            raise
+        paths.pop("png").unlink(missing_ok=True)  # no stale plot beside the new report
+        return paths
     with atomic_path(paths["png"]) as tmp:
         tmp.write_bytes(png)
     return paths
