@@ -11,26 +11,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kdmobile.data.images import as_index, check_images, existing, read_image, read_npz, short
+from kdmobile.data.images import Samples, as_index, check_images, existing, read_image, read_npz, short
 from kdmobile.errors import KDError
 
 DEFAULT_SIZE = 64
 
 
 @dataclass
-class CaptionData:
+class CaptionData(Samples):
     """Images (N,H,W,3) uint8 RGB, each with one or more reference captions."""
 
-    images: np.ndarray
+    TARGETS = "caption lists"
     captions: list[list[str]]
     name: str
 
-    def __post_init__(self) -> None:
-        if len(self.images) != len(self.captions):
-            raise ValueError(f"{len(self.images)} images but {len(self.captions)} caption lists")
-
-    def __len__(self) -> int:
-        return int(len(self.captions))
+    def targets(self) -> list[list[str]]:
+        return self.captions
 
     def subset(self, idx: np.ndarray) -> CaptionData:
         """The samples at `idx` (integer indices or a boolean mask), same name."""

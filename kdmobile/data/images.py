@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -22,20 +23,36 @@ CIFAR100_FILES = ["train", "test"]
 
 
 @dataclass
-class ClassData:
+class Samples(abc.ABC):
+    """Images (N,H,W,3) uint8 RGB, each paired with one entry of `targets` (a label or a caption list)."""
+
+    TARGETS = "targets"  # what the targets are called in errors
+    images: np.ndarray
+
+    @abc.abstractmethod
+    def targets(self) -> Any:
+        """What each image is paired with."""
+
+    def __post_init__(self) -> None:
+        t = self.targets()
+        if len(self.images) != len(t):
+            raise ValueError(f"{len(self.images)} images but {len(t)} {type(self).TARGETS}")
+
+    def __len__(self) -> int:
+        return int(len(self.images))
+
+
+@dataclass
+class ClassData(Samples):
     """Images with integer class labels: images (N,H,W,3) uint8 RGB, labels (N,) int64 in [0, len(classes))."""
 
-    images: np.ndarray
+    TARGETS = "labels"
     labels: np.ndarray
     classes: list[str]
     name: str
 
-    def __post_init__(self) -> None:
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return int(len(self.labels))
+    def targets(self) -> np.ndarray:
+        return self.labels
 
     def subset(self, idx: np.ndarray) -> ClassData:
         """The samples at `idx` (integer indices or a boolean mask), same classes and name."""
