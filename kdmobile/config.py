@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from kdmobile.errors import KDError
 
@@ -58,7 +58,7 @@ class ImageDataConfig(_Strict):
     test_frac: float = Field(0.2, gt=0, lt=1)
     max_train: int | None = Field(None, ge=1)
     max_test: int | None = Field(None, ge=1)
-    augment: Literal["auto", "none", "crop", "crop-flip", "strong"] = "auto"  # auto: strong unless flips matter
+    augment: Literal["auto", "none", "crop", "crop-flip", "affine", "strong"] = "auto"  # auto: strong unless flips matter
     split_seed: int | None = None  # seed of the train/val/test split; None = the run's seed. Fix it to compare seeds.
 
 
@@ -201,11 +201,11 @@ class SequenceDataConfig(_Strict):
     path: str | None = None
     n: int = Field(40, ge=2)
     res: int = Field(32, ge=8)
-    visc: float = Field(1e-3, gt=0)
-    t_final: float = Field(30.0, gt=0)
-    frames_in: int = Field(10, ge=1)
-    frames_out: int = Field(10, ge=1)
-    stride: int = Field(2, ge=1)
+    visc: PositiveFloat = 1e-3
+    t_final: PositiveFloat = 30.0
+    frames_in: PositiveInt = 10
+    frames_out: PositiveInt = 10
+    stride: PositiveInt = 2
     val_frac: float = Field(0.1, ge=0, lt=1)
     test_frac: float = Field(0.2, gt=0, lt=1)
 
