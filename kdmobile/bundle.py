@@ -22,6 +22,7 @@ import numpy as np
 from kdmobile import __version__
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path, sha256_file
+from kdmobile.targets import MODEL_SUFFIX, PRECISIONS, TARGET_NAMES
 from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_limited
 
 SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
@@ -29,9 +30,7 @@ MANIFEST = "manifest.json"
 SEAL = "bundle.sha256"
 MAX_FILES = 10_000
 TASKS = ("retrieval", "forecast")
-TARGETS = ("onnx", "tflite", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8")
-MODEL_SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}
+TARGETS = TARGET_NAMES  # re-exported names: the facts live in kdmobile.targets
 NORM_TOL = 1e-3  # max |‖row‖₂ − 1| accepted for class vectors
 
 # A staged file: a writer called with the destination path, an existing file/directory to copy, or raw bytes.

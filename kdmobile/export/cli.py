@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kdmobile.errors import KDError
-from kdmobile.export.exporter import PRECISIONS, TARGETS, TFLITE_RECIPES  # light: no torch at import time
+from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.quantize import INT8_FORMATS
+from kdmobile.targets import PRECISIONS, TARGET_NAMES
 
 _DESCRIPTION = """\
 Export a run directory (from `kdmobile train`) to bundles: OUT/RUNNAME-TARGET-PRECISION/ holding the model file,
@@ -46,47 +47,53 @@ def register(sub: Any) -> None:
                    help="with --verify: also compare the bundle with this run directory's student on its "
                         "held-out data (parity and metric)")
     p.add_argument("--target", metavar="T",
-                   help="onnx (default), tflite, coreml, all, or a comma list such as onnx,tflite")
+                   help=f"{_choices(TARGET_NAMES, default('targets'))}, all, or a comma list such as onnx,tflite")
     p.add_argument("--precision", metavar="P",
-                   help="fp32 (default), fp16, int8, all, or a comma list; int8 is calibrated on the run's "
-                        "training images/windows where the format needs it")
+                   help=f"{_choices(PRECISIONS, default('precisions'))}, all, or a comma list; int8 is calibrated "
+                        "on the run's training images/windows where the format needs it")
     p.add_argument("--calibration-samples", type=int, metavar="N",
-                   help="calibration samples for static int8, taken from heldout.npz (default 128, at most what "
-                        f"the run stored); must be >= 1 with int8")
+                   help="calibration samples for static int8, taken from heldout.npz (default "
+                        f"{default('calibration_samples')}, at most what the run stored); must be >= 1 with int8")
     p.add_argument("--classes", metavar="FILE",
                    help="retrieval runs: a text file with one class name per line; the run's teachers encode them "
                         "with the run's prompt templates and the student fuses them into the bundle's class "
                         "vectors (metric verification is then n/a: parity only)")
-    p.add_argument("--out", metavar="DIR", help="parent directory of the bundles (default: bundles)")
+    p.add_argument("--out", metavar="DIR", help=f"parent directory of the bundles (default: {default('out')})")
     p.add_argument("--wide", action="store_true",
                    help="print every cell in full (default: the table fits 120 columns; long statuses are shortened)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any artifact is flagged by the thresholds (for CI gates)")
     p.add_argument("--int8-format", choices=INT8_FORMATS, metavar="FMT",
-                   help="ONNX int8 format: auto (default; chosen from the ISA of the machine running the "
-                        "export and recorded in the manifest: w8a32 on x86, s8s8 on ARM64 with dotprod), "
+                   help=f"ONNX int8 format: {default('int8_format')} (default; chosen from the ISA of the machine "
+                        "running the export and recorded in the manifest: w8a32 on x86, s8s8 on ARM64 with dotprod), "
                         "s8s8 (static QDQ, int8 activations), u8s8 (static QDQ, uint8 activations), dynamic "
                         "(activations quantized per call), w8a32 (weight-only int8: ~3.5x smaller, fp32 speed); "
                         "exporting on x86 for an ARM phone, pass s8s8")
     p.add_argument("--tflite-recipe", choices=TFLITE_RECIPES, metavar="R",
-                   help="TFLite int8 recipe for ai-edge-quantizer: auto (default), dynamic (int8 weights, "
-                        "dynamic-range activations) or static (full int8, calibrated)")
+                   help=f"TFLite int8 recipe for ai-edge-quantizer: {default('tflite_recipe')} (default), dynamic "
+                        "(int8 weights, dynamic-range activations) or static (full int8, calibrated)")
     p.add_argument("--threshold-top1", type=float, metavar="POINTS",
                    help="flag an artifact whose top-1 (R@1 for captions) is more than POINTS below the fp32 "
-                        "PyTorch student (default 1.0)")
+                        f"PyTorch student (default {default('top1', Thresholds)})")
     p.add_argument("--threshold-mse", type=float, metavar="REL",
                    help="flag a forecast artifact whose MSE is more than REL above the student's, relative "
-                        "(default 0.05 = 5%%)")
+                        f"(default {default('mse', Thresholds)} = {default('mse', Thresholds):.0%}%)")
     p.add_argument("--android-assets", metavar="DIR",
                    help="also copy each exported ONNX bundle into the Android demo's assets "
                         "(e.g. android_demo/app/assets) and update its bundles/index.json")
     p.set_defaults(func=handler)
 
 
-def _expand(value: str | None, choices: Sequence[str], default: str, flag: str) -> list[str]:
-    """'all' / a comma list -> validated, de-duplicated list in the given order."""
-    text = default if value is None else value
-    items = [t.strip().lower() for t in text.split(",") if t.strip()]
+def _choices(choices: Sequence[str], chosen: Sequence[str]) -> str:
+    """'onnx (default), tflite, coreml' for a help text."""
+    return ", ".join(f"{c} (default)" if list(chosen) == [c] else c for c in choices)
+
+
+def _expand(value: str | None, choices: Sequence[str], flag: str) -> list[str] | None:
+    """'all' / a comma list -> validated, de-duplicated list in the given order (None when the flag is not given)."""
+    if value is None:
+        return None
+    items = [t.strip().lower() for t in value.split(",") if t.strip()]
     if not items:
         raise KDError(f"{flag}: empty value (choose {', '.join(choices)} or all)")
     out: list[str] = []
@@ -97,6 +104,11 @@ def _expand(value: str | None, choices: Sequence[str], default: str, flag: str) 
             if v not in out:
                 out.append(v)
     return out
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The settings whose flag was given (None = not given: the model's default applies)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _check_verify_args(args: argparse.Namespace) -> None:
@@ -128,11 +140,7 @@ def _record(run: str, bundles: list[Path]) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile export`; returns the exit code (KDError -> 2 via kdmobile.cli.main)."""
-    from kdmobile.export.verify import Thresholds, require_thresholds
-
-    th = Thresholds(top1=1.0 if args.threshold_top1 is None else args.threshold_top1,
-                    mse=0.05 if args.threshold_mse is None else args.threshold_mse)
-    require_thresholds(th)
+    th = Thresholds(**_given(top1=args.threshold_top1, mse=args.threshold_mse))  # validated here, once
     if args.verify:
         _check_verify_args(args)
         from kdmobile.export.exporter import verify_existing
@@ -143,17 +151,14 @@ def handler(args: argparse.Namespace) -> int:
             raise KDError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
         if not args.run:
             raise KDError("give a run directory to export (kdmobile export RUN) or --verify BUNDLE")
-        from kdmobile.export.exporter import ExportOptions, export_run
+        from kdmobile.export.exporter import export_run
         from kdmobile.rundir import read_method
 
-        opts = ExportOptions(
-            targets=_expand(args.target, TARGETS, "onnx", "--target"),
-            precisions=_expand(args.precision, PRECISIONS, "fp32", "--precision"),
-            out=Path(args.out or "bundles"),
-            calibration_samples=128 if args.calibration_samples is None else args.calibration_samples,
-            classes_file=Path(args.classes) if args.classes else None, strict=args.strict,
-            int8_format=args.int8_format or "auto", tflite_recipe=args.tflite_recipe or "auto", thresholds=th)
-        opts.check()
+        opts = ExportOptions(thresholds=th, strict=args.strict, **_given(  # flags not given keep the defaults
+            targets=_expand(args.target, TARGET_NAMES, "--target"),
+            precisions=_expand(args.precision, PRECISIONS, "--precision"),
+            out=args.out or None, calibration_samples=args.calibration_samples,
+            classes_file=args.classes or None, int8_format=args.int8_format, tflite_recipe=args.tflite_recipe))
         if opts.classes_file is not None and read_method(args.run) != "ammkd":
             raise KDError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                           f"{read_method(args.run)} run")

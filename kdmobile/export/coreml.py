@@ -30,8 +30,7 @@ from kdmobile import __version__
 from kdmobile.errors import KDError
 from kdmobile.export.tflite import eval_mode, quiet_native_output
 from kdmobile.fileio import atomic_path
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from kdmobile.targets import PRECISIONS
 # Ops that hold compressed weights in an ML Program (iOS16/17: affine; iOS18+: blockwise shift-scale).
 QUANTIZED_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 # Metadata keys that go to the model's own description fields instead of user_defined_metadata.
@@ -144,8 +143,9 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     - precision: fp32 (FLOAT32 compute), fp16 (FLOAT16 compute), int8 (FLOAT32 compute, int8 per-channel
       linear-symmetric weights via `ct.optimize.coreml.linear_quantize_weights`).
     - metadata: "author", "short_description", "license" fill the model description; every other key goes to
-      `user_defined_metadata` (non-string values JSON-encoded, e.g. labels); "kdmobile.version" and
-      "kdmobile.precision" are added unless given.
+      `user_defined_metadata` (non-string values JSON-encoded, e.g. labels); "kdmobile_version" and
+      "kdmobile_precision" are added unless given (the keys of kdmobile.export.metadata, as in ONNX and TFLite),
+      and the short description names "kdmobile_task".
     - The package is written to a temporary sibling and renamed into place.
 
     Returns {"validated": True, "inputs", "outputs", "metadata_keys", "quantized_weight_ops", "op_types",
@@ -159,8 +159,8 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     if out_path.suffix != ".mlpackage":
         raise KDError(f"{out_path}: a CoreML ML Program must be saved as a .mlpackage directory")
     meta = {k: _meta_str(v) for k, v in metadata.items()}
-    meta.setdefault("kdmobile.version", __version__)
-    meta.setdefault("kdmobile.precision", precision)
+    meta.setdefault("kdmobile_version", __version__)
+    meta.setdefault("kdmobile_precision", precision)
     example = example.detach().to(torch.float32)
 
     t0 = time.perf_counter()
@@ -188,7 +188,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
 
         mlmodel.author = meta.pop("author", "kdmobile")
         mlmodel.short_description = meta.pop(
-            "short_description", f"kdmobile {meta.get('kdmobile.task', 'model')} ({precision})")
+            "short_description", f"kdmobile {meta.get('kdmobile_task', 'model')} ({precision})")
         if "license" in meta:
             mlmodel.license = meta.pop("license")
         for key, value in meta.items():

@@ -1,9 +1,10 @@
 """`kdmobile export`: a run directory -> checked bundles, one per target x precision, each verified at export.
 
-Reads only the run directory (student.safetensors, heldout.npz, class vectors, teachers/ for --classes; nothing is
-unpickled), dispatches to one
-converter per target, writes each bundle atomically through kdmobile.bundle.write_bundle with verification run by
-the runtime's own predictors inside the write (a failed threshold flags the bundle; an exception leaves none).
+Reads only the run directory (export/run.py: student.safetensors, heldout.npz, class vectors, teachers/ for
+--classes; nothing is unpickled), dispatches to one converter per target (export/jobs.py), writes each bundle
+atomically through kdmobile.bundle.write_bundle with verification run by the runtime's own predictors inside the
+write (a failed threshold flags the bundle; an exception leaves none). Settings: export/options.py; the outcome:
+export/report.py; per-target facts: kdmobile/targets.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,251 +21,28 @@ import numpy as np
 from kdmobile import __version__
 from kdmobile.bundle import Bundle, load_bundle, write_bundle, write_class_vectors
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
-from kdmobile.errors import KDError
-from kdmobile.export.quantize import INT8_FORMATS, file_size
-from kdmobile.export.verify import (TABLE_HEADERS, Reference, Thresholds, format_results, reference_captions, reference_classes,
-                                    reference_forecast, reference_row, require_thresholds, table_row, verify_bundle,
-                                    verify_random)
-from kdmobile.errors import ToolError
-from kdmobile.fileio import MIN_FREE_BYTES, check_writable, clean_stale, sha256_file
-from kdmobile.table import fit_table_notes, precision_label
-from kdmobile.rundir import STUDENT_FILE, read_method, require_complete, teacher_file
+from kdmobile.errors import KDError, ToolError
+from kdmobile.export.jobs import CONVERTERS, Job
+from kdmobile.export.metadata import model_metadata
+from kdmobile.export.options import DEFAULT_CALIBRATION, TFLITE_RECIPES, ExportOptions, Thresholds
+from kdmobile.export.quantize import file_size
+from kdmobile.export.report import Artifact, ExportReport
+from kdmobile.export.run import Run, load_run, read_classes_file
+from kdmobile.export.verify import (Reference, format_results, reference_captions, reference_classes,
+                                    reference_forecast, reference_row, verify_bundle, verify_random)
+from kdmobile.fileio import MIN_FREE_BYTES, sha256_file
+from kdmobile.rundir import STUDENT_FILE, teacher_file
+from kdmobile.targets import MODEL_FILE, PRECISIONS, TARGET_NAMES
+from kdmobile.targets import TARGETS as TARGETS_TABLE
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
-TARGETS = ("onnx", "tflite", "coreml")
-PRECISIONS = ("fp32", "fp16", "int8")
-TFLITE_RECIPES = ("auto", "dynamic", "static")
-MODEL_FILE = {"onnx": "model.onnx", "tflite": "model.tflite", "coreml": "model.mlpackage"}
+__all__ = ["Artifact", "CONVERTERS", "DEFAULT_CALIBRATION", "ExportOptions", "ExportReport", "Exporter", "Job",
+           "MODEL_FILE", "PRECISIONS", "Run", "TARGETS", "TFLITE_RECIPES", "export_run", "load_run",
+           "read_classes_file", "verify_existing"]
+
+TARGETS = TARGET_NAMES  # the names, as before; the table itself is kdmobile.targets.TARGETS
 IO_NAMES = {"retrieval": ("image", "embedding"), "forecast": ("frames", "forecast")}
-DEFAULT_CALIBRATION = 128
 VERIFY_SAMPLES = 1000  # held-out samples used for parity and metrics (the PyTorch reference uses the same ones)
-
-
-# ------------------------------------------------------------------------------------------------- run directory
-@dataclass
-class Run:
-    """What export needs from a run directory: the student, its extra dict and the held-out arrays."""
-
-    path: Path
-    method: str
-    kind: str                    # "classes" | "captions" | "forecast"
-    model: Any
-    extra: dict[str, Any]
-    heldout: dict[str, np.ndarray]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def task(self) -> str:
-        """The bundle task."""
-        return "forecast" if self.kind == "forecast" else "retrieval"
-
-
-def load_run(path: str | Path) -> Run:
-    """Open a run directory with one-line errors for a missing/foreign/unfinished one."""
-    p = Path(path).expanduser().resolve()
-    method = read_method(p)
-    if method not in ("ammkd", "sdkd"):
-        raise KDError(f"{p}: method {method!r} has no exporter (expected ammkd or sdkd)")
-    require_complete(p, "export")
-    student = p / STUDENT_FILE
-    if not student.is_file():
-        old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
-            if (p / "student.pt").is_file() else " (was the run finished?)"
-        raise KDError(f"{p}: {STUDENT_FILE} missing{old}")
-    if not (p / "heldout.npz").is_file():
-        raise KDError(f"{p}: heldout.npz missing (held-out and calibration data; was the run finished?)")
-    from kdmobile.models.registry import load_model
-
-    model, extra = load_model(student)
-    heldout = load_npz(p / "heldout.npz")
-    kind = extra.get("task", "forecast" if method == "sdkd" else "classes")
-    if method == "sdkd" and kind != "forecast":
-        raise KDError(f"{student}: an sdkd student should have task 'forecast', not {kind!r}")
-    if kind not in ("classes", "captions", "forecast"):
-        raise KDError(f"{student}: unknown task {kind!r}")
-    return Run(p, method, kind, model.eval(), dict(extra), heldout)
-
-
-def read_classes_file(path: str | Path) -> list[str]:
-    """Class names, one per line (blank lines ignored); one-line errors for missing, empty or duplicate names."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise KDError(f"--classes {p}: no such file")
-    try:
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise KDError(f"--classes {p}: unreadable ({e})") from None
-    names = [n for n in names if n]
-    if not names:
-        raise KDError(f"--classes {p}: no class names (one per line)")
-    seen: set[str] = set()
-    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
-    if dups:
-        raise KDError(f"--classes {p}: duplicate class names: {', '.join(dups)}")
-    return names
-
-
-def _need(run: Run, key: str) -> np.ndarray:
-    if key not in run.heldout:
-        raise KDError(f"{run.path / 'heldout.npz'}: no {key!r} array")
-    return run.heldout[key]
-
-
-# ------------------------------------------------------------------------------------------------------ options
-@dataclass
-class ExportOptions:
-    """The export verb's choices, validated by `check`."""
-
-    targets: list[str] = field(default_factory=lambda: ["onnx"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
-    out: Path = Path("bundles")
-    calibration_samples: int = DEFAULT_CALIBRATION
-    classes_file: Path | None = None
-    strict: bool = False
-    int8_format: str = "auto"
-    tflite_recipe: str = "auto"
-    thresholds: Thresholds = field(default_factory=Thresholds)
-
-    def check(self) -> None:
-        """One-line errors for bad values and combinations."""
-        for t in self.targets:
-            if t not in TARGETS:
-                raise KDError(f"unknown target {t!r} (choose {', '.join(TARGETS)} or all)")
-        for pr in self.precisions:
-            if pr not in PRECISIONS:
-                raise KDError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
-        if self.int8_format not in INT8_FORMATS:
-            raise KDError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
-        if self.tflite_recipe not in TFLITE_RECIPES:
-            raise KDError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
-        if self.calibration_samples < 0:
-            raise KDError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
-        if self.calibration_samples == 0 and "int8" in self.precisions:
-            raise KDError("--calibration-samples 0 with int8: static int8 needs at least 1 calibration sample")
-        require_thresholds(self.thresholds)
-        if self.classes_file is not None:
-            read_classes_file(self.classes_file)
-        out = Path(self.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise KDError(f"--out {out}: exists and is not a directory")
-
-    def prepare_out(self) -> Path:
-        """Prove --out is writable with free space (before any conversion) and remove temporaries of killed exports."""
-        out = check_writable(self.out, "--out")
-        out.mkdir(parents=True, exist_ok=True)  # removed again by export_run if nothing lands in it
-        clean_stale(out)
-        return out
-
-
-# ------------------------------------------------------------------------------------------------------- jobs
-@dataclass
-class Job:
-    """One artifact to convert: everything a converter may need."""
-
-    model: Any
-    example: Any
-    out_path: Path
-    precision: str
-    calibration: np.ndarray | None
-    int8_format: str
-    tflite_recipe: str
-    input_name: str
-    output_name: str
-    metadata: dict[str, str]
-
-
-def _onnx(job: Job) -> dict[str, Any]:
-    from kdmobile.export.onnx import convert_onnx
-
-    return convert_onnx(job.model, job.example, job.out_path, job.precision, job.calibration, job.int8_format,
-                        input_name=job.input_name, output_name=job.output_name, metadata=job.metadata)
-
-
-def _tflite(job: Job) -> dict[str, Any]:
-    try:
-        from kdmobile.export.tflite import convert_tflite
-    except ImportError as e:
-        raise KDError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
-    info = convert_tflite(job.model, job.example, job.out_path, job.precision, job.calibration,
-                          recipe=job.tflite_recipe)
-    return {"quantization": {"format": info.get("recipe", job.precision), **info}}
-
-
-def _coreml(job: Job) -> dict[str, Any]:
-    try:
-        from kdmobile.export.coreml import convert_coreml
-    except ImportError as e:
-        raise KDError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
-    import torch
-
-    torch.backends.mha.set_fastpath_enabled(False)
-    info = convert_coreml(job.model, job.example, job.out_path, job.precision, job.metadata,
-                          input_name=job.input_name, output_name=job.output_name)
-    weights = {"fp32": "none", "fp16": "fp16", "int8": "int8 weights"}[job.precision]
-    return {"quantization": {"format": weights}, "coreml": info}
-
-
-# target -> converter(job) -> {"quantization": {...}, other manifest sections...}; tests monkeypatch entries.
-CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
-
-
-@dataclass
-class Artifact:
-    """The outcome of one target x precision: the bundle (or the error) and its verification."""
-
-    target: str
-    precision: str
-    bundle: Path | None = None
-    size: int | None = None
-    verification: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    error_is_user: bool = False
-
-    @property
-    def flagged(self) -> bool:
-        return bool(self.verification.get("flagged"))
-
-    def row(self) -> list[Any]:
-        if self.error is not None:
-            return [self.target, self.precision, None, None, None, "-", "-", f"FAILED: {self.error}"]
-        row = table_row(self.target, self.precision, self.size, self.verification)
-        row[1] = precision_label(self.precision, self.quantization())  # name the int8 format that was chosen
-        return row
-
-    def quantization(self) -> str | None:
-        """The quantization format recorded in the bundle's manifest (w8a32, dynamic_wi8_afp32, ...), if any."""
-        try:
-            manifest = json.loads((Path(self.bundle) / "manifest.json").read_text()) if self.bundle else {}
-        except (OSError, ValueError):
-            return None
-        return (manifest.get("quantization") or {}).get("format")
-
-
-@dataclass
-class ExportReport:
-    """Everything one `kdmobile export` did, and the printed table."""
-
-    artifacts: list[Artifact]
-    table: str
-    rows: list[list[Any]] = field(default_factory=list)
-
-    def render(self, wide: bool = False, width: int = 120) -> str:
-        """The verification table: as is (wide), or fitted to `width` columns by moving long metric or status
-        texts under the table as numbered notes."""
-        if wide or not self.rows:
-            return self.table
-        return fit_table_notes(TABLE_HEADERS, self.rows, width, movable=(5, len(TABLE_HEADERS) - 1))
-
-    @property
-    def failed(self) -> list[Artifact]:
-        return [a for a in self.artifacts if a.error is not None]
-
-    @property
-    def flagged(self) -> list[Artifact]:
-        return [a for a in self.artifacts if a.flagged]
 
 
 # ---------------------------------------------------------------------------------------------------- exporter
@@ -274,8 +51,8 @@ class Exporter:
 
     def __init__(self, run: Run, opts: ExportOptions, log: Callable[[str], None] = print,
                  bundled: tuple[np.ndarray, list[str], bool] | None = None) -> None:
-        """`bundled` = (class vectors, labels, new_classes) of an existing bundle, for --verify."""
-        opts.check()
+        """`bundled` = (class vectors, labels, new_classes) of an existing bundle, for --verify. `opts` were
+        validated when they were built."""
         if opts.classes_file is not None and run.task != "retrieval":
             raise KDError(f"--classes: {run.name} is an {run.method} ({run.kind}) run; new classes only apply to "
                           "retrieval (ammkd) runs")
@@ -305,11 +82,11 @@ class Exporter:
         """(normalised model inputs, raw runtime inputs) of the held-out split, capped at VERIFY_SAMPLES."""
         run = self.run
         if run.task == "forecast":
-            x = _need(run, "x_test")[:VERIFY_SAMPLES].astype(np.float32)
+            x = run.need("x_test")[:VERIFY_SAMPLES].astype(np.float32)
             return x, (x * self.std + self.mean).astype(np.float32)
         from kdmobile.data.transforms import normalise
 
-        images = _need(run, "images_test")[:VERIFY_SAMPLES]
+        images = run.need("images_test")[:VERIFY_SAMPLES]
         if images.dtype != np.uint8 or images.ndim != 4:
             raise KDError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")
         return normalise(images, tuple(self.img_mean), tuple(self.img_std)), images
@@ -374,10 +151,11 @@ class Exporter:
             if missing:
                 raise KDError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
             self.class_vectors = self._fuse([z[t] for t in teachers])
-            self.labels = list(run.extra.get("labels") or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
+            self.labels = list(run.extra.get("labels")
+                               or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
         else:  # captions: the gallery is the held-out captions, fused like class vectors
-            self.class_vectors = self._fuse([_need(run, f"textvec_test_{t}") for t in teachers])
-            self.labels = [str(c) for c in _need(run, "captions_test")]
+            self.class_vectors = self._fuse([run.need(f"textvec_test_{t}") for t in teachers])
+            self.labels = [str(c) for c in run.need("captions_test")]
             self.class_source = "held-out captions"
         if self.class_vectors is None or len(self.labels) != len(self.class_vectors):
             raise KDError(f"{run.path}: {len(self.labels)} labels for "
@@ -387,21 +165,21 @@ class Exporter:
         """Up to --calibration-samples normalised training inputs for static int8."""
         run, n = self.run, self.opts.calibration_samples
         if run.task == "forecast":
-            return _need(run, "x_calib")[:n].astype(np.float32)
+            return run.need("x_calib")[:n].astype(np.float32)
         from kdmobile.data.transforms import normalise
 
-        return normalise(_need(run, "images_calib")[:n], tuple(self.img_mean), tuple(self.img_std))
+        return normalise(run.need("images_calib")[:n], tuple(self.img_mean), tuple(self.img_std))
 
     def _reference(self) -> Reference:
         """The fp32 PyTorch student's outputs and metric on the held-out inputs."""
         run, n = self.run, len(self.model_inputs)
         if run.kind == "forecast":
-            y = _need(run, "y_test")[:n].astype(np.float32)
+            y = run.need("y_test")[:n].astype(np.float32)
             return reference_forecast(run.model, self.model_inputs, y, self.mean, self.std)
         if run.kind == "captions":
-            owner = _need(run, "caption_owner_test")
+            owner = run.need("caption_owner_test")
             keep = owner < n
-            text = self._fuse([_need(run, f"textvec_test_{t}")[keep] for t in run.extra.get("teachers", [])])
+            text = self._fuse([run.need(f"textvec_test_{t}")[keep] for t in run.extra.get("teachers", [])])
             return reference_captions(run.model, self.raw_inputs, self.model_inputs, text, owner[keep])
         labels = run.heldout.get("labels_test")
         return reference_classes(run.model, self.raw_inputs, self.model_inputs,
@@ -457,10 +235,8 @@ class Exporter:
     def _versions(target: str) -> dict[str, str | None]:
         from importlib.metadata import PackageNotFoundError, version
 
-        pkgs = {"onnx": ["torch", "onnx", "onnxruntime"], "tflite": ["torch", "litert-torch", "ai-edge-quantizer"],
-                "coreml": ["torch", "coremltools"]}[target]
         out = {}
-        for p in pkgs:
+        for p in TARGETS_TABLE[target].export_packages:
             try:
                 out[p] = version(p)
             except PackageNotFoundError:
@@ -468,10 +244,8 @@ class Exporter:
         return {"versions": out}  # type: ignore[dict-item]
 
     def metadata(self, target: str, precision: str) -> dict[str, str]:
-        """String metadata carried inside the model file itself."""
-        return {"kdmobile_version": __version__, "kdmobile_task": self.run.task, "kdmobile_run": self.run.name,
-                "kdmobile_target": target, "kdmobile_precision": precision, "input_name": self.input_name,
-                "output_name": self.output_name}
+        """String metadata carried inside the model file itself (the same keys in every format)."""
+        return model_metadata(self.run.task, self.run.name, target, precision, self.input_name, self.output_name)
 
     # ------------------------------------------------------------------------ export
     def export_one(self, target: str, precision: str) -> Artifact:
@@ -541,7 +315,6 @@ class Exporter:
 
 def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
     """Export a run directory to bundles (see Exporter); --out is checked before any conversion starts."""
-    opts.check()
     run = load_run(run_dir)
     out = Path(opts.out).expanduser()
     created = not out.exists()
@@ -564,7 +337,6 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: st
     The manifest's `source.run_dir` is never followed: a bundle names whatever it likes, and only a run directory
     the user points at (--run DIR) is opened.
     """
-    require_thresholds(thresholds)
     bundle = load_bundle(bundle_path)  # refuses a broken seal, unlisted files, bad checksums or schema
     source = bundle.manifest.get("source") or {}
     art = Artifact(bundle.target, bundle.precision, bundle=bundle.path, size=file_size(bundle.model_path))

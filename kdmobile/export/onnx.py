@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kdmobile.errors import KDError
+from kdmobile.targets import PRECISIONS
 
 OPSET = 17
 # ORT_ENABLE_BASIC only does semantics-preserving rewrites that stay in the standard ONNX domain (constant folding,
@@ -83,20 +84,6 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
             "tool": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"}
 
 
-def set_metadata(path: Path, metadata: Mapping[str, str]) -> None:
-    """Carry kdmobile metadata inside the .onnx file itself (metadata_props), as Ultralytics does."""
-    import onnx
-
-    model = onnx.load(str(path))
-    existing = {p.key: p for p in model.metadata_props}
-    for k, v in metadata.items():
-        if k in existing:
-            existing[k].value = str(v)
-        else:
-            model.metadata_props.add(key=str(k), value=str(v))
-    onnx.save(model, str(path))
-
-
 def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calibration: np.ndarray | None,
                  int8_format: str = "auto", *, input_name: str = "input", output_name: str = "output",
                  metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -105,7 +92,7 @@ def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calib
 
     from kdmobile.export.quantize import quantize_onnx, quiet, resolve_int8_format
 
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in PRECISIONS:
         raise KDError(f"unknown precision {precision!r} for onnx")
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix=".onnx-work.", dir=out_path.parent) as tmp:
@@ -127,5 +114,7 @@ def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calib
             details = quantize_onnx(fp32, out_path, fmt, calibration, input_name, work)
             info["quantization"] = {"format": fmt, **facts, **details}
     if metadata:
-        set_metadata(out_path, metadata)
+        from kdmobile.export.metadata import write_onnx
+
+        write_onnx(out_path, metadata)
     return info

@@ -1,9 +1,8 @@
 """Before converting: trace the model and refuse, in one line, operators a target is known not to take.
 
-The deny-lists are small and explicit (what was seen to fail, or what the bundle contract rules out); a converter
-error is still caught and reported per artifact by the exporter. FFTs and complex tensors are refused for every
-target: the exported students are real-valued and FFT-free by design (SDKD's FFT lives only in the training loss),
-so an FFT in a student is a bug that would otherwise surface as a long converter traceback.
+The deny-lists (kdmobile.targets, one per target) are small and explicit (what was seen to fail, or what the bundle
+contract rules out); a converter error is still caught and reported per artifact by the exporter. FFTs and complex
+tensors are refused for every target.
 """
 
 from __future__ import annotations
@@ -13,22 +12,10 @@ import warnings
 from typing import Any, Iterable
 
 from kdmobile.errors import KDError
+from kdmobile.targets import TARGETS
 
-_COMMON = {
-    r"^aten\._?fft_": "FFT",
-    r"^aten\.(i?stft)$": "STFT",
-    r"^aten\.(complex|polar|view_as_complex|view_as_real|real|imag|conj|_conj|conj_physical|angle)$": "complex",
-}
-# Probed with litert-torch 0.10 + ai-edge-litert 2.3 (tiny one-op models): 2-D FFT ("only 1D FFT on the last
-# dimension"), nonzero (data-dependent shape), median/kthvalue ("Lowering not found") and argsort fail to convert;
-# sort/topk convert but the interpreter lacks STABLEHLO_SORT. grid_sample, pixel_shuffle, unfold, cumsum, bicubic
-# resize, roll and atan2 converted and ran.
-_TFLITE = {
-    r"^aten\.(nonzero|unique|_unique2|unique_consecutive|masked_select)$": "data-dependent output shape",
-    r"^aten\.(sort|argsort|msort|topk)$": "STABLEHLO_SORT is not in the LiteRT interpreter",
-    r"^aten\.(median|nanmedian|kthvalue|mode)$": "no litert-torch lowering",
-}
-DENY: dict[str, dict[str, str]] = {"onnx": dict(_COMMON), "tflite": {**_COMMON, **_TFLITE}, "coreml": dict(_COMMON)}
+# target -> {operator regex: why}; the deny-lists themselves are in the target table (kdmobile.targets)
+DENY: dict[str, dict[str, str]] = {name: dict(t.deny_ops) for name, t in TARGETS.items()}
 COMPLEX_MARK = "complex tensors"
 
 

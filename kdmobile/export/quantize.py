@@ -118,11 +118,12 @@ def _reader(input_name: str, data: np.ndarray) -> Any:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence onnxruntime.quantization's root-logger warnings and Python warnings (e.g. per-channel axis notes)."""
+    """Silence onnxruntime.quantization's root-logger warnings and Python warnings (e.g. per-channel axis notes) for
+    the block; the root logger's level and the warning filters are restored however the block ends."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)
     try:
+        root.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield

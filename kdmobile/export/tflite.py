@@ -26,9 +26,10 @@ import sys
 import tempfile
 import time
 import warnings
+import weakref
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -36,10 +37,10 @@ from torch import nn
 
 from kdmobile.errors import KDError
 from kdmobile.fileio import atomic_path
+from kdmobile.targets import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 INT8_RECIPES = ("auto", "dynamic", "static")
 MAX_CALIBRATION_SAMPLES = 128
 
@@ -118,17 +119,26 @@ def _litert_quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode (and the MHA fast path off, see DESIGN.md) for the block; restore both after."""
-    was_training = model.training
+def mha_fastpath_off() -> Iterator[None]:
+    """Switch PyTorch's process-wide MHA fast path off for the block (see DESIGN.md) and restore it after."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode (and the MHA fast path off) for the block; restore both after."""
+    was_training = model.training
     model.eval()
     try:
-        yield model
+        with mha_fastpath_off():
+            yield model
     finally:
         model.train(was_training)
-        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,33 +200,35 @@ def choose_int8_recipe(model: nn.Module, recipe: str, have_calibration: bool,
 # Conversion and quantization
 
 
-# The last float conversion, keyed by model identity + a digest of its weights and of the example: an export of
-# fp32, fp16 and int8 converts the model once (~15 s for the MobileNetV3 student) and quantizes that thrice.
-_last_float: tuple[tuple, bytes] | None = None
+# The last float conversion: a weak reference to the model object (not its id(), which a new object may reuse once
+# this one is gone), a digest of its weights and of the example, and the flatbuffer. An export of fp32, fp16 and
+# int8 converts the model once (~15 s for the MobileNetV3 student) and quantizes that thrice.
+_last_float: tuple[weakref.ref, str, bytes] | None = None
 
 
-def _float_key(model: nn.Module, example: torch.Tensor) -> tuple:
-    h = hashlib.sha256()
+def _float_digest(model: nn.Module, example: torch.Tensor) -> str:
+    h = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in list(model.state_dict().items()) + [("__example__", example)]:
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return (id(model), type(model).__qualname__, h.hexdigest())
+    return h.hexdigest()
 
 
 def convert_float(model: nn.Module, example: torch.Tensor, reuse: bool = True) -> bytes:
     """litert-torch conversion of `model(example)` to a float32 .tflite flatbuffer (bytes).
 
-    With `reuse`, a repeat call for the same model object with the same weights and example returns the previous
-    result instead of converting again.
+    With `reuse`, a repeat call for the same (still living) model object with the same weights and example returns
+    the previous result instead of converting again.
     """
     global _last_float
-    key = _float_key(model, example) if reuse else None
-    if key is not None and _last_float is not None and _last_float[0] == key:
-        return _last_float[1]
+    digest = _float_digest(model, example) if reuse else None
+    last = _last_float
+    if digest is not None and last is not None and last[0]() is model and last[1] == digest:
+        return last[2]
     data = _convert_float(model, example)
-    if key is not None:
-        _last_float = (key, data)
+    if digest is not None:
+        _last_float = (weakref.ref(model), digest, data)
     return data
 
 
@@ -317,12 +329,14 @@ def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
 
 
 def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, precision: str,
-                   calibration: np.ndarray | None, recipe: str = "auto") -> dict[str, Any]:
+                   calibration: np.ndarray | None, recipe: str = "auto",
+                   metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Convert `model` to a .tflite file at `out_path` in fp32, fp16 or int8; return a manifest entry.
 
     `example` is one input as PyTorch takes it (NCHW, fixed batch); the file keeps that layout and float32 I/O.
     `calibration` (float32, (N, *example.shape[1:]) or (N, *example.shape)) is used by static int8 only.
     `recipe` matters for int8 only: "auto" | "dynamic" | "static" (see the module docstring).
+    `metadata` goes into the flatbuffer's metadata table (kdmobile.export.metadata.embed_tflite).
     The file is written to a temporary sibling and renamed into place; errors are one-line KDErrors.
     """
     if precision not in PRECISIONS:
@@ -364,6 +378,10 @@ def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, prec
             if kind == "static":
                 info["calibration_inputs"] = len(batches)
         info["quantize_seconds"] = round(time.perf_counter() - t1, 2)
+    if metadata:
+        from kdmobile.export.metadata import embed_tflite
+
+        data = embed_tflite(data, metadata)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)

@@ -10,21 +10,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from kdmobile.bundle import Bundle
-from kdmobile.errors import KDError
+from kdmobile.export.options import Thresholds, require_thresholds  # noqa: F401 - re-exported: the settings' home
 from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
 from kdmobile.table import format_table
 
 MIN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
 PREPROCESS_TOL = 1e-3    # max |runtime preprocessing - training preprocessing| before flagging
 TABLE_HEADERS = ["target", "precision", "size KB", "max|Δ|", "cosine", "metric", "Δ vs fp32", "status"]
-
-
-@dataclass
-class Thresholds:
-    """When an artifact is flagged: top-1 (or R@1) drop in points, relative MSE rise."""
-
-    top1: float = 1.0
-    mse: float = 0.05
 
 
 @dataclass
@@ -275,11 +267,3 @@ def reference_row(ref: Reference, size_bytes: int | None) -> list[Any]:
 def format_results(rows: Sequence[Sequence[Any]]) -> str:
     """The verification table."""
     return format_table(TABLE_HEADERS, rows)
-
-
-def require_thresholds(th: Thresholds) -> None:
-    """One-line error for thresholds that make no sense."""
-    if not (th.top1 >= 0):
-        raise KDError(f"--threshold-top1 must be >= 0 points, got {th.top1}")
-    if not (th.mse >= 0):
-        raise KDError(f"--threshold-mse must be >= 0 (a relative rise, 0.05 = 5%), got {th.mse}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from kdmobile.console import quiet_native_stderr
 from kdmobile.errors import KDError
+from kdmobile.targets import TARGETS
 
 if TYPE_CHECKING:
     from kdmobile.bundle import Bundle
@@ -197,21 +198,17 @@ class TorchBackend:
         return [o.detach().float().cpu().numpy() for o in outs]
 
 
-_BACKENDS = {"onnx": OnnxBackend, "tflite": LiteRTBackend, "coreml": CoreMLBackend}
-
-
 def open_backend(bundle: "Bundle", threads: int = 1) -> Backend:
-    """The backend that runs this bundle's model file, chosen by its target."""
-    cls = _BACKENDS.get(bundle.target)
+    """The backend that runs this bundle's model file, chosen by its target (kdmobile.targets names the class)."""
+    target = TARGETS.get(bundle.target)
+    cls = globals().get(target.runtime) if target is not None else None
     if cls is None:
         raise KDError(f"bundle {bundle.path}: no runtime backend for target {bundle.target!r}")
     return cls(Path(bundle.model_path), threads=threads)
 
 
-_PACKAGES = {  # module name -> distribution name
-    "onnxruntime": "onnxruntime", "ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-    "tensorflow": "tensorflow", "coremltools": "coremltools", "torch": "torch",
-}
+# module name -> distribution name: every target's runtime packages, then torch (TorchBackend)
+_PACKAGES = {**{m: d for t in TARGETS.values() for m, d in t.runtime_packages.items()}, "torch": "torch"}
 
 
 def _version(module: str, dist: str) -> str | None:

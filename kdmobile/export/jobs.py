@@ -1,0 +1,63 @@
+"""One artifact to convert (Job) and the converter per target: each imports its converter lazily, so a missing
+extra is a one-line error for that target only, and returns the manifest sections it adds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kdmobile.errors import KDError
+
+
+@dataclass
+class Job:
+    """One artifact to convert: everything a converter may need."""
+
+    model: Any
+    example: Any
+    out_path: Path
+    precision: str
+    calibration: np.ndarray | None
+    int8_format: str
+    tflite_recipe: str
+    input_name: str
+    output_name: str
+    metadata: dict[str, str]     # kdmobile.export.metadata.model_metadata: written into the model file itself
+
+
+def _onnx(job: Job) -> dict[str, Any]:
+    from kdmobile.export.onnx import convert_onnx
+
+    return convert_onnx(job.model, job.example, job.out_path, job.precision, job.calibration, job.int8_format,
+                        input_name=job.input_name, output_name=job.output_name, metadata=job.metadata)
+
+
+def _tflite(job: Job) -> dict[str, Any]:
+    try:
+        from kdmobile.export.tflite import convert_tflite
+    except ImportError as e:
+        raise KDError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
+    info = convert_tflite(job.model, job.example, job.out_path, job.precision, job.calibration,
+                          recipe=job.tflite_recipe, metadata=job.metadata)
+    return {"quantization": {"format": info.get("recipe", job.precision), **info}}
+
+
+def _coreml(job: Job) -> dict[str, Any]:
+    try:
+        from kdmobile.export.coreml import convert_coreml
+        from kdmobile.export.tflite import mha_fastpath_off
+    except ImportError as e:
+        raise KDError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
+    with mha_fastpath_off():  # restored afterwards: the switch is process-wide
+        info = convert_coreml(job.model, job.example, job.out_path, job.precision, job.metadata,
+                              input_name=job.input_name, output_name=job.output_name)
+    weights = {"fp32": "none", "fp16": "fp16", "int8": "int8 weights"}[job.precision]
+    return {"quantization": {"format": weights}, "coreml": info}
+
+
+# target (kdmobile.targets) -> converter(job) -> {"quantization": {...}, other manifest sections...}; tests
+# monkeypatch entries.
+CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
