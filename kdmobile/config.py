@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from kdmobile.errors import KDError
@@ -151,6 +150,8 @@ def _one_line(err: ValidationError) -> str:
 def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] | None = None) -> M:
     """Defaults <- YAML file <- `--set a.b=v` strings <- explicit flag overrides (None values are ignored)."""
+    import yaml  # the [train] extra: imported here so the runtime-only install can import the CLI
+
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path).expanduser()
@@ -189,6 +190,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def save_config(path: str | os.PathLike, cfg: BaseModel) -> None:
     """Write the resolved config as YAML (atomically), so the run can be repeated."""
+    import yaml
+
     from kdmobile.fileio import atomic_path
 
     with atomic_path(path) as tmp:

@@ -1,0 +1,26 @@
+"""argparse pieces every verb shares: a parser whose errors are one line, a sub-command with the verbs' help
+layout, and comma lists; argparse-level only, so verb modules stay cheap to import."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"kdmobile: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_command(sub: Any, name: str, help: str, description: str, epilog: str | None = None,
+                **kwargs: Any) -> argparse.ArgumentParser:
+    """A sub-command whose description and examples epilog keep their line breaks in `--help`."""
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def csv_list(text: str) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]."""
+    return [t.strip() for t in text.split(",") if t.strip()]

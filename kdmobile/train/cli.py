@@ -1,0 +1,215 @@
+"""The `kdmobile train` verb (ammkd, sdkd): flags, config overrides and the run plan; the methods themselves (and
+torch) are imported only when a training runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kdmobile.argparsing import Parser, add_command, csv_list
+from kdmobile.config import KD_MODES
+from kdmobile.errors import UserError
+
+
+def _add_common_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (e.g. a previous run's config.yaml); flags override it")
+    p.add_argument("--name", help="run name: outputs go to OUT/NAME (NAME2, NAME3... if taken)")
+    p.add_argument("--out", help="parent directory of runs (default: runs)")
+    p.add_argument("--seed", type=int, help="seed for splits, initialisation and data order")
+    p.add_argument("--epochs", type=int, help="student epochs")
+    p.add_argument("--batch-size", type=int, help="student batch size (per process under torchrun)")
+    p.add_argument("--lr", type=float, help="student learning rate")
+    p.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set teacher_train.epochs=2 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run OUT/NAME where it stopped")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (the plan, one line per epoch and log.jsonl remain)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the run plan (data, stages, device, teachers, estimated time) and exit; writes nothing")
+    p.add_argument("--teachers-from", metavar="RUN",
+                   help="reuse the trained teachers of an earlier run of this method (RUN/teachers/*.pt) without "
+                        "training them again (teacher epochs default to 0)")
+
+
+def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keys set by the flags every method has (None = not given)."""
+    return {"name": args.name, "out": args.out, "seed": args.seed, "teacher_train.epochs": args.teacher_epochs,
+            "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
+            "train.device": args.device, "teacher_train.device": args.device}
+
+
+def _teachers_from(args: argparse.Namespace, method: str) -> list[str] | None:
+    """Teacher files of --teachers-from RUN (None without it); teacher epochs then default to 0."""
+    if not args.teachers_from:
+        return None
+    if args.teachers is not None:
+        raise UserError("give --teachers or --teachers-from, not both")
+    from kdmobile.train.plan import teacher_files_from
+
+    files = teacher_files_from(args.teachers_from, method)
+    if args.teacher_epochs is None:
+        args.teacher_epochs = 0
+    return files
+
+
+def _train_with_plan(job: Any, plan: Any, dry_run: bool, progress: bool) -> dict[str, Any] | None:
+    """Print the plan; unless a dry run, train with a reporter installed (epoch lines, summaries, estimates)."""
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.progress import Reporter, reporting
+
+    if dist.is_main():
+        print(plan.render(), flush=True)
+    if dry_run:
+        if dist.is_main():
+            print("dry run: nothing was trained or written")
+        return None
+    reporter = Reporter(stages=plan.stages)
+    with reporting(reporter):
+        metrics = job.run_all()
+    if dist.is_main():
+        print(reporter.total_line())
+    return metrics
+
+
+def _train_ammkd(args: argparse.Namespace) -> int:
+    from kdmobile.config import AMMKDConfig, load_config
+
+    reused = _teachers_from(args, "ammkd")
+    overrides: dict[str, Any] = {
+        **_common_overrides(args), "data.spec": args.data, "data.max_train": args.max_train,
+        "data.max_test": args.max_test, "data.image_size": args.image_size,
+        "teachers": reused or (csv_list(args.teachers) if args.teachers else None), "student": args.student,
+        "fusion": args.fusion,
+        "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
+        "loss.terms": _loss_terms(args.loss) if args.loss else None,
+    }
+    cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.ammkd import AMMKD, metrics_table
+    from kdmobile.train.plan import ammkd_plan, source_mismatch
+
+    job = AMMKD(cfg, resume=args.resume, progress=not args.no_progress)
+    plan = ammkd_plan(job, teachers_from=args.teachers_from)
+    warning = source_mismatch(args.teachers_from, cfg) if args.teachers_from else None
+    if warning:
+        plan.facts.append(("warning", warning))
+    metrics = _train_with_plan(job, plan, args.dry_run, not args.no_progress)
+    run = job.run
+    if metrics is None:
+        return 0
+    if dist.is_main():
+        print(metrics_table(metrics))
+        print(f"student parameters: {metrics['student_params_vs_largest_teacher']:.3f} x the largest teacher's")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, class_vectors.npz, log.jsonl)")
+    return 0
+
+
+def _loss_terms(text: str) -> dict[str, float]:
+    """`ce=1,kl=1,fd=0.5` -> {"ce": 1.0, ...}; validated by the config."""
+    terms: dict[str, float] = {}
+    for item in csv_list(text):
+        key, eq, value = item.partition("=")
+        try:
+            terms[key.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--loss {item}: expected TERM=WEIGHT, e.g. ce=1,kl=1,fd=1") from None
+        if not eq:
+            raise UserError(f"--loss {item}: expected TERM=WEIGHT, e.g. ce=1,kl=1,fd=1")
+    return terms
+
+
+def _train_sdkd(args: argparse.Namespace) -> int:
+    from kdmobile.config import SDKDConfig, load_config
+
+    reused = _teachers_from(args, "sdkd")
+    overrides: dict[str, Any] = {
+        **_common_overrides(args), "data.path": args.data, "data.n": args.n, "data.res": args.res,
+        "teachers": args.teachers, "student": args.student, "kd": args.kd, "weighting": args.weighting,
+        "teacher_files": reused,
+    }
+    cfg = load_config(SDKDConfig, args.config, overrides, args.set)
+    from kdmobile.rundir import new_run_dir
+    from kdmobile.train import distributed as dist
+    from kdmobile.train.plan import sdkd_plan
+    from kdmobile.train.sdkd import SDKD, cached_navier_stokes_path, metrics_table
+
+    # A dry run must not generate the data set: it plans without the data unless a file or the cache has it.
+    data_ready = bool(cfg.data.path) or args.resume or not args.dry_run or cached_navier_stokes_path(cfg).is_file()
+    job = SDKD(cfg, resume=args.resume, progress=not args.no_progress) if data_ready else None
+    run = job.run if job is not None else new_run_dir(cfg.out, cfg.name, args.resume)
+    plan = sdkd_plan(cfg, job, run, teachers_from=args.teachers_from)
+    metrics = _train_with_plan(job, plan, args.dry_run, not args.no_progress)
+    if metrics is None:
+        return 0
+    if dist.is_main():
+        print(metrics_table(metrics))
+        if "mse_reduction_vs_nokd_pct" in metrics:
+            print(f"SDKD student vs no-KD student: MSE {metrics['mse_reduction_vs_nokd_pct']:+.1f}% reduction, "
+                  f"MAE {metrics['mae_reduction_vs_nokd_pct']:+.1f}% reduction")
+        print(f"run directory: {run}  (metrics.json, student.safetensors, teachers/, forecast.png, log.jsonl)")
+    return 0
+
+
+_AMMKD_EXAMPLES = """\
+examples:
+  kdmobile train ammkd --dry-run                          the plan and an estimated duration; writes nothing
+  kdmobile train ammkd --data imagefolder:photos/ --image-size 64 --name photos
+  kdmobile train ammkd --teachers-from runs/photos --weighting none --name photos-nokd
+                                                          reuse runs/photos/teachers/*.pt: trains only a student
+  kdmobile train ammkd --teachers ViT-B-32:openai,RN50:openai --teacher-epochs 2   (needs a network)
+"""
+
+_SDKD_EXAMPLES = """\
+examples:
+  kdmobile train sdkd --dry-run                           the plan; generates and writes nothing
+  kdmobile train sdkd --data ns_V1e-3_N5000_T50.mat --kd spectral-low --student sdkd_unet
+  kdmobile train sdkd --teachers-from runs/sdkd --kd output --name sdkd-output   reuse the trained teacher
+"""
+
+
+def register(sub: Any) -> None:
+    """Add `kdmobile train ammkd|sdkd` to the `kdmobile` parser's sub-parsers."""
+    train = sub.add_parser("train", help="distil a student from teachers (ammkd, sdkd)",
+                           description="Train teachers and distil a small student; outputs go to a run directory.")
+    methods = train.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=Parser)
+    a = add_command(methods, "ammkd", "image-text retrieval student from two CLIP teachers",
+                    "AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
+                    "mobile student with feature fusion and multi-teacher KL weighting. A run plan (data, stages, "
+                    "device, teachers, estimated time) is printed before training.", _AMMKD_EXAMPLES)
+    a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
+                                  "captions:PATH")
+    a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
+                                      "NAME:TAG (e.g. ViT-B-32:openai) or NAME:/path/weights.pt")
+    a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
+    a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_075)")
+    a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
+    a.add_argument("--weighting", help="how the teachers are combined: confidence (CA-MKD per-sample, default), "
+                                       "adaptive (AE-KD), reliable (min-norm x confidence), equal, none (no KD), "
+                                       "single:TEACHER")
+    a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
+    a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
+                                                       "feature distillation), icl (interactive contrastive); default "
+                                                       "ce=1,kl=1")
+    a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")
+    a.add_argument("--image-size", type=int, help="input size in pixels (default: from the data: 32 for digits and "
+                                                  "CIFAR, the native size up to 96 for photos)")
+    a.add_argument("--max-train", type=int, help="use at most N training images")
+    a.add_argument("--max-test", type=int, help="use at most N test images")
+    _add_common_train(a)
+    a.set_defaults(func=_train_ammkd)
+    s = add_command(methods, "sdkd", "spatiotemporal forecaster with spectral distillation",
+                    "SDKD: train a conv+Transformer forecaster teacher, then a lightweight student whose latent is "
+                    "aligned with the teacher's in low and high frequency bands. With no --data, a small "
+                    "Navier-Stokes set is generated and cached ($KDMOBILE_CACHE or ~/.cache/kdmobile).",
+                    _SDKD_EXAMPLES)
+    s.add_argument("--data", help="sequences file: .npy/.npz (N,T,H,W) or an FNO .mat (v5 or v7.3)")
+    s.add_argument("--n", type=int, help="trajectories to generate when no --data (default 40)")
+    s.add_argument("--res", type=int, help="grid size to generate when no --data (default 32)")
+    s.add_argument("--teachers", type=int, help="number of teachers (weighted like AMMKD's; default 1)")
+    s.add_argument("--teacher-epochs", type=int, help="teacher epochs")
+    s.add_argument("--student", choices=["sdkd_resnet", "sdkd_unet"], help="student architecture")
+    s.add_argument("--kd", choices=KD_MODES, help="distillation terms (default spectral: output + both frequency bands)")
+    s.add_argument("--weighting", help="teacher weighting with several teachers: adaptive, equal, single:NAME")
+    _add_common_train(s)
+    s.set_defaults(func=_train_sdkd)
