@@ -21,6 +21,12 @@ def add_command(sub: Any, name: str, help: str, description: str, epilog: str | 
                           formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
+def add_group(sub: Any, name: str, help: str, description: str, dest: str) -> Any:
+    """A verb that takes one of several kinds first (`train METHOD`, `data KIND`): its sub-parsers."""
+    group = sub.add_parser(name, help=help, description=description)
+    return group.add_subparsers(dest=dest, required=True, metavar=dest.upper(), parser_class=Parser)
+
+
 def csv_list(text: str) -> list[str]:
     """`a, b,,c` -> ["a", "b", "c"]."""
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -14,7 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from kdmobile import __version__
-from kdmobile.argparsing import Parser, add_command
+from kdmobile.argparsing import Parser, add_command, add_group
 from kdmobile.doctor import run_doctor
 from kdmobile.errors import KDError, ToolError, UserError, exit_code, format_error
 from kdmobile.train.cli import register as train_verb
@@ -34,16 +34,19 @@ def _data_navier_stokes(args: argparse.Namespace) -> int:
     return 0
 
 
+_NS_DESCRIPTION = """\
+Pseudo-spectral solver of 2-D incompressible Navier-Stokes on the unit torus, as in the FNO paper: Gaussian random
+field initial vorticity, forcing 0.1(sin 2pi(x+y) + cos 2pi(x+y)), Crank-Nicolson viscosity, one snapshot per unit
+time. Writes .npz (u: N,T,H,W plus a, t, meta), .npy (u only) or .mat (MATLAB v7.3, FNO's layout u: N,H,W,T,
+a: N,H,W, t). Saved chunk by chunk in OUT.parts/: rerunning an interrupted command resumes it.
+"""
+
+
 def _add_data(sub: Any) -> None:
-    data = sub.add_parser("data", help="generate datasets (navier-stokes)",
-                          description="Generate training data the toolkit can make itself.")
-    kinds = data.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=Parser)
+    kinds = add_group(sub, "data", "generate datasets (navier-stokes)",
+                      "Generate training data the toolkit can make itself.", "kind")
     ns = add_command(kinds, "navier-stokes", "2-D Navier-Stokes vorticity trajectories (FNO-paper generator)",
-                     "Pseudo-spectral solver of 2-D incompressible Navier-Stokes on the unit torus, as in the FNO "
-                     "paper: Gaussian random field initial vorticity, forcing 0.1(sin 2pi(x+y) + cos 2pi(x+y)), "
-                     "Crank-Nicolson viscosity, one snapshot per unit time. Writes .npz (u: N,T,H,W plus a, t, "
-                     "meta), .npy (u only) or .mat (MATLAB v7.3, FNO's layout u: N,H,W,T, a: N,H,W, t). "
-                     "Saved chunk by chunk in OUT.parts/: rerunning an interrupted command resumes it.")
+                     _NS_DESCRIPTION)
     ns.add_argument("--out", required=True, help="output file (.npz, .npy or .mat); written atomically at the end")
     ns.add_argument("--n", type=int, default=20, help="number of trajectories (default 20)")
     ns.add_argument("--res", type=int, default=64, help="grid size (default 64)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdmobile.argparsing import Parser, add_command, csv_list
+from kdmobile.argparsing import add_command, add_group, csv_list
 from kdmobile.config import KD_MODES
 from kdmobile.errors import UserError
 
@@ -170,9 +170,8 @@ examples:
 
 def register(sub: Any) -> None:
     """Add `kdmobile train ammkd|sdkd` to the `kdmobile` parser's sub-parsers."""
-    train = sub.add_parser("train", help="distil a student from teachers (ammkd, sdkd)",
-                           description="Train teachers and distil a small student; outputs go to a run directory.")
-    methods = train.add_subparsers(dest="method", required=True, metavar="METHOD", parser_class=Parser)
+    methods = add_group(sub, "train", "distil a student from teachers (ammkd, sdkd)",
+                        "Train teachers and distil a small student; outputs go to a run directory.", "method")
     a = add_command(methods, "ammkd", "image-text retrieval student from two CLIP teachers",
                     "AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
                     "mobile student with feature fusion and multi-teacher KL weighting. A run plan (data, stages, "
