@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.subjects import Subject
+from kdmobile.contracts.report import ReportRow
 from kdmobile.errors import KDError
 from kdmobile.runtime.measure import host_info
 
@@ -37,8 +38,8 @@ def measure(subjects: Sequence[Subject], settings: Settings) -> list[dict[str, A
                     done += 1
                     bar.update(1)
                 name, value, source = s.metric()
-                rows += [{**s.describe(), "metric_name": name, "metric": value, "metric_source": source, **pb,
-                          **mem, "status": "ok"} for pb in per_batch]
+                rows += [ReportRow(**s.describe(), metric_name=name, metric=value, metric_source=source, **pb, **mem,
+                                   status="ok").as_row() for pb in per_batch]
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - one model failing to run must not lose the others' numbers
@@ -55,10 +56,8 @@ def measure(subjects: Sequence[Subject], settings: Settings) -> list[dict[str, A
 
 def _failed_row(s: Subject, batch: int, settings: Settings, msg: str) -> dict[str, Any]:
     """A row for a model that could not be measured (no latency, memory or metric)."""
-    empty = dict.fromkeys(["p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "n_runs",
-                           "peak_rss_mb", "peak_gpu_mb", "metric_name", "metric"])
-    return {**s.describe(), **empty, "metric_source": "n/a (failed)", "batch": batch, "batch_mode": None,
-            "threads": settings.threads, "warmup": None, "status": f"FAILED: {msg}"}
+    return ReportRow(**s.describe(), metric_source="n/a (failed)", batch=batch, batch_mode=None,
+                     threads=settings.threads, warmup=None, status=f"FAILED: {msg}").as_row()
 
 
 def bench_host(settings: Settings) -> dict[str, Any]:

@@ -177,7 +177,8 @@ class CoreMLBackend:
 class TorchBackend:
     """An eager torch module behind the same interface (eager-vs-exported comparisons); imports torch lazily."""
 
-    def __init__(self, module: Any, input_names: Sequence[str] = ("input",), threads: int | None = None) -> None:
+    def __init__(self, module: Any, input_names: Sequence[str] = ("input",), threads: int | None = None,
+                 device: str = "cpu") -> None:
         try:
             import torch
         except ImportError:
@@ -186,11 +187,12 @@ class TorchBackend:
             torch.set_num_threads(int(threads))  # process-wide setting
         self._torch = torch
         self.module = module.eval()
+        self.device = device
         self.input_names = list(input_names)
         self.input_shapes: dict[str, Shape] = {n: (None,) for n in self.input_names}
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        tensors = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
                    for x in _ordered(inputs, self.input_names)]
         with self._torch.inference_mode():
             out = self.module(*tensors)
