@@ -65,15 +65,15 @@ def default_student(image_size: int) -> tuple[Any, np.ndarray]:
 def run_student(run_dir: str, image_size: int | None) -> tuple[Any, np.ndarray]:
     """A trained run's student and its calibration images (resized when another size is asked for)."""
     from kdmobile.data.transforms import normalise, resize_images
-    from kdmobile.export.exporter import load_run
+    from kdmobile.export.run import load_run
 
     run = load_run(run_dir)
     if run.task != "retrieval":
         raise SystemExit(f"{run_dir}: this benchmark times retrieval students (got a {run.kind} run)")
-    images = run.heldout["images_calib"][:64]
+    images = run.need("images_calib")[:64]
     if image_size is not None:
         images = resize_images(images, image_size)
-    return run.model, normalise(images, tuple(run.extra["mean"]), tuple(run.extra["std"]))
+    return run.model, normalise(images, tuple(run.card.image_mean), tuple(run.card.image_std))
 
 
 def export_all(model: Any, calibration: np.ndarray, workdir: Path, formats: list[str]) -> dict[str, Path]:

@@ -71,7 +71,8 @@ def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: b
 
 def export(run: Path, bundles: Path) -> list[str]:
     """ONNX and TFLite, fp32 and int8 bundles of the run; returns notes on artifacts that failed or were flagged."""
-    from kdmobile.export.exporter import ExportOptions, export_run
+    from kdmobile.export.exporter import export_run
+    from kdmobile.export.options import ExportOptions
 
     print(f"[{run.name}] exporting to {bundles}", flush=True)
     report = export_run(run, ExportOptions(targets=["onnx", "tflite"], precisions=["fp32", "int8"], out=bundles))

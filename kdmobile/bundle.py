@@ -20,56 +20,22 @@ from typing import Any, Callable, Mapping, Union
 import numpy as np
 
 from kdmobile import __version__
-from kdmobile.errors import KDError
+from kdmobile.contracts.manifest import check_fields
+from kdmobile.errors import KDError, VerificationError
 from kdmobile.fileio import atomic_path, sha256_file
-from kdmobile.targets import MODEL_SUFFIX, PRECISIONS, TARGET_NAMES
+from kdmobile.targets import MODEL_SUFFIX
 from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_limited
 
 SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
 MANIFEST = "manifest.json"
 SEAL = "bundle.sha256"
 MAX_FILES = 10_000
-TASKS = ("retrieval", "forecast")
-TARGETS = TARGET_NAMES  # re-exported names: the facts live in kdmobile.targets
 NORM_TOL = 1e-3  # max |‖row‖₂ − 1| accepted for class vectors
 
 # A staged file: a writer called with the destination path, an existing file/directory to copy, or raw bytes.
 FileSource = Union[Callable[[Path], None], str, os.PathLike, bytes]
 
 _NUM = (int, float)
-# Required fields: dotted name -> accepted type(s). Checked by validate_manifest.
-_REQUIRED: dict[str, Any] = {
-    "schema_version": int, "task": str, "target": str, "precision": str, "model_file": str,
-    "input": dict, "input.name": str, "input.shape": list, "input.dtype": str, "input.layout": str,
-    "input.value_range": list, "input.mean": list, "input.std": list, "outputs": list, "files": dict,
-}
-_REQUIRED_TASK: dict[str, dict[str, Any]] = {
-    "retrieval": {
-        "retrieval": dict, "retrieval.class_vectors": dict, "retrieval.class_vectors.file": str,
-        "retrieval.class_vectors.shape": list, "retrieval.class_vectors.dtype": str,
-        "retrieval.class_vectors.byte_order": str, "retrieval.logit_scale": _NUM,
-        "retrieval.labels_file": str, "retrieval.prompt_templates": list,
-    },
-    "forecast": {
-        "forecast": dict, "forecast.frames_in": int, "forecast.frames_out": int,
-        "forecast.mean": _NUM, "forecast.std": _NUM,
-    },
-}
-_CHOICES = {
-    "task": TASKS, "target": TARGETS, "precision": PRECISIONS, "input.dtype": ("float32",),
-    "input.layout": ("NCHW", "NTHW"), "retrieval.class_vectors.dtype": ("float32",),
-    "retrieval.class_vectors.byte_order": ("little",),
-}
-_MISSING = object()
-
-
-def _get(d: Any, dotted: str) -> Any:
-    """Value at a dotted path in nested dicts, or _MISSING."""
-    for key in dotted.split("."):
-        if not isinstance(d, dict) or key not in d:
-            return _MISSING
-        d = d[key]
-    return d
 
 
 def _is_type(value: Any, typ: Any) -> bool:
@@ -78,22 +44,12 @@ def _is_type(value: Any, typ: Any) -> bool:
 
 
 def validate_manifest(manifest: Any, where: str = "manifest") -> None:
-    """Check required fields, their types and allowed values; raise one KDError listing every problem."""
-    if not isinstance(manifest, dict):
-        raise KDError(f"{where}: manifest.json must hold a JSON object")
-    task = manifest.get("task")
-    required = {**_REQUIRED, **(_REQUIRED_TASK.get(task, {}) if isinstance(task, str) else {})}
-    missing = [k for k in required if _get(manifest, k) is _MISSING]
-    if missing:
-        raise KDError(f"{where}: missing required fields: {', '.join(missing)}")
-    problems = [f"{k} should be {getattr(t, '__name__', 'a number')}" for k, t in required.items()
-                if not _is_type(_get(manifest, k), t)]
-    problems += [f"{k}={_get(manifest, k)!r} (expected one of {', '.join(v)})" for k, v in _CHOICES.items()
-                 if _get(manifest, k) not in (_MISSING, *v)]
-    if not problems:
-        problems = _consistency(manifest)
+    """The manifest's fields, types and allowed values (the typed model in kdmobile.contracts.manifest), then the
+    cross-field checks; one VerificationError listing every problem."""
+    check_fields(manifest, where)
+    problems = _consistency(manifest)
     if problems:
-        raise KDError(f"{where}: invalid manifest: {'; '.join(problems)}")
+        raise VerificationError(f"{where}: invalid manifest: {'; '.join(problems)}")
 
 
 def _consistency(m: dict) -> list[str]:
@@ -236,12 +192,12 @@ def read_class_vectors(path: str | os.PathLike, shape: tuple[int, int] | list[in
     p = Path(path)
     raw = p.read_bytes() if p.is_file() else None
     if raw is None:
-        raise KDError(f"{p}: class vectors file missing")
+        raise VerificationError(f"{p}: class vectors file missing")
     if len(raw) != k * d * 4:
-        raise KDError(f"{p}: {len(raw)} bytes, expected {k}x{d} float32 = {k * d * 4}")
+        raise VerificationError(f"{p}: {len(raw)} bytes, expected {k}x{d} float32 = {k * d * 4}")
     a = np.frombuffer(raw, dtype="<f4").reshape(k, d).astype(np.float32)
     if not np.all(np.isfinite(a)) or np.max(np.abs(np.linalg.norm(a, axis=1) - 1.0)) > NORM_TOL:
-        raise KDError(f"{p}: class vectors are not finite L2-normalised rows")
+        raise VerificationError(f"{p}: class vectors are not finite L2-normalised rows")
     return a
 
 
@@ -290,7 +246,7 @@ class Bundle:
                                MAX_LABELS_BYTES)
             k = r["class_vectors"]["shape"][0]
             if not (isinstance(labels, list) and all(isinstance(s, str) for s in labels) and len(labels) == k):
-                raise KDError(f"bundle {self.path}: {r['labels_file']} should list {k} class names")
+                raise VerificationError(f"bundle {self.path}: {r['labels_file']} should list {k} class names")
             self._cache["labels"] = labels
         return self._cache["labels"]
 
@@ -304,7 +260,7 @@ class Bundle:
 
     def _retrieval(self) -> dict[str, Any]:
         if self.task != "retrieval":
-            raise KDError(f"bundle {self.path}: a {self.task} bundle has no labels or class vectors")
+            raise VerificationError(f"bundle {self.path}: a {self.task} bundle has no labels or class vectors")
         return self.manifest["retrieval"]
 
 
@@ -317,13 +273,13 @@ def _walk(root: Path, where: str) -> set[str]:
             rel = p.relative_to(root).as_posix()
             mode = os.lstat(p).st_mode
             if stat.S_ISLNK(mode):
-                raise KDError(f"{where}: {rel} is a symbolic link (a bundle holds only its own files)")
+                raise VerificationError(f"{where}: {rel} is a symbolic link (a bundle holds only its own files)")
             if name in filenames and not stat.S_ISREG(mode):
-                raise KDError(f"{where}: {rel} is not a regular file")
+                raise VerificationError(f"{where}: {rel} is not a regular file")
             if name in filenames:
                 found.add(rel)
         if len(found) > MAX_FILES:
-            raise KDError(f"{where}: more than {MAX_FILES} files; not a bundle")
+            raise VerificationError(f"{where}: more than {MAX_FILES} files; not a bundle")
     return found
 
 
@@ -334,10 +290,10 @@ def _read_seal(root: Path, where: str) -> dict[str, str]:
     for line in raw.decode("utf-8", errors="replace").splitlines():
         digest, sep, rel = line.partition("  ")
         if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or rel in seal:
-            raise KDError(f"{where}: {SEAL} is malformed (expected 'SHA256  PATH' lines)")
+            raise VerificationError(f"{where}: {SEAL} is malformed (expected 'SHA256  PATH' lines)")
         seal[rel] = digest
     if MANIFEST not in seal:
-        raise KDError(f"{where}: {SEAL} does not cover {MANIFEST}")
+        raise VerificationError(f"{where}: {SEAL} does not cover {MANIFEST}")
     return seal
 
 
@@ -348,7 +304,7 @@ def _old_schema(mpath: Path, where: str) -> None:
     except (KDError, AttributeError):
         return
     if found != SCHEMA_VERSION:
-        raise KDError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
+        raise VerificationError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
                       f"(re-export the bundle with this kdmobile version)")
 
 
@@ -361,40 +317,40 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     root = Path(path)
     where = f"bundle {root}"
     if not root.exists():
-        raise KDError(f"{where}: no such directory")
+        raise VerificationError(f"{where}: no such directory")
     if not root.is_dir():
-        raise KDError(f"{where}: not a directory (a bundle is a directory holding manifest.json)")
+        raise VerificationError(f"{where}: not a directory (a bundle is a directory holding manifest.json)")
     mpath = root / MANIFEST
     present = _walk(root, where)
     if MANIFEST not in present:
-        raise KDError(f"{where}: manifest.json missing")
+        raise VerificationError(f"{where}: manifest.json missing")
     if SEAL not in present:
         _old_schema(mpath, where)
-        raise KDError(f"{where}: {SEAL} missing (the bundle is not sealed; re-export it with this kdmobile version)")
+        raise VerificationError(f"{where}: {SEAL} missing (the bundle is not sealed; re-export it with this kdmobile version)")
     seal = _read_seal(root, where)
     raw = read_limited(mpath, f"{where}: {MANIFEST}")
     if hashlib.sha256(raw).hexdigest() != seal[MANIFEST]:
-        raise KDError(f"{where}: {MANIFEST} changed after export (its digest does not match {SEAL})")
+        raise VerificationError(f"{where}: {MANIFEST} changed after export (its digest does not match {SEAL})")
     manifest = parse_json(raw, f"{where}: {MANIFEST}")
     if not isinstance(manifest, dict):
-        raise KDError(f"{where}: manifest.json must hold a JSON object")
+        raise VerificationError(f"{where}: manifest.json must hold a JSON object")
     found = manifest.get("schema_version")
     if found != SCHEMA_VERSION:
-        raise KDError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
+        raise VerificationError(f"{where}: schema_version {found} found, {SCHEMA_VERSION} expected "
                       f"(re-export the bundle with this kdmobile version)")
     validate_manifest(manifest, where)
     listed = manifest["files"]
     missing = sorted(set(listed) - present)
     if missing:
-        raise KDError(f"{where}: listed file {missing[0]} missing")
+        raise VerificationError(f"{where}: listed file {missing[0]} missing")
     unlisted = sorted(present - set(listed) - {MANIFEST, SEAL})
     if unlisted:
-        raise KDError(f"{where}: {unlisted[0]} is not listed in the manifest (a sealed bundle holds only its own "
+        raise VerificationError(f"{where}: {unlisted[0]} is not listed in the manifest (a sealed bundle holds only its own "
                       "files; remove it or re-export)")
     if set(seal) != set(listed) | {MANIFEST}:
-        raise KDError(f"{where}: {SEAL} and {MANIFEST} list different files")
+        raise VerificationError(f"{where}: {SEAL} and {MANIFEST} list different files")
     for rel, digest in listed.items():
         actual = sha256_file(root / rel)
         if actual != digest or seal[rel] != digest:
-            raise KDError(f"{where}: checksum mismatch for {rel} (file changed after export)")
+            raise VerificationError(f"{where}: checksum mismatch for {rel} (file changed after export)")
     return Bundle(path=root, manifest=manifest)

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -136,7 +136,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise KDError(f"--set {key}: '{part}' is not a section")
+            raise UserError(f"--set {key}: '{part}' is not a section")
     node[parts[-1]] = value
 
 
@@ -156,18 +156,18 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise KDError(f"{p}: no such config file")
+            raise UserError(f"{p}: no such config file")
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
-            raise KDError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise KDError(f"{p}: a config file must be a YAML mapping")
+            raise UserError(f"{p}: a config file must be a YAML mapping")
         tree = loaded or {}
     for item in sets or []:
         key, eq, raw = item.partition("=")
         if not eq or not key:
-            raise KDError(f"--set {item}: expected KEY=VALUE")
+            raise UserError(f"--set {item}: expected KEY=VALUE")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -177,7 +177,7 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
         # rebuild that section from TrainConfig's class defaults and silently drop the method's teacher lr etc.
         return cls.model_validate(_merge(cls().model_dump(), tree))
     except ValidationError as err:
-        raise KDError(_one_line(err)) from None
+        raise UserError(_one_line(err)) from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from kdmobile.errors import KDError, ToolError
+from kdmobile.errors import ToolError, UserError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -107,10 +107,10 @@ def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_
     """
     d = Path(directory).expanduser()
     if d.exists() and not d.is_dir():
-        raise KDError(f"{what} {d}: exists and is not a directory")
+        raise UserError(f"{what} {d}: exists and is not a directory")
     probe_dir = next((p for p in [d, *d.parents] if p.exists()), Path("."))
     if not probe_dir.is_dir():
-        raise KDError(f"{what} {d}: cannot create it ({probe_dir} is a file)")
+        raise UserError(f"{what} {d}: cannot create it ({probe_dir} is a file)")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".kdmobile-probe.{os.getpid()}.", suffix=".tmp", dir=probe_dir)
         try:

@@ -43,7 +43,7 @@ def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False
     path = root / name
     if resume:
         if not (path / "method.json").is_file():
-            raise KDError(f"--resume: {path} is not a kdmobile run directory")
+            raise UserError(f"--resume: {path} is not a kdmobile run directory")
         check_writable(path, "run directory")
         for d in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
             clean_stale(d)  # temporary files of a killed process
@@ -75,7 +75,7 @@ def require_complete(run: str | Path, verb: str) -> None:
     p = Path(run)
     if (p / INCOMPLETE).exists():
         method = read_method(p)
-        raise KDError(f"{p}: training did not finish ({INCOMPLETE} marker, no metrics.json); {verb} needs a "
+        raise UserError(f"{p}: training did not finish ({INCOMPLETE} marker, no metrics.json); {verb} needs a "
                       f"finished run: `kdmobile train {method} --resume --out {p.parent} --name {p.name}`")
 
 
@@ -84,12 +84,12 @@ def read_method(run: str | Path) -> str:
     p = Path(run).expanduser()
     f = p / "method.json"
     if not p.is_dir():
-        raise KDError(f"{p}: no such run directory")
+        raise UserError(f"{p}: no such run directory")
     if not f.is_file():
-        raise KDError(f"{p}: not a kdmobile run directory (no method.json)")
+        raise UserError(f"{p}: not a kdmobile run directory (no method.json)")
     doc = untrusted_json(f)
     if not isinstance(doc, dict) or not isinstance(doc.get("method"), str):
-        raise KDError(f"{f}: corrupt (no \"method\" string)")
+        raise UserError(f"{f}: corrupt (no \"method\" string)")
     return doc["method"]
 
 
@@ -97,7 +97,7 @@ def read_json(path: str | Path) -> Any:
     """Load a JSON file of a run, with a one-line error if missing or corrupt."""
     p = Path(path)
     if not p.is_file():
-        raise KDError(f"{p}: missing (was the run finished?)")
+        raise UserError(f"{p}: missing (was the run finished?)")
     return untrusted_json(p, max_bytes=MAX_LABELS_BYTES)
 
 

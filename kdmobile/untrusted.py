@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 
 MAX_JSON_BYTES = 1 << 20          # a manifest is a few KB; 1 MiB leaves room and refuses a 300 MB one unread
 MAX_LABELS_BYTES = 64 << 20       # labels.json of a caption gallery can be large
@@ -40,11 +40,11 @@ def parse_json(raw: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise KDError(f"{where}: JSON nested too deeply (limit {max_depth})") from None
+        raise UserError(f"{where}: JSON nested too deeply (limit {max_depth})") from None
     except (UnicodeDecodeError, ValueError) as e:
-        raise KDError(f"{where}: not valid JSON ({e})") from None
+        raise UserError(f"{where}: not valid JSON ({e})") from None
     if _depth(obj) > max_depth:
-        raise KDError(f"{where}: JSON nested too deeply (limit {max_depth})")
+        raise UserError(f"{where}: JSON nested too deeply (limit {max_depth})")
     return obj
 
 
@@ -52,14 +52,14 @@ def read_limited(path: str | os.PathLike, where: str, max_bytes: int = MAX_JSON_
     """A regular file's bytes, refusing (unread) one over `max_bytes` or a symlink."""
     p = Path(path)
     if p.is_symlink():
-        raise KDError(f"{where}: is a symbolic link (refused)")
+        raise UserError(f"{where}: is a symbolic link (refused)")
     try:
         size = p.stat().st_size
         if size > max_bytes:
-            raise KDError(f"{where}: {size} bytes, over the {max_bytes}-byte limit (refused unread)")
+            raise UserError(f"{where}: {size} bytes, over the {max_bytes}-byte limit (refused unread)")
         return p.read_bytes()
     except OSError as e:
-        raise KDError(f"{where}: unreadable ({e.strerror or e})") from None
+        raise UserError(f"{where}: unreadable ({e.strerror or e})") from None
 
 
 def read_json(path: str | os.PathLike, where: str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -82,7 +82,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise KDError(f"{p}: no such image file")
+        raise UserError(f"{p}: no such image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
@@ -90,7 +90,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise KDError(f"{p}: {w}x{h} = {w * h} pixels, over the {MAX_PIXELS}-pixel limit (refused before "
+                raise UserError(f"{p}: {w}x{h} = {w * h} pixels, over the {MAX_PIXELS}-pixel limit (refused before "
                               "decoding)")
             if im.mode.startswith("I;16") or im.mode == "I":
                 a = np.asarray(im, dtype=np.float64)
@@ -100,22 +100,22 @@ def open_image(path: str | os.PathLike, mode: str = "RGB") -> Any:
     except KDError:
         raise
     except UnidentifiedImageError:
-        raise KDError(f"{p}: not an image (cannot identify image file)") from None
+        raise UserError(f"{p}: not an image (cannot identify image file)") from None
     except Image.DecompressionBombError as e:
-        raise KDError(f"{p}: refused before decoding ({e})") from None
+        raise UserError(f"{p}: refused before decoding ({e})") from None
     except (OSError, ValueError, SyntaxError, MemoryError) as e:  # truncated or malformed data
-        raise KDError(f"{p}: unreadable image ({' '.join(str(e).split())[:160]})") from None
+        raise UserError(f"{p}: unreadable image ({' '.join(str(e).split())[:160]})") from None
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an .npz (no pickles), read fully now; one-line KDError for a corrupt or truncated file."""
     p = Path(path)
     if not p.is_file():
-        raise KDError(f"{p}: missing (was the run finished?)")
+        raise UserError(f"{p}: missing (was the run finished?)")
     try:
         with np.load(p, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("holds a single array, not an .npz archive")
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "corrupt"
-        raise KDError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+        raise UserError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None

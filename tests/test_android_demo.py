@@ -86,7 +86,8 @@ def golden(tmp_path_factory) -> dict:
     tiny = build_tiny(tmp_path_factory.getbasetemp() / "kd_tiny_runs")
     int8 = tiny["bundles"] / "a-onnx-int8"
     if not int8.is_dir():
-        from kdmobile.export.exporter import ExportOptions, export_run
+        from kdmobile.export.exporter import export_run
+        from kdmobile.export.options import ExportOptions
 
         export_run(tiny["ammkd"], ExportOptions(targets=["onnx"], precisions=["int8"], out=tiny["bundles"]),
                    log=lambda m: None)

@@ -17,11 +17,13 @@ import torch
 from torch import nn
 
 from kdmobile import __version__
-from kdmobile.bundle import MODEL_SUFFIX, load_bundle
+from kdmobile.bundle import load_bundle
+from kdmobile.targets import MODEL_SUFFIX
 from kdmobile.errors import KDError
 from kdmobile.export import jobs, metadata, opcheck
 from kdmobile.export import tflite as tfl
-from kdmobile.export.exporter import ExportOptions, export_run
+from kdmobile.export.exporter import export_run
+from kdmobile.export.options import ExportOptions
 from kdmobile.export.options import Thresholds
 from kdmobile.fileio import sha256_file
 from kdmobile.models.registry import create_model, register_model, save_model

@@ -78,7 +78,7 @@ def test_bench_table_fits_120_columns_and_names_int8_formats():
 
 
 def test_export_table_is_fitted_unless_wide():
-    from kdmobile.export.exporter import Artifact, ExportReport
+    from kdmobile.export.report import Artifact, ExportReport
     from kdmobile.export.verify import format_results
 
     art = Artifact("onnx", "int8", size=1000, verification={"status": "FLAGGED: " + "top-1 dropped " * 12})

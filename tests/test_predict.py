@@ -55,7 +55,8 @@ def build_tiny(root: Path) -> dict[str, Path]:
              "a_onnx": root / "bundles" / "a-onnx-fp32", "s_onnx": root / "bundles" / "s-onnx-fp32"}
     if (root / "done").is_file():
         return paths
-    from kdmobile.export.exporter import ExportOptions, export_run
+    from kdmobile.export.exporter import export_run
+    from kdmobile.export.options import ExportOptions
 
     os.environ["KDMOBILE_CACHE"] = str(root / "cache")
     assert main(["train", "ammkd", *TINY_AMMKD[:TINY_AMMKD.index("--epochs")], "--epochs", "1",

@@ -54,7 +54,8 @@ def venv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """ONNX fp32 bundles of the shared tiny runs, a TFLite fp32 bundle of the retrieval run, a PNG and frames."""
-    from kdmobile.export.exporter import ExportOptions, export_run
+    from kdmobile.export.exporter import export_run
+    from kdmobile.export.options import ExportOptions
 
     tiny = build_tiny(tmp_path_factory.getbasetemp() / "kd_tiny_runs")
     out = tmp_path_factory.mktemp("runtime_only_bundles")  # not beside the shared bundles: bench RUN would see it

@@ -8,9 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from kdmobile.argparsing import add_command
 from kdmobile.bench.settings import DEVICES, Settings
 from kdmobile.bench.timing import MIN_RUNS
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 _DESCRIPTION = """\
 Benchmark bundles against their teachers: one table (model, backend, precision, size, metric, p50/p90/p99
@@ -44,14 +45,12 @@ exit codes: 0 ok, 1 a gate failed, a model could not run (named on stderr) or --
 
 def register(sub: Any) -> None:
     """Add the `bench` sub-command to the `kdmobile` parser's sub-parsers."""
-    p = sub.add_parser("bench", help="latency, memory, size and metric of bundles vs teachers, with CI gates",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "bench", "latency, memory, size and metric of bundles vs teachers, with CI gates",
+                    _DESCRIPTION, _EPILOG)
     p.add_argument("paths", nargs="+", metavar="RUN|BUNDLE", help="run directories and/or bundle directories")
     p.add_argument("--bundles", metavar="DIR",
                    help="look up a run's bundles as DIR/RUNNAME-TARGET-PRECISION (default: where `kdmobile export` "
                         "recorded them in RUN/exports.json, else bundles/)")
-    p.add_argument("--wide", action="store_true",
-                   help="print every column (default: a table that fits 120 columns; report.md has them all)")
     d = Settings.default  # every default below is the settings model's own
     p.add_argument("--runs", type=int, default=d("runs"), metavar="N",
                    help=f"timed calls per measurement (default {d('runs')})")
@@ -77,6 +76,8 @@ def register(sub: Any) -> None:
     p.add_argument("--max-latency-ms", type=float, metavar="Y",
                    help="gate: every student's p50 latency at batch 1 must be <= Y ms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wide", action="store_true",
+                   help="print every column (default: a table that fits 120 columns; report.md has them all)")
     p.set_defaults(func=handler)
 
 
@@ -104,13 +105,13 @@ def handler(args: argparse.Namespace) -> int:
     from kdmobile.fileio import check_writable
 
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
-        raise KDError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
+        raise UserError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
     settings = Settings(runs=args.runs, warmup=args.warmup, batches=list(dict.fromkeys([1, *args.batch])),
                         threads=args.threads, device=args.device, teachers=not args.no_teachers,
                         max_time_s=args.max_time, progress=not args.no_progress)  # one-line KDError if bad
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
-        raise KDError(f"--out {out}: exists and is not a directory")
+        raise UserError(f"--out {out}: exists and is not a directory")
     p = plan(args.paths, args.bundles, settings)
     out = out or _default_out(p.runs, p.subjects)
     created = not out.exists()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _params_flops
-from kdmobile.bundle import MODEL_SUFFIX, PRECISIONS, TARGETS, Bundle, load_bundle
-from kdmobile.errors import KDError
+from kdmobile.bundle import Bundle, load_bundle
+from kdmobile.errors import KDError, UserError
+from kdmobile.targets import MODEL_SUFFIX, PRECISIONS, TARGET_NAMES
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, recorded_bundles
 from kdmobile.rundir import open_run
 
@@ -43,7 +44,7 @@ def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str]) 
         candidates = recorded_bundles(run.path)
     root = Path(bundles_dir if bundles_dir is not None else DEFAULT_BUNDLES).expanduser()
     if not candidates:
-        candidates = [root / f"{run.name}-{t}-{p}" for t in TARGETS for p in PRECISIONS]
+        candidates = [root / f"{run.name}-{t}-{p}" for t in TARGET_NAMES for p in PRECISIONS]
     found = []
     for d in candidates:
         if not d.is_dir():
@@ -87,11 +88,11 @@ def _torch_devices(settings: Settings) -> list[str]:
     except ImportError:
         if settings.device == "auto":
             return []
-        raise KDError("teachers and un-exported students run in PyTorch: install torch, or pass --no-teachers "
+        raise UserError("teachers and un-exported students run in PyTorch: install torch, or pass --no-teachers "
                       "and bundles only") from None
     cuda = torch.cuda.is_available()
     if settings.device == "cuda" and not cuda:
-        raise KDError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", "cuda"] if cuda else ["cpu"]}[settings.device]
 
 
@@ -139,7 +140,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
     for arg in inputs:
         p = Path(arg).expanduser()
         if not p.exists():
-            raise KDError(f"{p}: no such bundle or run directory")
+            raise UserError(f"{p}: no such bundle or run directory")
         if p.is_dir() and (p / "manifest.json").is_file():
             bundle = load_bundle(p)
             src = (bundle.manifest.get("source") or {}).get("run_dir")
@@ -162,7 +163,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
                 torch_students.append(run)
             bundles += [(b, run) for b in found]
         else:
-            raise KDError(f"{p}: not a bundle (no manifest.json) or run directory (no method.json)")
+            raise UserError(f"{p}: not a bundle (no manifest.json) or run directory (no method.json)")
     seen: set[Path] = set()
     for bundle, run in bundles:
         key = bundle.path.resolve()
@@ -176,7 +177,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
         out.notes.append("torch is not installed: teachers and un-exported students were not measured")
     for run in torch_students:
         if not (run.path / STUDENT_FILE).is_file():
-            raise KDError(f"{run.path}: no bundles and no {STUDENT_FILE} to benchmark")
+            raise UserError(f"{run.path}: no bundles and no {STUDENT_FILE} to benchmark")
         params, flops = _params_flops(run.entry("student"))
         for device in devices:
             out.subjects.append(TorchSubject(f"{run.name}/student", "student", run, run.path / STUDENT_FILE, device,
@@ -188,7 +189,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
                 out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
             out.subjects += subjects + _baseline_subjects(run, devices)
     if not out.subjects:
-        raise KDError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
+        raise UserError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
     return out
 
 

@@ -15,10 +15,8 @@ import numpy as np
 
 from kdmobile.bundle import load_bundle
 from kdmobile.runtime.measure import measure_peak_rss
+from kdmobile.targets import TARGETS
 
-# Imported before the baseline: the library's own import is not the model's memory (first one that imports wins).
-_PRELOAD = {"onnx": ("onnxruntime",), "tflite": ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
-            "coreml": ("coremltools",)}
 
 
 def probe_memory(spec: dict[str, Any], timeout_s: float = 600.0) -> int | None:
@@ -46,7 +44,8 @@ def _probe_bundle(spec: dict[str, Any]) -> int:
     from kdmobile.runtime.predictors import ForecastPredictor, RetrievalPredictor
 
     bundle = load_bundle(spec["path"])
-    for module in _PRELOAD.get(bundle.target, ()):
+    target = TARGETS.get(bundle.target)  # its runtime is imported before the baseline: not the model's memory
+    for module in target.preload if target else ():
         try:
             importlib.import_module(module)
             break

@@ -47,6 +47,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from kdmobile.contracts.report import STATS
 from kdmobile import __version__
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.runtime.measure import latency_stats
@@ -61,8 +62,7 @@ MD_HEADERS = ["model", "backend", "precision", "batch", "size", "metric", "metri
 def latency_fields(samples_ms: Sequence[float]) -> dict[str, float | int]:
     """Row fields from raw per-call latencies: p50/p90/p99/mean/min/max/std in ms and the number of runs."""
     s = latency_stats(samples_ms)
-    return {"p50_ms": s["p50"], "p90_ms": s["p90"], "p99_ms": s["p99"], "mean_ms": s["mean"], "min_ms": s["min"],
-            "max_ms": s["max"], "std_ms": s["std"], "n_runs": s["n"]}
+    return {**{f"{k}_ms": s[k] for k in STATS}, "n_runs": s["n"]}
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:

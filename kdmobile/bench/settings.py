@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")  # torch subjects: auto (CPU, plus CUDA when available), cpu, cuda
 # The command-line flag that sets each field, so an error names what the user typed.
@@ -47,9 +47,9 @@ class Settings(BaseModel):
             first = err.errors()[0]
             cause = (first.get("ctx") or {}).get("error")
             if isinstance(cause, ValueError):  # one of _CHECKS: its message is already the whole line
-                raise KDError(str(cause)) from None
+                raise UserError(str(cause)) from None
             field = str(first["loc"][0]) if first["loc"] else ""
-            raise KDError(f"{FLAGS.get(field, field or 'bench settings')}: {first['msg']}") from None
+            raise UserError(f"{FLAGS.get(field, field or 'bench settings')}: {first['msg']}") from None
 
     @field_validator(*_CHECKS)
     @classmethod

@@ -17,6 +17,7 @@ from kdmobile.bench.memory import probe_memory
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.timing import time_calls
 from kdmobile.bundle import Bundle
+from kdmobile.targets import BACKEND_NAMES
 from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.evaluation import (Infer, backend_infer, evaluate_forecast, evaluate_retrieval, headline, score_captions,
@@ -25,7 +26,6 @@ from kdmobile.evaluation import (Infer, backend_infer, evaluate_forecast, evalua
 if TYPE_CHECKING:
     from kdmobile.rundir import RunDir
 
-BACKEND_NAMES = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
 MB = 1024.0 * 1024.0
 _NOT_QUANTIZED = frozenset({"none", "fp32", "float32", "fp16", "float16"})
 

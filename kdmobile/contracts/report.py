@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
-LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "n_runs")
+STATS = ("p50", "p90", "p99", "mean", "min", "max", "std")  # per-call latency statistics, in ms, in row order
 
 
-class ReportRow(BaseModel):
-    """One measured (or failed) model at one batch size; `speedup_*` are filled in when the report is assembled."""
+class _Row(BaseModel):
+    """One measured (or failed) model at one batch size; `speedup_*` are filled in when the report is assembled.
+    (ReportRow is this model plus one optional float per latency statistic, `p50_ms` ... `std_ms`.)"""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,14 +33,7 @@ class ReportRow(BaseModel):
     batch_mode: Optional[str]        # batched | loop (a fixed-batch model called once per sample)
     threads: int
     warmup: Optional[int]
-    # results (None when the model failed)
-    p50_ms: Optional[float] = None
-    p90_ms: Optional[float] = None
-    p99_ms: Optional[float] = None
-    mean_ms: Optional[float] = None
-    min_ms: Optional[float] = None
-    max_ms: Optional[float] = None
-    std_ms: Optional[float] = None
+    # results (None when the model failed); the latency statistics STAT_ms are added below, from STATS
     n_runs: Optional[int] = None
     peak_rss_mb: Optional[float] = None
     peak_gpu_mb: Optional[float] = None
@@ -51,3 +45,7 @@ class ReportRow(BaseModel):
     def as_row(self) -> dict:
         """The JSON-ready dict that report.json and the renderers use."""
         return self.model_dump()
+
+
+ReportRow = create_model("ReportRow", __base__=_Row, __doc__=_Row.__doc__,
+                         **{f"{s}_ms": (Optional[float], None) for s in STATS})

@@ -10,7 +10,7 @@ import numpy as np
 
 from kdmobile.data.captions import CaptionData, load_captions
 from kdmobile.data.images import ClassData, load_cifar, load_digits, load_imagefolder
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 __all__ = [
     "CaptionData", "ClassData", "SPECS", "load_captions", "load_cifar", "load_dataset", "load_digits",
@@ -29,17 +29,17 @@ def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData:
     scheme, rest = scheme.strip().lower(), rest.strip()
     if scheme == "digits":
         if rest:
-            raise KDError(f"dataset {spec!r}: digits is built in and takes no path; use 'digits'")
+            raise UserError(f"dataset {spec!r}: digits is built in and takes no path; use 'digits'")
         return load_digits(**kw)
     if scheme not in _PATH_LOADERS:
-        raise KDError(f"unknown dataset {spec!r}; valid: {', '.join(SPECS)}")
+        raise UserError(f"unknown dataset {spec!r}; valid: {', '.join(SPECS)}")
     if not rest:
-        raise KDError(f"dataset {spec!r} needs a path: {scheme}:PATH")
+        raise UserError(f"dataset {spec!r} needs a path: {scheme}:PATH")
     if scheme in ("cifar10", "cifar100"):
         kw.setdefault("name", scheme)
     data = _PATH_LOADERS[scheme](Path(os.path.expanduser(rest)), **kw)
     if isinstance(data, ClassData) and len(np.unique(data.labels)) < 2:
-        raise KDError(f"dataset {spec!r}: only one class has images; classifying or retrieving over a single class "
+        raise UserError(f"dataset {spec!r}: only one class has images; classifying or retrieving over a single class "
                       "is meaningless (give at least two)")
     return data
 
@@ -59,7 +59,7 @@ def shared_data_dir() -> Path | None:
 def _check_fracs(val_frac: float, test_frac: float) -> None:
     """KDError unless both fractions are >= 0 and leave room for training data."""
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
-        raise KDError(f"split fractions must be >= 0 and sum to < 1, got val={val_frac} test={test_frac}")
+        raise UserError(f"split fractions must be >= 0 and sum to < 1, got val={val_frac} test={test_frac}")
 
 
 def _counts(n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
@@ -108,7 +108,7 @@ def _truncate(idx: np.ndarray, k: int | None, seed: int, labels: np.ndarray | No
     if k is None or k >= len(idx):
         return idx
     if k < 0:
-        raise KDError(f"max_train/max_test must be >= 0, got {k}")
+        raise UserError(f"max_train/max_test must be >= 0, got {k}")
     perm = idx[np.random.default_rng([seed, 1]).permutation(len(idx))]
     if labels is None:
         return np.sort(perm[:k])

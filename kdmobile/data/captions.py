@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from kdmobile.data.images import Samples, as_index, check_images, existing, read_image, read_npz, short
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 DEFAULT_SIZE = 64
 
@@ -48,9 +48,9 @@ def load_captions(
     """
     p = existing(path, "captions")
     if size is not None and (not isinstance(size, (int, np.integer)) or size <= 0):
-        raise KDError(f"captions: image size must be a positive int, got {size!r}")
+        raise UserError(f"captions: image size must be a positive int, got {size!r}")
     if limit is not None and (not isinstance(limit, (int, np.integer)) or limit <= 0):
-        raise KDError(f"captions: limit must be a positive int, got {limit!r}")
+        raise UserError(f"captions: limit must be a positive int, got {limit!r}")
     if p.is_dir():
         p = _npz_in(p)
     suffix = p.suffix.lower()
@@ -58,7 +58,7 @@ def load_captions(
         return _load_npz(p, size, limit)
     if suffix == ".json":
         return _load_json(p, size or DEFAULT_SIZE, image_root, limit)
-    raise KDError(f"captions: {p}: expected a .npz, a Karpathy/COCO .json, or a directory holding one .npz")
+    raise UserError(f"captions: {p}: expected a .npz, a Karpathy/COCO .json, or a directory holding one .npz")
 
 
 def square(img: Image.Image, size: int) -> Image.Image:
@@ -76,8 +76,8 @@ def _npz_in(d: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise KDError(f"captions: {d}: no .npz file in this directory (pass the .npz or a Karpathy/COCO .json)")
-    raise KDError(f"captions: {d}: several .npz files ({', '.join(f.name for f in found)}); pass one of them")
+        raise UserError(f"captions: {d}: no .npz file in this directory (pass the .npz or a Karpathy/COCO .json)")
+    raise UserError(f"captions: {d}: several .npz files ({', '.join(f.name for f in found)}); pass one of them")
 
 
 def _load_npz(p: Path, size: int | None, limit: int | None) -> CaptionData:
@@ -86,12 +86,12 @@ def _load_npz(p: Path, size: int | None, limit: int | None) -> CaptionData:
     images, raw = arrays["images"], arrays["captions"]
     check_images(images, p)
     if raw.ndim != 0 or raw.dtype.kind not in "US":
-        raise KDError(f"{p}: 'captions' must be a 0-d string holding a JSON list of caption lists, got {raw.dtype} {raw.shape}")
+        raise UserError(f"{p}: 'captions' must be a 0-d string holding a JSON list of caption lists, got {raw.dtype} {raw.shape}")
     text = raw.item()
     try:
         caps = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KDError(f"{p}: 'captions' is not valid JSON ({short(e)})") from None
+        raise UserError(f"{p}: 'captions' is not valid JSON ({short(e)})") from None
     captions = _check_captions(caps, len(images), p)
     if limit is not None:
         images, captions = images[:limit], captions[:limit]
@@ -103,12 +103,12 @@ def _load_npz(p: Path, size: int | None, limit: int | None) -> CaptionData:
 def _check_captions(caps: Any, n: int, src: Path) -> list[list[str]]:
     """`caps` checked to be n non-empty lists of strings."""
     if not isinstance(caps, list):
-        raise KDError(f"{src}: 'captions' must be a JSON list of caption lists, got {type(caps).__name__}")
+        raise UserError(f"{src}: 'captions' must be a JSON list of caption lists, got {type(caps).__name__}")
     if len(caps) != n:
-        raise KDError(f"{src}: {n} images but {len(caps)} caption lists")
+        raise UserError(f"{src}: {n} images but {len(caps)} caption lists")
     for i, c in enumerate(caps):
         if not isinstance(c, list) or not c or not all(isinstance(s, str) for s in c):
-            raise KDError(f"{src}: captions[{i}] must be a non-empty list of strings")
+            raise UserError(f"{src}: captions[{i}] must be a non-empty list of strings")
     return [list(c) for c in caps]
 
 
@@ -117,22 +117,22 @@ def _load_json(p: Path, size: int, image_root: str | os.PathLike | None, limit: 
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise KDError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise UserError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise KDError(f"cannot read {p}: {short(e)}") from None
+        raise UserError(f"cannot read {p}: {short(e)}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
-        raise KDError(f"{p}: expected a JSON object with an 'images' list (Karpathy dataset_*.json or COCO captions_*.json)")
+        raise UserError(f"{p}: expected a JSON object with an 'images' list (Karpathy dataset_*.json or COCO captions_*.json)")
     entries = _coco_entries(obj, p) if "annotations" in obj else _karpathy_entries(obj["images"], p)
     if limit is not None:
         entries = entries[:limit]
     if not entries:
-        raise KDError(f"{p}: dataset is empty (no images with captions)")
+        raise UserError(f"{p}: dataset is empty (no images with captions)")
     root = Path(os.path.expanduser(os.fspath(image_root))) if image_root is not None else p.parent
     images = np.empty((len(entries), size, size, 3), np.uint8)
     for i, (rel, _) in enumerate(entries):
         f = root / rel
         if not f.is_file():
-            raise KDError(f"{p}: image file {f} not found (images are resolved relative to {root})")
+            raise UserError(f"{p}: image file {f} not found (images are resolved relative to {root})")
         images[i] = np.asarray(square(read_image(f), size), dtype=np.uint8)
     return CaptionData(images, [caps for _, caps in entries], p.stem)
 
@@ -142,21 +142,21 @@ def _karpathy_entries(items: list[Any], p: Path) -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     for j, im in enumerate(items):
         if not isinstance(im, dict) or not isinstance(im.get("filename"), str):
-            raise KDError(f"{p}: images[{j}] must be an object with a 'filename' string")
+            raise UserError(f"{p}: images[{j}] must be an object with a 'filename' string")
         sentences = im.get("sentences")
         if not isinstance(sentences, list):
-            raise KDError(f"{p}: images[{j}] has no 'sentences' list (Karpathy format) and the file has no 'annotations' (COCO format)")
+            raise UserError(f"{p}: images[{j}] has no 'sentences' list (Karpathy format) and the file has no 'annotations' (COCO format)")
         caps = []
         for k, s in enumerate(sentences):
             raw = s.get("raw") if isinstance(s, dict) else None
             if raw is None and isinstance(s, dict) and isinstance(s.get("tokens"), list):
                 raw = " ".join(str(t) for t in s["tokens"])
             if not isinstance(raw, str):
-                raise KDError(f"{p}: images[{j}].sentences[{k}] has no 'raw' string")
+                raise UserError(f"{p}: images[{j}].sentences[{k}] has no 'raw' string")
             caps.append(raw)
         filepath = im.get("filepath")
         if filepath is not None and not isinstance(filepath, str):
-            raise KDError(f"{p}: images[{j}].filepath must be a string")
+            raise UserError(f"{p}: images[{j}].filepath must be a string")
         if caps:
             out.append((str(Path(filepath) / im["filename"]) if filepath else im["filename"], caps))
     return out
@@ -166,22 +166,22 @@ def _coco_entries(obj: dict[str, Any], p: Path) -> list[tuple[str, list[str]]]:
     """(file_name, captions) per COCO image, captions grouped from `annotations` in file order."""
     anns = obj["annotations"]
     if not isinstance(anns, list):
-        raise KDError(f"{p}: 'annotations' must be a list")
+        raise UserError(f"{p}: 'annotations' must be a list")
     by_id: dict[Any, int] = {}
     names: list[str] = []
     for j, im in enumerate(obj["images"]):
         if not isinstance(im, dict) or not isinstance(im.get("file_name"), str) or not isinstance(im.get("id"), (int, str)):
-            raise KDError(f"{p}: images[{j}] must be an object with 'id' and 'file_name'")
+            raise UserError(f"{p}: images[{j}] must be an object with 'id' and 'file_name'")
         if im["id"] in by_id:
-            raise KDError(f"{p}: images[{j}] repeats image id {im['id']!r}")
+            raise UserError(f"{p}: images[{j}] repeats image id {im['id']!r}")
         by_id[im["id"]] = j
         names.append(im["file_name"])
     caps: list[list[str]] = [[] for _ in names]
     for k, a in enumerate(anns):
         if not isinstance(a, dict) or not isinstance(a.get("caption"), str) or "image_id" not in a:
-            raise KDError(f"{p}: annotations[{k}] must be an object with 'image_id' and 'caption'")
+            raise UserError(f"{p}: annotations[{k}] must be an object with 'image_id' and 'caption'")
         j = by_id.get(a["image_id"]) if isinstance(a["image_id"], (int, str)) else None
         if j is None:
-            raise KDError(f"{p}: annotations[{k}] refers to unknown image_id {a['image_id']!r}")
+            raise UserError(f"{p}: annotations[{k}] refers to unknown image_id {a['image_id']!r}")
         caps[j].append(a["caption"])
     return [(n, c) for n, c in zip(names, caps) if c]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -85,7 +85,7 @@ def existing(path: str | os.PathLike, what: str) -> Path:
     """`path` with ~ expanded, or a KDError saying it does not exist."""
     p = Path(os.path.expanduser(os.fspath(path)))
     if not p.exists():
-        raise KDError(f"{what}: {p}: no such file or directory")
+        raise UserError(f"{what}: {p}: no such file or directory")
     return p
 
 
@@ -97,34 +97,34 @@ def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = 
                 raise ValueError("it holds a single array, not an .npz archive")
             missing = [k for k in required if k not in z.files]
             if missing:
-                raise KDError(
+                raise UserError(
                     f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(z.files) or 'none'})"
                 )
             return {k: z[k] for k in required + optional if k in z.files}
     except KDError:
         raise
     except Exception as e:  # zipfile, zlib, pickle-refusal and format errors all mean "corrupt"
-        raise KDError(f"cannot read {path}: not a valid .npz archive ({short(e)})") from None
+        raise UserError(f"cannot read {path}: not a valid .npz archive ({short(e)})") from None
 
 
 def check_images(images: np.ndarray, src: Path, key: str = "images") -> None:
     """KDError unless `images` is a non-empty uint8 (N,H,W,3) array."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
-        raise KDError(f"{src}: '{key}' must be a uint8 array of shape (N,H,W,3), got {images.dtype} {images.shape}")
+        raise UserError(f"{src}: '{key}' must be a uint8 array of shape (N,H,W,3), got {images.dtype} {images.shape}")
     if images.shape[0] == 0:
-        raise KDError(f"{src}: dataset is empty (0 images)")
+        raise UserError(f"{src}: dataset is empty (0 images)")
 
 
 def check_labels(labels: np.ndarray, n: int, n_classes: int, src: Path) -> np.ndarray:
     """`labels` as int64 after checking it is 1-D, integer, length n and within [0, n_classes)."""
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise KDError(f"{src}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        raise UserError(f"{src}: 'labels' must be a 1-D integer array, got {labels.dtype} {labels.shape}")
     if len(labels) != n:
-        raise KDError(f"{src}: {n} images but {len(labels)} labels")
+        raise UserError(f"{src}: {n} images but {len(labels)} labels")
     bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
     if bad.size:
         i = int(bad[0])
-        raise KDError(f"{src}: label {int(labels[i])} at index {i} is out of range [0, {n_classes})")
+        raise UserError(f"{src}: label {int(labels[i])} at index {i} is out of range [0, {n_classes})")
     return labels.astype(np.int64)
 
 
@@ -134,7 +134,7 @@ def hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in pair):
-        raise KDError(f"image size must be a positive int or (height, width), got {size!r}")
+        raise UserError(f"image size must be a positive int or (height, width), got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -145,7 +145,7 @@ def read_image(path: Path) -> Image.Image:
     try:
         return open_image(path, "RGB")  # pixel limit before decoding; 16-bit greyscale scaled, not saturated
     except KDError as e:
-        raise KDError(f"cannot read image {e}") from None
+        raise UserError(f"cannot read image {e}") from None
 
 
 # ---------------------------------------------------------------- digits
@@ -180,10 +180,10 @@ def load_cifar(path: str | os.PathLike, name: str | None = None) -> ClassData:
 def _class_names(arr: np.ndarray, src: Path) -> list[str]:
     """Class names from a 1-D str/bytes array, checked non-empty and unique."""
     if arr.ndim != 1 or arr.dtype.kind not in "US" or arr.size == 0:
-        raise KDError(f"{src}: 'classes' must be a non-empty 1-D string array, got {arr.dtype} {arr.shape}")
+        raise UserError(f"{src}: 'classes' must be a non-empty 1-D string array, got {arr.dtype} {arr.shape}")
     names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in arr.tolist()]
     if len(set(names)) != len(names):
-        raise KDError(f"{src}: 'classes' has duplicate names")
+        raise UserError(f"{src}: 'classes' has duplicate names")
     return names
 
 
@@ -194,7 +194,7 @@ def _cifar_dir(p: Path) -> Path:
     for child in ("cifar-10-batches-py", "cifar-100-python"):
         if (p / child).is_dir():
             return p / child
-    raise KDError(
+    raise UserError(
         f"{p}: not a CIFAR python directory (expected batches.meta with data_batch_1..5 and test_batch, "
         "or meta with train and test) and not an .npz file"
     )
@@ -208,11 +208,11 @@ def _load_cifar_pickles(d: Path, name: str | None) -> ClassData:
         meta_file, names_key, files, labels_key, default = d / "meta", "fine_label_names", CIFAR100_FILES, "fine_labels", "cifar100"
     missing = [f for f in files if not (d / f).is_file()]
     if missing:
-        raise KDError(f"{d}: missing CIFAR file(s) {', '.join(missing)}")
+        raise UserError(f"{d}: missing CIFAR file(s) {', '.join(missing)}")
     meta = _unpickle_dict(meta_file, (names_key,))
     raw_names = meta[names_key]
     if not isinstance(raw_names, (list, tuple)) or not raw_names:
-        raise KDError(f"{meta_file}: '{names_key}' must be a non-empty list of names")
+        raise UserError(f"{meta_file}: '{names_key}' must be a non-empty list of names")
     classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw_names]
     images, labels = [], []
     for f in files:
@@ -220,16 +220,16 @@ def _load_cifar_pickles(d: Path, name: str | None) -> ClassData:
         data = batch["data"]
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-            raise KDError(f"{d / f}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
+            raise UserError(f"{d / f}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
         try:
             lab = np.asarray(batch[labels_key])
         except Exception as e:
-            raise KDError(f"{d / f}: '{labels_key}' is not a list of integers ({short(e)})") from None
+            raise UserError(f"{d / f}: '{labels_key}' is not a list of integers ({short(e)})") from None
         labels.append(check_labels(lab, len(data), len(classes), d / f))
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     all_images = np.concatenate(images)
     if len(all_images) == 0:
-        raise KDError(f"{d}: dataset is empty (0 images)")
+        raise UserError(f"{d}: dataset is empty (0 images)")
     return ClassData(all_images, np.concatenate(labels), classes, name or default)
 
 
@@ -262,13 +262,13 @@ def _unpickle_dict(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
     except Exception as e:
-        raise KDError(f"cannot read {path}: not a valid CIFAR pickle ({short(e)})") from None
+        raise UserError(f"cannot read {path}: not a valid CIFAR pickle ({short(e)})") from None
     if not isinstance(obj, dict):
-        raise KDError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     out = {(k.decode("utf-8", "replace") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
     missing = [k for k in required if k not in out]
     if missing:
-        raise KDError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(out)) or 'none'})")
+        raise UserError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(out)) or 'none'})")
     return out
 
 
@@ -279,10 +279,10 @@ def load_imagefolder(path: str | os.PathLike, size: int | tuple[int, int] | None
     """One subfolder per class (sorted names), images resized to `size` (H, W) or the first image's size."""
     root = existing(path, "imagefolder")
     if not root.is_dir():
-        raise KDError(f"imagefolder: {root} is not a directory (expected one subfolder per class)")
+        raise UserError(f"imagefolder: {root} is not a directory (expected one subfolder per class)")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
-        raise KDError(f"{root}: no class subfolders (expected one subfolder per class with images inside)")
+        raise UserError(f"{root}: no class subfolders (expected one subfolder per class with images inside)")
     files: list[Path] = []
     labels: list[int] = []
     for label, d in enumerate(class_dirs):
@@ -292,7 +292,7 @@ def load_imagefolder(path: str | os.PathLike, size: int | tuple[int, int] | None
             and not any(part.startswith(".") for part in f.relative_to(d).parts)
         )
         if not found:
-            raise KDError(f"{d}: class folder has no images ({', '.join(IMAGE_EXTS)})")
+            raise UserError(f"{d}: class folder has no images ({', '.join(IMAGE_EXTS)})")
         files += found
         labels += [label] * len(found)
     target = hw(size)

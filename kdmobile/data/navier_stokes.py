@@ -29,7 +29,7 @@ from kdmobile.data.ns_solver import (
     DEFAULT_CFL, FNO_ALPHA, FNO_TAU, default_max_dt, fno_forcing, gaussian_random_field, num_records,
     resolve_device, solve, torch_threads, velocity_from_vorticity,
 )
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 CPU_BATCH = 8  # trajectories per solver call on CPU: larger batches fall out of cache
 GENERATOR_VERSION = 1  # bump when a change alters the numbers a key produces
@@ -64,7 +64,7 @@ def _forcing_name(name: str | None) -> str:
         return "none"
     if isinstance(name, str) and name.strip().lower() == "fno":
         return "fno"
-    raise KDError(f"unknown forcing {name!r} (use 'fno' or None)")
+    raise UserError(f"unknown forcing {name!r} (use 'fno' or None)")
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -73,7 +73,7 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
         return DTYPES[dtype]
     if dtype in (torch.float32, torch.float64):
         return dtype  # type: ignore[return-value]
-    raise KDError(f"--dtype must be float32 or float64, got {dtype!r}")
+    raise UserError(f"--dtype must be float32 or float64, got {dtype!r}")
 
 
 def _is_int(v: Any) -> bool:
@@ -84,19 +84,19 @@ def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: i
                          cpu_threads: int | None = None) -> None:
     """Validate the user-facing generation arguments (KDError, one line)."""
     if not _is_int(n) or n < 1:
-        raise KDError(f"--n must be a positive integer, got {n!r}")
+        raise UserError(f"--n must be a positive integer, got {n!r}")
     if not _is_int(res) or res < 8 or res % 2:
-        raise KDError(f"--res must be an even integer >= 8, got {res!r}")
+        raise UserError(f"--res must be an even integer >= 8, got {res!r}")
     if not (isinstance(visc, (int, float)) and math.isfinite(visc) and visc > 0):
-        raise KDError(f"--visc must be a positive number, got {visc!r}")
+        raise UserError(f"--visc must be a positive number, got {visc!r}")
     if not _is_int(seed) or seed < 0:
-        raise KDError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
     if not _is_int(batch_size) or batch_size < 1:
-        raise KDError(f"--batch-size must be a positive integer, got {batch_size!r}")
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if dt is not None and not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-        raise KDError(f"--dt must be a positive number, got {dt!r}")
+        raise UserError(f"--dt must be a positive number, got {dt!r}")
     if cpu_threads is not None and (not _is_int(cpu_threads) or cpu_threads < 1):
-        raise KDError(f"--threads must be a positive integer, got {cpu_threads!r}")
+        raise UserError(f"--threads must be a positive integer, got {cpu_threads!r}")
 
 
 def dataset_key(n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0,
@@ -199,7 +199,7 @@ class _Runner:
         u = np.concatenate([p[1].to("cpu").numpy() for p in parts]).astype(self.np_dtype, copy=False)
         a = np.concatenate([p[0].to("cpu").numpy() for p in parts]).astype(self.np_dtype, copy=False)
         if not np.isfinite(u).all():
-            raise KDError(f"the simulation blew up (non-finite vorticity) for trajectories {b0}..{b1 - 1}; "
+            raise UserError(f"the simulation blew up (non-finite vorticity) for trajectories {b0}..{b1 - 1}; "
                           f"use a smaller --dt")
         infos = [p[2] for p in parts]
         stats = {"dt_min": min(i["dt_min"] for i in infos), "dt_max": max(i["dt_max"] for i in infos),

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from kdmobile.errors import KDError, ToolError
+from kdmobile.errors import ToolError, UserError
 from kdmobile.fileio import atomic_path, write_json
 
 OUTPUT_SUFFIXES = (".npz", ".npy", ".mat")
@@ -35,13 +35,13 @@ def check_output_path(out: str | os.PathLike) -> Path:
     """Refuse (before any work) an output whose extension is wrong or whose folder cannot be made/written."""
     p = Path(out).expanduser()
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise KDError(f"{p}: output must end in .npz, .npy or .mat, not {p.suffix or '(no extension)'!r}")
+        raise UserError(f"{p}: output must end in .npz, .npy or .mat, not {p.suffix or '(no extension)'!r}")
     if p.is_dir():
-        raise KDError(f"{p}: is a directory, expected a file path ending in .npz, .npy or .mat")
+        raise UserError(f"{p}: is a directory, expected a file path ending in .npz, .npy or .mat")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way is bad input (2); a read-only or full disk is the environment (1)
-        err = ToolError if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) else KDError
+        err = ToolError if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) else UserError
         raise err(f"{p}: cannot create the output folder {p.parent}: {e.strerror or e}") from None
     if not os.access(p.parent, os.W_OK | os.X_OK):
         raise ToolError(f"{p}: output folder {p.parent} is not writable")
@@ -71,7 +71,7 @@ class ChunkStore:
         self.n = int(key["n"])
         state = None if restart else self._read_state()
         if state is not None and state["key"] != key:
-            raise KDError(
+            raise UserError(
                 f"{self.dir}: holds an unfinished generation with other parameters "
                 f"({_key_difference(state['key'], key)}); rerun with the same parameters to resume it, "
                 f"or add --restart to discard it"
@@ -82,7 +82,7 @@ class ChunkStore:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise KDError(f"{self.dir}: cannot create: {e.strerror or e}") from None
+                raise UserError(f"{self.dir}: cannot create: {e.strerror or e}") from None
             write_json(self.dir / STATE_FILE, state)
         self.chunk_size = int(state["chunk_size"])
         self.stats: dict[str, dict[str, Any]] = {
@@ -101,7 +101,7 @@ class ChunkStore:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             ok = False
         if not ok:
-            raise KDError(f"{path}: unreadable generation state; add --restart to discard {self.dir}")
+            raise UserError(f"{path}: unreadable generation state; add --restart to discard {self.dir}")
         return state
 
     def _chunk_path(self, i: int) -> Path:
@@ -128,7 +128,7 @@ class ChunkStore:
             write_json(self.dir / STATE_FILE, {"version": STATE_VERSION, "key": self.key,
                                                "chunk_size": self.chunk_size, "chunks": self.stats})
         except OSError as e:
-            raise KDError(f"{self.dir}: cannot write chunk {i}: {e.strerror or e}") from None
+            raise UserError(f"{self.dir}: cannot write chunk {i}: {e.strerror or e}") from None
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(u, a) of chunk i."""
@@ -137,7 +137,7 @@ class ChunkStore:
             with np.load(path, allow_pickle=False) as z:
                 return z["u"], z["a"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise KDError(f"{path}: damaged chunk ({type(e).__name__}); add --restart to regenerate") from None
+            raise UserError(f"{path}: damaged chunk ({type(e).__name__}); add --restart to regenerate") from None
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every chunk's (u, a), in trajectory order (all must be complete)."""
@@ -228,7 +228,7 @@ def write_dataset(path: Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]], s
     .mat (v7.3) in FNO's layout `u` N×H×W×T, `a`, `t`. `meta["layout"]` is set to the file's layout."""
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
-        raise KDError(f"{path}: output must end in .npz, .npy or .mat, not {path.suffix or '(no extension)'!r}")
+        raise UserError(f"{path}: output must end in .npz, .npy or .mat, not {path.suffix or '(no extension)'!r}")
     dtype = np.dtype(dtype)
     meta_json = json.dumps({**meta, "layout": "N,H,W,T" if suffix == ".mat" else "N,T,H,W"},
                            sort_keys=True, default=str)
@@ -241,5 +241,5 @@ def write_dataset(path: Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]], s
             else:
                 _write_mat(tmp, chunks, shape, dtype, times, meta_json)
     except OSError as e:
-        raise KDError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise UserError(f"{path}: cannot write: {e.strerror or e}") from None
     return path

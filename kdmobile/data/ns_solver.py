@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 FNO_ALPHA = 2.5
 FNO_TAU = 7.0
@@ -80,7 +80,7 @@ def _spectral(h: int, w: int, device: torch.device, dtype: torch.dtype) -> _Spec
 def _check_float(t: torch.Tensor, name: str) -> None:
     """Refuse non-floating tensors (the solver is real-valued float32/float64)."""
     if t.dtype not in (torch.float32, torch.float64):
-        raise KDError(f"{name} must be a float32 or float64 tensor, got {t.dtype}")
+        raise UserError(f"{name} must be a float32 or float64 tensor, got {t.dtype}")
 
 
 def velocity_from_vorticity(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,13 +97,13 @@ def velocity_from_vorticity(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def num_records(t_final: float, record_every: float) -> int:
     """Number of snapshots t_final/record_every; must be a positive integer (FNO: one per unit time)."""
     if not (math.isfinite(t_final) and t_final > 0):
-        raise KDError(f"t_final must be a positive number, got {t_final}")
+        raise UserError(f"t_final must be a positive number, got {t_final}")
     if not (math.isfinite(record_every) and record_every > 0):
-        raise KDError(f"the record interval must be a positive number, got {record_every}")
+        raise UserError(f"the record interval must be a positive number, got {record_every}")
     ratio = t_final / record_every
     n = round(ratio)
     if n < 1 or abs(ratio - n) > 1e-9 * max(1.0, ratio):
-        raise KDError(
+        raise UserError(
             f"t_final ({t_final}) must be a whole multiple of the record interval ({record_every})"
         )
     return n
@@ -118,7 +118,7 @@ def default_max_dt(res: int) -> float:
 def torch_threads(n: int | None) -> Iterator[None]:
     """Temporarily set torch's intra-op thread count (None: leave it), restoring it afterwards."""
     if n is not None and (not isinstance(n, int) or n < 1):
-        raise KDError(f"cpu_threads must be a positive integer, got {n!r}")
+        raise UserError(f"cpu_threads must be a positive integer, got {n!r}")
     if n is None or n == torch.get_num_threads():
         yield
         return
@@ -159,22 +159,22 @@ def solve(
     _check_float(w0, "w0")
     if dtype is not None:
         if dtype not in (torch.float32, torch.float64):
-            raise KDError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+            raise UserError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         w0 = w0.to(dtype)
     if w0.dim() not in (2, 3):
-        raise KDError(f"w0 must be (H, W) or (B, H, W), got shape {tuple(w0.shape)}")
+        raise UserError(f"w0 must be (H, W) or (B, H, W), got shape {tuple(w0.shape)}")
     if not (math.isfinite(visc) and visc >= 0):
-        raise KDError(f"viscosity must be a non-negative number, got {visc}")
+        raise UserError(f"viscosity must be a non-negative number, got {visc}")
     if dt is not None and not (math.isfinite(dt) and dt > 0):
-        raise KDError(f"dt must be a positive number, got {dt}")
+        raise UserError(f"dt must be a positive number, got {dt}")
     if not (math.isfinite(cfl) and cfl > 0):
-        raise KDError(f"cfl must be a positive number, got {cfl}")
+        raise UserError(f"cfl must be a positive number, got {cfl}")
     n_rec = num_records(t_final, record_every)
     squeeze = w0.dim() == 2
     w = w0.unsqueeze(0) if squeeze else w0
     b, h, wd = w.shape
     if h < 4 or wd < 4:
-        raise KDError(f"grid too small: {h}x{wd} (need at least 4x4)")
+        raise UserError(f"grid too small: {h}x{wd} (need at least 4x4)")
     rdtype, dev = w.dtype, w.device
     ops = _spectral(h, wd, dev, rdtype)
     if max_dt is None:
@@ -183,7 +183,7 @@ def solve(
     if forcing_field is not None:
         _check_float(forcing_field, "forcing_field")
         if tuple(forcing_field.shape[-2:]) != (h, wd):
-            raise KDError(f"forcing shape {tuple(forcing_field.shape)} does not match the grid {h}x{wd}")
+            raise UserError(f"forcing shape {tuple(forcing_field.shape)} does not match the grid {h}x{wd}")
         f_h = torch.fft.rfft2(forcing_field.to(device=dev, dtype=rdtype))
     grid = min(1.0 / h, 1.0 / wd)
     out = torch.empty(b, n_rec, h, wd, dtype=rdtype, device=dev)
@@ -200,7 +200,7 @@ def solve(
                 umax = torch.sqrt(fields[:, 0] ** 2 + fields[:, 1] ** 2).amax(dim=(-2, -1))
                 umax = umax.double().cpu()
                 if not bool(torch.isfinite(umax).all()):
-                    raise KDError(f"the solution became non-finite before t={r * record_every:g} (blow-up)")
+                    raise UserError(f"the solution became non-finite before t={r * record_every:g} (blow-up)")
                 safe = umax.clamp_min(1e-300)
                 dt_i = torch.where(umax > 0, cfl * grid / safe, max_dt)
                 if visc > 0:
@@ -231,7 +231,7 @@ def solve(
                 w_h = new if uniform else torch.where(steps_dev > j, new, w_h)
             out[:, r] = torch.fft.irfft2(w_h, s=(h, wd))
             if not bool(torch.isfinite(out[:, r]).all()):
-                raise KDError(
+                raise UserError(
                     f"the solution became non-finite by t={(r + 1) * record_every:g} (blow-up); use a smaller dt"
                 )
             if on_record is not None:
@@ -276,7 +276,7 @@ def gaussian_random_field(
     Drawn in float64 on the generator's device and then moved, so a seed gives the same field anywhere.
     """
     if n < 0 or res < 2:
-        raise KDError(f"need n >= 0 and res >= 2, got n={n}, res={res}")
+        raise UserError(f"need n >= 0 and res >= 2, got n={n}, res={res}")
     if sigma is None:
         sigma = tau ** (0.5 * (2.0 * alpha - 2.0))
     gdev = generator.device if generator is not None else torch.device("cpu")
@@ -302,9 +302,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise KDError(f"unknown device {device!r}: {e}") from None
+        raise UserError(f"unknown device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KDError(f"device {device!r} requested but CUDA is not available")
+        raise UserError(f"device {device!r} requested but CUDA is not available")
     if dev.type not in ("cpu", "cuda"):
-        raise KDError(f"unsupported device {device!r} (use cpu, cuda or auto)")
+        raise UserError(f"unsupported device {device!r} (use cpu, cuda or auto)")
     return dev

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 
 SEQUENCE_SUFFIXES = (".npy", ".npz", ".mat")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -55,7 +55,7 @@ def _read_npy(path: Path) -> np.ndarray:
     """An array from a .npy file (no pickles)."""
     arr = np.load(path, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
-        raise KDError(f"{path}: not a .npy array")
+        raise UserError(f"{path}: not a .npy array")
     return arr
 
 
@@ -71,7 +71,7 @@ def _read_npz(path: Path) -> np.ndarray:
         arrays = [k for k in keys if k != "meta"]
         if len(arrays) == 1:
             return z[arrays[0]]
-        raise KDError(
+        raise UserError(
             f"{path}: no array 'u' and not a single array (keys: {', '.join(keys) or 'none'})"
         )
 
@@ -82,7 +82,7 @@ def _mat_to_ntHW(arr: np.ndarray, path: Path) -> np.ndarray:
         return np.transpose(arr, (0, 3, 1, 2))
     if arr.ndim == 3:
         return np.transpose(arr, (2, 0, 1))[None]
-    raise KDError(f"{path}: 'u' must be 4-D (N, H, W, T) as in the FNO files, got shape {arr.shape}")
+    raise UserError(f"{path}: 'u' must be 4-D (N, H, W, T) as in the FNO files, got shape {arr.shape}")
 
 
 def _pick_variable(names: list[str], path: Path) -> str:
@@ -91,7 +91,7 @@ def _pick_variable(names: list[str], path: Path) -> str:
         return "u"
     if len(names) == 1:
         return names[0]
-    raise KDError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
+    raise UserError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
 
 
 def _read_mat_v5(path: Path) -> np.ndarray:
@@ -101,7 +101,7 @@ def _read_mat_v5(path: Path) -> np.ndarray:
     data = scipy.io.loadmat(path)
     arr = data[_pick_variable([k for k in data if not k.startswith("__")], path)]
     if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.names is not None:
-        raise KDError(f"{path}: variable 'u' is not a numeric array")
+        raise UserError(f"{path}: variable 'u' is not a numeric array")
     return _mat_to_ntHW(arr, path)
 
 
@@ -112,7 +112,7 @@ def _read_mat_v73(path: Path) -> np.ndarray:
     with h5py.File(path, "r") as f:
         obj = f[_pick_variable([k for k in f.keys() if not k.startswith("#")], path)]
         if not isinstance(obj, h5py.Dataset) or obj.dtype.names is not None or obj.dtype.kind not in "biuf":
-            raise KDError(f"{path}: variable 'u' is not a numeric array")
+            raise UserError(f"{path}: variable 'u' is not a numeric array")
         arr = obj[()]
     # MATLAB is column-major: reversing the axes restores MATLAB's (N, H, W, T) / (H, W, T).
     return _mat_to_ntHW(np.transpose(arr), path)
@@ -135,47 +135,47 @@ def load_sequences(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in SEQUENCE_SUFFIXES:
-        raise KDError(f"{p}: unsupported file type {p.suffix or '(no extension)'!r} (use .npy, .npz or .mat)")
+        raise UserError(f"{p}: unsupported file type {p.suffix or '(no extension)'!r} (use .npy, .npz or .mat)")
     if not p.exists():
-        raise KDError(f"{p}: no such file")
+        raise UserError(f"{p}: no such file")
     if not p.is_file():
-        raise KDError(f"{p}: not a regular file")
+        raise UserError(f"{p}: not a regular file")
     try:
         arr = _read_any(p)
     except KDError:
         raise
     except MemoryError:
-        raise KDError(f"{p}: not enough memory to load the array") from None
+        raise UserError(f"{p}: not enough memory to load the array") from None
     except Exception as e:  # corrupt/unreadable files raise many types (OSError, ValueError, zip, HDF5, scipy)
-        raise KDError(f"{p}: cannot read as {suffix} array ({type(e).__name__}: {_one_line(e)})") from None
+        raise UserError(f"{p}: cannot read as {suffix} array ({type(e).__name__}: {_one_line(e)})") from None
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
-        raise KDError(f"{p}: expected a real numeric array, got dtype {arr.dtype}")
+        raise UserError(f"{p}: expected a real numeric array, got dtype {arr.dtype}")
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4:
-        raise KDError(f"{p}: expected a 4-D array (N, T, H, W) or 3-D (T, H, W), got shape {arr.shape}")
+        raise UserError(f"{p}: expected a 4-D array (N, T, H, W) or 3-D (T, H, W), got shape {arr.shape}")
     if arr.size == 0:
-        raise KDError(f"{p}: the array is empty (shape {arr.shape})")
+        raise UserError(f"{p}: the array is empty (shape {arr.shape})")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported just below
         out = np.ascontiguousarray(arr, dtype=np.float32)
     finite = np.isfinite(out)
     if not finite.all():
         bad = int(out.size - np.count_nonzero(finite))
-        raise KDError(f"{p}: contains {bad} non-finite values (NaN/Inf, or too large for float32)")
+        raise UserError(f"{p}: contains {bad} non-finite values (NaN/Inf, or too large for float32)")
     return out
 
 
 def _check_frac(name: str, value: float) -> None:
     """A split fraction must lie in [0, 1)."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
-        raise KDError(f"{name} must be in [0, 1), got {value!r}")
+        raise UserError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def _check_pos_int(name: str, value: int) -> None:
     """A positive integer option."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise KDError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -197,9 +197,9 @@ class SequenceSpec:
         _check_frac("val_frac", self.val_frac)
         _check_frac("test_frac", self.test_frac)
         if self.val_frac + self.test_frac >= 1.0:
-            raise KDError(f"val_frac + test_frac must be < 1, got {self.val_frac} + {self.test_frac}")
+            raise UserError(f"val_frac + test_frac must be < 1, got {self.val_frac} + {self.test_frac}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool) or self.seed < 0:
-            raise KDError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
 
     @property
     def window(self) -> int:
@@ -246,7 +246,7 @@ def check_frames(array: np.ndarray, spec: SequenceSpec, source: str | os.PathLik
     t = int(array.shape[1]) if array.ndim == 4 else int(array.shape[0]) if array.ndim == 3 else 0
     if t < spec.window:
         where = f"{source}: " if source is not None else ""
-        raise KDError(
+        raise UserError(
             f"{where}too few frames: frames_in + frames_out = {spec.frames_in} + {spec.frames_out} "
             f"= {spec.window} frames needed, the data has {t}"
         )
@@ -309,7 +309,7 @@ def make_windows(
         arr = arr[None]
     if arr.ndim != 4:
         where = f"{source}: " if source is not None else ""
-        raise KDError(f"{where}expected a 4-D array (N, T, H, W), got shape {arr.shape}")
+        raise UserError(f"{where}expected a 4-D array (N, T, H, W), got shape {arr.shape}")
     check_frames(arr, spec, source)
     n = arr.shape[0]
     n_train, n_val, n_test = _split_counts(n, spec)
@@ -320,7 +320,7 @@ def make_windows(
     mean, std = _train_stats(arr, train_ids)
     if not (math.isfinite(std) and std > 0):
         where = f"{source}: " if source is not None else ""
-        raise KDError(f"{where}the training trajectories are constant (std = {std}); cannot normalise")
+        raise UserError(f"{where}the training trajectories are constant (std = {std}); cannot normalise")
     tx, ty = _windows(arr, train_ids, spec, mean, std)
     vx, vy = _windows(arr, val_ids, spec, mean, std)
     sx, sy = _windows(arr, test_ids, spec, mean, std)

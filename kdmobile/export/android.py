@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from kdmobile.bundle import MANIFEST, load_bundle
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 from kdmobile.fileio import atomic_path
 
 INDEX = "index.json"  # bundles/index.json: what the page offers, [{name, task, target, precision, sample}]
@@ -59,7 +59,7 @@ def copy_to_assets(bundle_dir: str | os.PathLike, assets_dir: str | os.PathLike)
     """Checksum-verify an ONNX bundle, copy it to ASSETS/bundles/NAME (plus a forecast sample) and update the index."""
     b = load_bundle(bundle_dir)  # refuses a changed or incomplete bundle
     if b.target != "onnx":
-        raise KDError(f"bundle {b.path}: the Android demo runs ONNX bundles (ONNX Runtime Web); this is {b.target}")
+        raise UserError(f"bundle {b.path}: the Android demo runs ONNX bundles (ONNX Runtime Web); this is {b.target}")
     assets = Path(assets_dir)
     dest = assets / "bundles" / b.path.name
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdmobile.errors import KDError
+from kdmobile.argparsing import add_command
+from kdmobile.errors import UserError
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.quantize import INT8_FORMATS
 from kdmobile.targets import PRECISIONS, TARGET_NAMES
@@ -37,8 +38,7 @@ exit codes: 0 ok, 1 an artifact failed (or was flagged, with --strict) or the en
 
 def register(sub: Any) -> None:
     """Add the `export` sub-command to the `kdmobile` parser's sub-parsers."""
-    p = sub.add_parser("export", help="export a run to verified ONNX / TFLite / CoreML bundles",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "export", "export a run to verified ONNX / TFLite / CoreML bundles", _DESCRIPTION, _EPILOG)
     p.add_argument("run", nargs="?", metavar="RUN", help="run directory written by `kdmobile train` (e.g. runs/demo)")
     p.add_argument("--verify", metavar="BUNDLE",
                    help="re-verify an existing bundle instead of exporting: its seal and checksums, then a run on "
@@ -95,12 +95,12 @@ def _expand(value: str | None, choices: Sequence[str], flag: str) -> list[str] |
         return None
     items = [t.strip().lower() for t in value.split(",") if t.strip()]
     if not items:
-        raise KDError(f"{flag}: empty value (choose {', '.join(choices)} or all)")
+        raise UserError(f"{flag}: empty value (choose {', '.join(choices)} or all)")
     out: list[str] = []
     for t in items:
         for v in (choices if t == "all" else [t]):
             if v not in choices:
-                raise KDError(f"{flag}: unknown {flag.lstrip('-')} {v!r} (choose {', '.join(choices)} or all)")
+                raise UserError(f"{flag}: unknown {flag.lstrip('-')} {v!r} (choose {', '.join(choices)} or all)")
             if v not in out:
                 out.append(v)
     return out
@@ -114,7 +114,7 @@ def _given(**values: Any) -> dict[str, Any]:
 def _check_verify_args(args: argparse.Namespace) -> None:
     """--verify re-checks a bundle: export-only flags are refused in one line."""
     if args.run:
-        raise KDError(f"--verify checks an existing bundle; give its run directory as --run {args.run}")
+        raise UserError(f"--verify checks an existing bundle; give its run directory as --run {args.run}")
     given = [flag for flag, v in (("--target", args.target), ("--precision", args.precision),
                                   ("--classes", args.classes), ("--out", args.out),
                                   ("--calibration-samples", args.calibration_samples),
@@ -122,7 +122,7 @@ def _check_verify_args(args: argparse.Namespace) -> None:
                                   ("--android-assets", args.android_assets))
              if v is not None]
     if given:
-        raise KDError(f"--verify re-checks an existing bundle and takes no {', '.join(given)}")
+        raise UserError(f"--verify re-checks an existing bundle and takes no {', '.join(given)}")
 
 
 def _record(run: str, bundles: list[Path]) -> None:
@@ -148,9 +148,9 @@ def handler(args: argparse.Namespace) -> int:
         report = verify_existing(args.verify, th, args.verify_run)
     else:
         if args.verify_run is not None:
-            raise KDError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
+            raise UserError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
         if not args.run:
-            raise KDError("give a run directory to export (kdmobile export RUN) or --verify BUNDLE")
+            raise UserError("give a run directory to export (kdmobile export RUN) or --verify BUNDLE")
         from kdmobile.export.exporter import export_run
         from kdmobile.rundir import read_method
 
@@ -160,7 +160,7 @@ def handler(args: argparse.Namespace) -> int:
             out=args.out or None, calibration_samples=args.calibration_samples,
             classes_file=args.classes or None, int8_format=args.int8_format, tflite_recipe=args.tflite_recipe))
         if opts.classes_file is not None and read_method(args.run) != "ammkd":
-            raise KDError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
+            raise UserError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                           f"{read_method(args.run)} run")
         report = export_run(args.run, opts)
         _record(args.run, [a.bundle for a in report.artifacts if a.bundle is not None and a.error is None])
@@ -173,7 +173,7 @@ def handler(args: argparse.Namespace) -> int:
                 print(f"android assets: {copy_to_assets(a.bundle, args.android_assets)}")
     failed, flagged = report.failed, report.flagged
     if failed and len(failed) == len(report.artifacts) and all(a.error_is_user for a in failed):
-        raise KDError(failed[0].error or "export failed")
+        raise UserError(failed[0].error or "export failed")
     for a in flagged:
         print(f"kdmobile: flagged: {a.target} {a.precision}: {a.verification.get('status')}", file=sys.stderr)
     if failed:

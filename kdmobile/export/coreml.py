@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kdmobile import __version__
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.export.tflite import eval_mode, quiet_native_output
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import PRECISIONS
@@ -56,14 +56,14 @@ def _coreml_context() -> Iterator[Any]:
         try:
             import coremltools as ct
         except ImportError as exc:
-            raise KDError("CoreML export needs coremltools: pip install 'kdmobile[coreml]'") from exc
+            raise UserError("CoreML export needs coremltools: pip install 'kdmobile[coreml]'") from exc
     yield ct
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, torch.Tensor]:
     out = model(example)
     if not isinstance(out, torch.Tensor):
-        raise KDError(f"CoreML export supports models with one tensor output; got {type(out).__name__}")
+        raise UserError(f"CoreML export supports models with one tensor output; got {type(out).__name__}")
     traced = torch.jit.trace(model, (example,), check_trace=False)
     return traced, out
 
@@ -99,7 +99,7 @@ def validate_mlpackage(path: Path, input_name: str, input_shape: tuple[int, ...]
             with quiet_native_output():
                 spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
         except Exception as exc:
-            raise KDError(f"{path}: not a readable CoreML package ({_first_line(exc)})") from exc
+            raise UserError(f"{path}: not a readable CoreML package ({_first_line(exc)})") from exc
     inputs = [_feature(f) for f in spec.description.input]
     outputs = [_feature(f) for f in spec.description.output]
     problems = []
@@ -120,7 +120,7 @@ def validate_mlpackage(path: Path, input_name: str, input_shape: tuple[int, ...]
     if precision == "int8" and n_quant == 0:
         problems.append("int8 requested but the program holds no quantized weights")
     if problems:
-        raise KDError(f"coreml validation failed for {path.name}: " + "; ".join(problems))
+        raise UserError(f"coreml validation failed for {path.name}: " + "; ".join(problems))
     return {
         "validated": True,
         "spec_version": int(spec.specificationVersion),
@@ -154,10 +154,10 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     against PyTorch; that path cannot be exercised on the Linux machines this project is tested on.
     """
     if precision not in PRECISIONS:
-        raise KDError(f"unknown precision '{precision}' for coreml; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision '{precision}' for coreml; choose one of {', '.join(PRECISIONS)}")
     out_path = Path(out_path)
     if out_path.suffix != ".mlpackage":
-        raise KDError(f"{out_path}: a CoreML ML Program must be saved as a .mlpackage directory")
+        raise UserError(f"{out_path}: a CoreML ML Program must be saved as a .mlpackage directory")
     meta = {k: _meta_str(v) for k, v in metadata.items()}
     meta.setdefault("kdmobile_version", __version__)
     meta.setdefault("kdmobile_precision", precision)
@@ -184,7 +184,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
         except KDError:
             raise
         except Exception as exc:  # tracing and the MIL frontend raise many types
-            raise KDError(f"coreml conversion failed: {_first_line(exc)}") from exc
+            raise ToolError(f"coreml conversion failed: {_first_line(exc)}") from exc
 
         mlmodel.author = meta.pop("author", "kdmobile")
         mlmodel.short_description = meta.pop(
@@ -199,7 +199,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
                 with quiet_native_output():
                     mlmodel.save(str(tmp))
             except Exception as exc:
-                raise KDError(f"coreml save failed: {_first_line(exc)}") from exc
+                raise ToolError(f"coreml save failed: {_first_line(exc)}") from exc
             t_convert = time.perf_counter() - t0
             info = validate_mlpackage(tmp, input_name, tuple(example.shape), output_name,
                                       tuple(reference.shape), meta, precision)
@@ -228,7 +228,7 @@ def _predict_parity(path: Path, input_name: str, output_name: str, example: torc
             loaded = ct.models.MLModel(str(path))
             got = np.asarray(loaded.predict({input_name: example.numpy()})[output_name], dtype=np.float32)
         except Exception as exc:
-            raise KDError(f"coreml prediction failed: {_first_line(exc)}") from exc
+            raise ToolError(f"coreml prediction failed: {_first_line(exc)}") from exc
     ref = reference.detach().numpy().astype(np.float32).reshape(got.shape)
     a, b = got.ravel().astype(np.float64), ref.ravel().astype(np.float64)
     cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))

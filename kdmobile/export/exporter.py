@@ -20,11 +20,10 @@ import numpy as np
 
 from kdmobile import __version__
 from kdmobile.bundle import Bundle, load_bundle, write_bundle, write_class_vectors
-from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
-from kdmobile.errors import KDError, ToolError
+from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.export.jobs import CONVERTERS, Job
 from kdmobile.export.metadata import model_metadata
-from kdmobile.export.options import DEFAULT_CALIBRATION, TFLITE_RECIPES, ExportOptions, Thresholds
+from kdmobile.export.options import ExportOptions, Thresholds
 from kdmobile.export.quantize import file_size
 from kdmobile.export.report import Artifact, ExportReport
 from kdmobile.export.run import Run, load_run, read_classes_file
@@ -32,15 +31,9 @@ from kdmobile.export.verify import (Reference, format_results, reference_caption
                                     reference_forecast, reference_row, verify_bundle, verify_random)
 from kdmobile.fileio import MIN_FREE_BYTES, sha256_file
 from kdmobile.rundir import STUDENT_FILE, teacher_file
-from kdmobile.targets import MODEL_FILE, PRECISIONS, TARGET_NAMES
-from kdmobile.targets import TARGETS as TARGETS_TABLE
+from kdmobile.targets import MODEL_FILE, TARGETS
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
-__all__ = ["Artifact", "CONVERTERS", "DEFAULT_CALIBRATION", "ExportOptions", "ExportReport", "Exporter", "Job",
-           "MODEL_FILE", "PRECISIONS", "Run", "TARGETS", "TFLITE_RECIPES", "export_run", "load_run",
-           "read_classes_file", "verify_existing"]
-
-TARGETS = TARGET_NAMES  # the names, as before; the table itself is kdmobile.targets.TARGETS
 IO_NAMES = {"retrieval": ("image", "embedding"), "forecast": ("frames", "forecast")}
 VERIFY_SAMPLES = 1000  # held-out samples used for parity and metrics (the PyTorch reference uses the same ones)
 
@@ -54,7 +47,7 @@ class Exporter:
         """`bundled` = (class vectors, labels, new_classes) of an existing bundle, for --verify. `opts` were
         validated when they were built."""
         if opts.classes_file is not None and run.task != "retrieval":
-            raise KDError(f"--classes: {run.name} is an {run.method} ({run.kind}) run; new classes only apply to "
+            raise UserError(f"--classes: {run.name} is an {run.method} ({run.kind}) run; new classes only apply to "
                           "retrieval (ammkd) runs")
         self.run, self.opts, self.log = run, opts, log
         self.input_name, self.output_name = IO_NAMES[run.task]
@@ -88,28 +81,28 @@ class Exporter:
 
         images = run.need("images_test")[:VERIFY_SAMPLES]
         if images.dtype != np.uint8 or images.ndim != 4:
-            raise KDError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")
+            raise UserError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")
         return normalise(images, tuple(self.img_mean), tuple(self.img_std)), images
 
     @property
     def img_mean(self) -> list[float]:
         """Per-channel image mean the student was trained with (CLIP's by default)."""
-        return [float(v) for v in self.run.extra.get("mean", CLIP_MEAN)]
+        return self.run.card.image_mean
 
     @property
     def img_std(self) -> list[float]:
         """Per-channel image std the student was trained with (CLIP's by default)."""
-        return [float(v) for v in self.run.extra.get("std", CLIP_STD)]
+        return self.run.card.image_std
 
     @property
     def mean(self) -> float:
         """Forecast normalisation mean (physical units)."""
-        return float(self.run.extra.get("mean", 0.0))
+        return self.run.card.frame_mean
 
     @property
     def std(self) -> float:
         """Forecast normalisation std (physical units)."""
-        return float(self.run.extra.get("std", 1.0))
+        return self.run.card.frame_std
 
     def _fuse(self, vectors: Sequence[Any]) -> np.ndarray:
         """The student's text fusion of per-teacher vectors -> (K, D) float32 L2-normalised rows."""
@@ -123,21 +116,21 @@ class Exporter:
         """Each teacher's text encoder on the new class names, with the run's prompt templates."""
         from kdmobile.models.clip_teacher import DEFAULT_TEMPLATES, load_teacher
 
-        templates = list(self.run.extra.get("templates") or DEFAULT_TEMPLATES)
+        templates = list(self.run.card.templates or DEFAULT_TEMPLATES)
         out = []
-        for t in self.run.extra.get("teachers", []):
+        for t in self.run.card.teachers:
             path = teacher_file(self.run.path, t)
             if not path.is_file():
-                raise KDError(f"--classes needs the teachers' text encoders: {path} missing")
+                raise UserError(f"--classes needs the teachers' text encoders: {path} missing")
             out.append(load_teacher(path).class_vectors(names, templates).float().numpy())
         if not out:
-            raise KDError(f"{self.run.path / STUDENT_FILE}: no teachers recorded; cannot encode new classes")
+            raise UserError(f"{self.run.path / STUDENT_FILE}: no teachers recorded; cannot encode new classes")
         return out
 
     def _prepare_classes(self) -> None:
         """Bundled class vectors + labels: new classes through the teachers, else the run's classes/captions."""
         run = self.run
-        teachers = list(run.extra.get("teachers", []))
+        teachers = list(run.card.teachers)
         if self.opts.classes_file is not None:
             self.labels = read_classes_file(self.opts.classes_file)
             self.class_vectors = self._fuse(self._teacher_vectors(self.labels))
@@ -145,20 +138,19 @@ class Exporter:
         elif run.kind == "classes":
             path = run.path / "class_vectors.npz"
             if not path.is_file():
-                raise KDError(f"{path}: missing (per-teacher class vectors)")
+                raise UserError(f"{path}: missing (per-teacher class vectors)")
             z = load_npz(path)
             missing = [t for t in teachers if t not in z]
             if missing:
-                raise KDError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
+                raise UserError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
             self.class_vectors = self._fuse([z[t] for t in teachers])
-            self.labels = list(run.extra.get("labels")
-                               or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
+            self.labels = list(run.card.labels or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
         else:  # captions: the gallery is the held-out captions, fused like class vectors
-            self.class_vectors = self._fuse([run.need(f"textvec_test_{t}") for t in teachers])
+            self.class_vectors = self._fuse(run.text_vectors(teachers))
             self.labels = [str(c) for c in run.need("captions_test")]
             self.class_source = "held-out captions"
         if self.class_vectors is None or len(self.labels) != len(self.class_vectors):
-            raise KDError(f"{run.path}: {len(self.labels)} labels for "
+            raise UserError(f"{run.path}: {len(self.labels)} labels for "
                           f"{0 if self.class_vectors is None else len(self.class_vectors)} class vectors")
 
     def _calibration(self) -> np.ndarray:
@@ -179,9 +171,9 @@ class Exporter:
         if run.kind == "captions":
             owner = run.need("caption_owner_test")
             keep = owner < n
-            text = self._fuse([run.need(f"textvec_test_{t}")[keep] for t in run.extra.get("teachers", [])])
+            text = self._fuse([v[keep] for v in run.text_vectors(list(run.card.teachers))])
             return reference_captions(run.model, self.raw_inputs, self.model_inputs, text, owner[keep])
-        labels = run.heldout.get("labels_test")
+        labels = run.heldout().labels_test
         return reference_classes(run.model, self.raw_inputs, self.model_inputs,
                                  None if labels is None else labels[:n], self.class_vectors, self.logit_scale,
                                  self.new_classes)
@@ -207,17 +199,17 @@ class Exporter:
             m["retrieval"] = {"class_vectors": {"file": "class_vectors.f32", "shape": [int(k), int(d)],
                                                 "dtype": "float32", "byte_order": "little"},
                               "logit_scale": self.logit_scale, "labels_file": "labels.json",
-                              "prompt_templates": list(run.extra.get("templates") or []),
+                              "prompt_templates": list(run.card.templates),
                               "kind": run.kind if not self.new_classes else "classes",
-                              "class_source": self.class_source, "teachers": list(run.extra.get("teachers", []))}
+                              "class_source": self.class_source, "teachers": list(run.card.teachers)}
         else:
-            calib = run.heldout.get("x_calib", self.model_inputs)
+            calib = run.heldout().x_calib if run.heldout().x_calib is not None else self.model_inputs
             raw = calib * self.std + self.mean
             lo, hi = float(raw.min()), float(raw.max())
             m["input"] = {"name": self.input_name, "shape": shape, "dtype": "float32", "layout": "NTHW",
                           "value_range": [lo, hi if hi > lo else lo + 1.0], "mean": [self.mean], "std": [self.std],
                           "value_range_note": "observed on the calibration windows, physical units"}
-            t_out = int(run.extra.get("frames_out", self.reference.outputs.shape[1]))
+            t_out = int(run.card.frames_out or self.reference.outputs.shape[1])
             m["outputs"] = [{"name": self.output_name, "shape": [1, t_out, *shape[2:]]}]
             m["forecast"] = {"frames_in": int(shape[1]), "frames_out": t_out, "mean": self.mean, "std": self.std,
                              "height": int(shape[2]), "width": int(shape[3]),
@@ -236,7 +228,7 @@ class Exporter:
         from importlib.metadata import PackageNotFoundError, version
 
         out = {}
-        for p in TARGETS_TABLE[target].export_packages:
+        for p in TARGETS[target].export_packages:
             try:
                 out[p] = version(p)
             except PackageNotFoundError:
@@ -344,7 +336,7 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: st
     if run_dir is not None:
         run = load_run(run_dir)
         if run.task != bundle.task:
-            raise KDError(f"--run {run.path}: a {run.method} ({run.task}) run cannot verify a {bundle.task} bundle")
+            raise UserError(f"--run {run.path}: a {run.method} ({run.task}) run cannot verify a {bundle.task} bundle")
         opts = ExportOptions(targets=[bundle.target], precisions=[bundle.precision], thresholds=thresholds)
         bundled = None
         if bundle.task == "retrieval":

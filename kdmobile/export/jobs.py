@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 
 @dataclass
@@ -39,7 +39,7 @@ def _tflite(job: Job) -> dict[str, Any]:
     try:
         from kdmobile.export.tflite import convert_tflite
     except ImportError as e:
-        raise KDError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
+        raise UserError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
     info = convert_tflite(job.model, job.example, job.out_path, job.precision, job.calibration,
                           recipe=job.tflite_recipe, metadata=job.metadata)
     return {"quantization": {"format": info.get("recipe", job.precision), **info}}
@@ -50,7 +50,7 @@ def _coreml(job: Job) -> dict[str, Any]:
         from kdmobile.export.coreml import convert_coreml
         from kdmobile.export.tflite import mha_fastpath_off
     except ImportError as e:
-        raise KDError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
+        raise UserError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
     with mha_fastpath_off():  # restored afterwards: the switch is process-wide
         info = convert_coreml(job.model, job.example, job.out_path, job.precision, job.metadata,
                               input_name=job.input_name, output_name=job.output_name)

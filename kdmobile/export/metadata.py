@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kdmobile import __version__
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.targets import target_of
 
 METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_task", "kdmobile_run", "kdmobile_target",
@@ -103,9 +103,9 @@ def read_tflite(path: str | Path) -> dict[str, str]:
         try:
             value = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise KDError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not UTF-8 JSON") from None
+            raise UserError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not UTF-8 JSON") from None
         if not isinstance(value, dict):
-            raise KDError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not a JSON object")
+            raise UserError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not a JSON object")
         return {str(k): str(v) for k, v in value.items()}
     return {}
 
@@ -129,7 +129,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """kdmobile's metadata from a model file of any target, chosen by its suffix."""
     target = target_of(path)
     if target is None or target.name not in _READERS:
-        raise KDError(f"{path}: not a model file of a kdmobile target (.onnx, .tflite or .mlpackage)")
+        raise UserError(f"{path}: not a model file of a kdmobile target (.onnx, .tflite or .mlpackage)")
     if not Path(path).exists():
-        raise KDError(f"{path}: no such model file")
+        raise UserError(f"{path}: no such model file")
     return _READERS[target.name](path)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.targets import PRECISIONS
 
 OPSET = 17
@@ -93,7 +93,7 @@ def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calib
     from kdmobile.export.quantize import quantize_onnx, quiet, resolve_int8_format
 
     if precision not in PRECISIONS:
-        raise KDError(f"unknown precision {precision!r} for onnx")
+        raise UserError(f"unknown precision {precision!r} for onnx")
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(prefix=".onnx-work.", dir=out_path.parent) as tmp:
         work = Path(tmp)

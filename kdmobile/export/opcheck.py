@@ -11,7 +11,7 @@ import re
 import warnings
 from typing import Any, Iterable
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.targets import TARGETS
 
 # target -> {operator regex: why}; the deny-lists themselves are in the target table (kdmobile.targets)
@@ -63,7 +63,7 @@ def traced_ops(model: Any, example: Any) -> set[str]:
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(model, (example,), check_trace=False)
         except Exception as second:  # noqa: BLE001
-            raise KDError(f"cannot trace the model to check its operators (torch.export: "
+            raise UserError(f"cannot trace the model to check its operators (torch.export: "
                           f"{type(first).__name__}; jit.trace: {type(second).__name__}: {second})") from None
         for node in traced.inlined_graph.nodes():
             ops.add(_name(node.kind()))
@@ -91,5 +91,5 @@ def check_ops(model: Any, example: Any, targets: Iterable[str]) -> set[str]:
         if bad:
             problems.append(f"model uses operators {target} cannot take: {', '.join(bad)}")
     if problems:
-        raise KDError("; ".join(problems))
+        raise UserError("; ".join(problems))
     return ops

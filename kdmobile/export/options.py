@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.export.quantize import INT8_FORMATS
 from kdmobile.export.run import read_classes_file
 from kdmobile.fileio import check_writable, clean_stale
@@ -29,7 +29,7 @@ class _Settings(BaseModel):
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or type(self).__name__
-            raise KDError(f"export setting {where}: {first['msg']}") from None
+            raise UserError(f"export setting {where}: {first['msg']}") from None
 
 
 class Thresholds(_Settings):
@@ -47,9 +47,9 @@ class Thresholds(_Settings):
 def require_thresholds(th: Thresholds) -> None:
     """One-line error for thresholds that make no sense (run when a Thresholds is built)."""
     if not (th.top1 >= 0):
-        raise KDError(f"--threshold-top1 must be >= 0 points, got {th.top1}")
+        raise UserError(f"--threshold-top1 must be >= 0 points, got {th.top1}")
     if not (th.mse >= 0):
-        raise KDError(f"--threshold-mse must be >= 0 (a relative rise, 0.05 = 5%), got {th.mse}")
+        raise UserError(f"--threshold-mse must be >= 0 (a relative rise, 0.05 = 5%), got {th.mse}")
 
 
 class ExportOptions(_Settings):
@@ -69,23 +69,23 @@ class ExportOptions(_Settings):
     def _check(self) -> "ExportOptions":
         for t in self.targets:
             if t not in TARGET_NAMES:
-                raise KDError(f"unknown target {t!r} (choose {', '.join(TARGET_NAMES)} or all)")
+                raise UserError(f"unknown target {t!r} (choose {', '.join(TARGET_NAMES)} or all)")
         for pr in self.precisions:
             if pr not in PRECISIONS:
-                raise KDError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
+                raise UserError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
         if self.int8_format not in INT8_FORMATS:
-            raise KDError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+            raise UserError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
         if self.tflite_recipe not in TFLITE_RECIPES:
-            raise KDError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
+            raise UserError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
         if self.calibration_samples < 0:
-            raise KDError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
+            raise UserError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
         if self.calibration_samples == 0 and "int8" in self.precisions:
-            raise KDError("--calibration-samples 0 with int8: static int8 needs at least 1 calibration sample")
+            raise UserError("--calibration-samples 0 with int8: static int8 needs at least 1 calibration sample")
         if self.classes_file is not None:
             read_classes_file(self.classes_file)
         out = Path(self.out).expanduser()
         if out.exists() and not out.is_dir():
-            raise KDError(f"--out {out}: exists and is not a directory")
+            raise UserError(f"--out {out}: exists and is not a directory")
         return self
 
     def prepare_out(self) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 INT8_FORMATS = ("auto", "s8s8", "u8s8", "dynamic", "w8a32")
 STATIC_FORMATS = ("s8s8", "u8s8")
@@ -84,7 +84,7 @@ def choose_int8_format(host: Mapping[str, Any] | None = None) -> tuple[str, dict
 def resolve_int8_format(requested: str, host: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """Validate `--int8-format` and resolve `auto`; returns (format, manifest facts incl. the host ISA)."""
     if requested not in INT8_FORMATS:
-        raise KDError(f"--int8-format {requested!r}: choose one of {', '.join(INT8_FORMATS)}")
+        raise UserError(f"--int8-format {requested!r}: choose one of {', '.join(INT8_FORMATS)}")
     fmt, facts = choose_int8_format(host)
     if requested == "auto":
         return fmt, {**facts, "requested": "auto"}
@@ -150,9 +150,9 @@ def quantize_onnx(src: Path, dst: Path, fmt: str, calibration: np.ndarray | None
                     "tool": f"onnxruntime.quantization {onnxruntime.__version__} quantize_dynamic",
                     "calibration_samples": 0}
         if fmt not in STATIC_FORMATS:
-            raise KDError(f"unknown ONNX int8 format {fmt!r}")
+            raise UserError(f"unknown ONNX int8 format {fmt!r}")
         if calibration is None or len(calibration) == 0:
-            raise KDError(f"int8 format {fmt} needs calibration samples (--calibration-samples N, N >= 1)")
+            raise UserError(f"int8 format {fmt} needs calibration samples (--calibration-samples N, N >= 1)")
         act = QuantType.QInt8 if fmt == "s8s8" else QuantType.QUInt8
         quantize_static(str(pre), str(dst), _reader(input_name, calibration), quant_format=QuantFormat.QDQ,
                         activation_type=act, weight_type=QuantType.QInt8, per_channel=True)
@@ -217,7 +217,7 @@ def weight_only_int8(src: Path, dst: Path) -> dict[str, Any]:
         n_q += 1
         n_el += int(q.size)
     if not n_q:
-        raise KDError("w8a32: the model has no Conv/Gemm/MatMul weights to quantize")
+        raise UserError("w8a32: the model has no Conv/Gemm/MatMul weights to quantize")
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)  # dequantization first keeps the graph topologically sorted

@@ -1,86 +1,78 @@
-"""What export reads from a run directory (the student, its extra dict, the held-out arrays) and the --classes file,
-with one-line errors for a missing, foreign or unfinished run; nothing is unpickled."""
+"""What export reads from a run directory (through kdmobile.rundir's one reader: the student, its card, the
+held-out set) and the --classes file, with one-line errors for a missing, foreign or unfinished run; no pickle."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdmobile.errors import KDError
-from kdmobile.rundir import STUDENT_FILE, read_method, require_complete
-from kdmobile.untrusted import load_npz
+from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
+from kdmobile.contracts.student import StudentCard, student_card
+from kdmobile.errors import UserError
+from kdmobile.rundir import STUDENT_FILE, RunDir, open_run
 
 
 @dataclass
-class Run:
-    """What export needs from a run directory: the student, its extra dict and the held-out arrays."""
+class Run(RunDir):
+    """A finished run directory as export reads it: the shared reader (kdmobile.rundir.RunDir) plus the student
+    and its card (input normalisation, teachers, labels)."""
 
-    path: Path
-    method: str
-    kind: str                    # "classes" | "captions" | "forecast"
-    model: Any
-    extra: dict[str, Any]
-    heldout: dict[str, np.ndarray]
+    model: Any = field(default=None, kw_only=True)
+    card: StudentCard = field(default=None, kw_only=True)  # type: ignore[assignment]
 
     @property
-    def name(self) -> str:
-        return self.path.name
+    def kind(self) -> str:
+        """classes | captions | forecast (what the student was trained for)."""
+        return self.card.task
 
-    @property
-    def task(self) -> str:
-        """The bundle task."""
-        return "forecast" if self.kind == "forecast" else "retrieval"
-
-    def need(self, key: str) -> np.ndarray:
+    def need(self, name: str) -> np.ndarray:
         """A held-out array, or a one-line error naming heldout.npz."""
-        if key not in self.heldout:
-            raise KDError(f"{self.path / 'heldout.npz'}: no {key!r} array")
-        return self.heldout[key]
+        value = getattr(self.heldout(), name, None)
+        if value is None:
+            raise UserError(f"{self.path / HELDOUT_FILE}: no {name!r} array")
+        return value
+
+    def text_vectors(self, teachers: list[str]) -> list[np.ndarray]:
+        """Each teacher's held-out caption vectors, or a one-line error naming the missing teacher."""
+        found = self.heldout().textvec_test
+        missing = [t for t in teachers if t not in found]
+        if missing:
+            raise UserError(f"{self.path / HELDOUT_FILE}: no caption vectors of teacher(s) {', '.join(missing)}")
+        return [found[t] for t in teachers]
 
 
 def load_run(path: str | Path) -> Run:
-    """Open a run directory with one-line errors for a missing/foreign/unfinished one."""
-    p = Path(path).expanduser().resolve()
-    method = read_method(p)
-    if method not in ("ammkd", "sdkd"):
-        raise KDError(f"{p}: method {method!r} has no exporter (expected ammkd or sdkd)")
-    require_complete(p, "export")
-    student = p / STUDENT_FILE
+    """Open a finished run directory for export, with one-line errors for a missing/foreign/unfinished one."""
+    d = open_run(path, "export")
+    student = d.path / STUDENT_FILE
     if not student.is_file():
         old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
-            if (p / "student.pt").is_file() else " (was the run finished?)"
-        raise KDError(f"{p}: {STUDENT_FILE} missing{old}")
-    if not (p / "heldout.npz").is_file():
-        raise KDError(f"{p}: heldout.npz missing (held-out and calibration data; was the run finished?)")
+            if (d.path / "student.pt").is_file() else " (was the run finished?)"
+        raise UserError(f"{d.path}: {STUDENT_FILE} missing{old}")
+    d.heldout()  # refuses a missing or inconsistent held-out set before the student is loaded
     from kdmobile.models.registry import load_model
 
     model, extra = load_model(student)
-    heldout = load_npz(p / "heldout.npz")
-    kind = extra.get("task", "forecast" if method == "sdkd" else "classes")
-    if method == "sdkd" and kind != "forecast":
-        raise KDError(f"{student}: an sdkd student should have task 'forecast', not {kind!r}")
-    if kind not in ("classes", "captions", "forecast"):
-        raise KDError(f"{student}: unknown task {kind!r}")
-    return Run(p, method, kind, model.eval(), dict(extra), heldout)
+    return Run(d.path, d.method, d.metrics, model=model.eval(), card=student_card(extra, d.method, str(student)))
 
 
 def read_classes_file(path: str | Path) -> list[str]:
     """Class names, one per line (blank lines ignored); one-line errors for missing, empty or duplicate names."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise KDError(f"--classes {p}: no such file")
+        raise UserError(f"--classes {p}: no such file")
     try:
         names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
-        raise KDError(f"--classes {p}: unreadable ({e})") from None
+        raise UserError(f"--classes {p}: unreadable ({e})") from None
     names = [n for n in names if n]
     if not names:
-        raise KDError(f"--classes {p}: no class names (one per line)")
+        raise UserError(f"--classes {p}: no class names (one per line)")
     seen: set[str] = set()
     dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
     if dups:
-        raise KDError(f"--classes {p}: duplicate class names: {', '.join(dups)}")
+        raise UserError(f"--classes {p}: duplicate class names: {', '.join(dups)}")
     return names

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import PRECISIONS
 
@@ -176,10 +176,10 @@ def choose_int8_recipe(model: nn.Module, recipe: str, have_calibration: bool,
                        float_ops: dict[str, int] | None = None) -> tuple[str, str]:
     """Resolve `recipe` ("auto", "dynamic", "static") to ("dynamic" | "static", reason)."""
     if recipe not in INT8_RECIPES:
-        raise KDError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
     if recipe == "static":
         if not have_calibration:
-            raise KDError("static int8 needs calibration data (a few hundred training inputs); none was given")
+            raise UserError("static int8 needs calibration data (a few hundred training inputs); none was given")
         return "static", "requested: int8 weights and activations, calibrated"
     if recipe == "dynamic":
         return "dynamic", "requested: int8 weights, activations quantized at run time"
@@ -239,13 +239,13 @@ def _convert_float(model: nn.Module, example: torch.Tensor) -> bytes:
                 try:
                     import litert_torch
                 except ImportError as exc:
-                    raise KDError("TFLite export needs litert-torch: pip install 'kdmobile[tflite]'") from exc
+                    raise UserError("TFLite export needs litert-torch: pip install 'kdmobile[tflite]'") from exc
                 edge = litert_torch.convert(model, (example,))
                 data = edge.model_content()
         except KDError:
             raise
         except Exception as exc:  # litert-torch raises many types (export, lowering, MLIR, converter)
-            raise KDError(f"tflite conversion failed: {_first_line(exc)}") from exc
+            raise ToolError(f"tflite conversion failed: {_first_line(exc)}") from exc
     return bytes(data)
 
 
@@ -257,10 +257,10 @@ def _signature_io(model_bytes: bytes) -> tuple[str, str]:
         interp = Interpreter(model_content=model_bytes)
         sigs = interp.get_signature_list()
     if len(sigs) != 1:
-        raise KDError(f"tflite model has {len(sigs)} signatures; expected one")
+        raise UserError(f"tflite model has {len(sigs)} signatures; expected one")
     key, sig = next(iter(sigs.items()))
     if len(sig["inputs"]) != 1:
-        raise KDError(f"tflite model has {len(sig['inputs'])} inputs; expected one")
+        raise UserError(f"tflite model has {len(sig['inputs'])} inputs; expected one")
     return key, sig["inputs"][0]
 
 
@@ -278,9 +278,9 @@ def calibration_batches(calibration: np.ndarray, example_shape: tuple[int, ...])
         b = shape[0]
         batches = [cal[i : i + b] for i in range(0, len(cal) - b + 1, b)]
     else:
-        raise KDError(f"calibration data shaped {cal.shape} does not match the model input {shape}")
+        raise UserError(f"calibration data shaped {cal.shape} does not match the model input {shape}")
     if not batches:
-        raise KDError(f"calibration data has {len(cal)} samples; need at least {shape[0]}")
+        raise UserError(f"calibration data has {len(cal)} samples; need at least {shape[0]}")
     return [np.ascontiguousarray(x) for x in batches[:MAX_CALIBRATION_SAMPLES]]
 
 
@@ -307,12 +307,12 @@ def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
                 q = quantizer.Quantizer(bytearray(float_bytes), recipe.dynamic_wi8_afp32())
             elif kind == "static":
                 if not calibration:
-                    raise KDError("static int8 needs calibration data; none was given")
+                    raise UserError("static int8 needs calibration data; none was given")
                 q = quantizer.Quantizer(bytearray(float_bytes), recipe.static_wi8_ai8())
                 for op in (ops.INPUT, ops.OUTPUT):  # keep float32 I/O: the runtime feeds float
                     q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key=algo.NO_QUANTIZE)
             else:
-                raise KDError(f"cannot quantize to {precision}/{kind}")
+                raise UserError(f"cannot quantize to {precision}/{kind}")
             calib = None
             if q.need_calibration:
                 sig, name = _signature_io(float_bytes)
@@ -322,9 +322,9 @@ def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
     except KDError:
         raise
     except Exception as exc:
-        raise KDError(f"tflite {precision} quantization failed: {_first_line(exc)}") from exc
+        raise ToolError(f"tflite {precision} quantization failed: {_first_line(exc)}") from exc
     if result.quantized_model is None:
-        raise KDError(f"tflite {precision} quantization produced no model")
+        raise UserError(f"tflite {precision} quantization produced no model")
     return bytes(result.quantized_model)
 
 
@@ -340,11 +340,11 @@ def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     The file is written to a temporary sibling and renamed into place; errors are one-line KDErrors.
     """
     if precision not in PRECISIONS:
-        raise KDError(f"unknown precision '{precision}' for tflite; choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision '{precision}' for tflite; choose one of {', '.join(PRECISIONS)}")
     if recipe not in INT8_RECIPES:
-        raise KDError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
     if precision == "int8" and recipe == "static" and calibration is None:  # fail before the slow conversion
-        raise KDError("static int8 needs calibration data (a few hundred training inputs); none was given")
+        raise UserError("static int8 needs calibration data (a few hundred training inputs); none was given")
     # Check the calibration data's shape before the slow conversion, too.
     batches = (calibration_batches(calibration, tuple(example.shape))
                if precision == "int8" and calibration is not None and recipe != "dynamic" else None)

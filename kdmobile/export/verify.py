@@ -10,8 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from kdmobile.bundle import Bundle
-from kdmobile.export.options import Thresholds, require_thresholds  # noqa: F401 - re-exported: the settings' home
-from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
+from kdmobile.evaluation import backend_infer, evaluate_forecast, evaluate_retrieval, score_captions, score_classes
+from kdmobile.export.options import Thresholds
 from kdmobile.table import format_table
 
 MIN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
@@ -38,61 +38,42 @@ class Reference:
     std: float = 1.0
 
 
-def _student_outputs(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Run the PyTorch student on normalised inputs in batches (float32 numpy out)."""
-    import torch
+def _student(model: Any) -> Any:
+    """The PyTorch student as an evaluator model (kdmobile.evaluation), through the runtime's TorchBackend."""
+    from kdmobile.runtime.backends import TorchBackend
 
-    model = model.eval()
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch], np.float32))).float().numpy())
-    return np.concatenate(outs)
-
-
-def _headline_captions(m: dict[str, float]) -> float:
-    """R@1 averaged over both retrieval directions."""
-    return 0.5 * (m["i2t_R@1"] + m["t2i_R@1"])
+    return backend_infer(TorchBackend(model))
 
 
 def reference_classes(model: Any, images: np.ndarray, model_inputs: np.ndarray, labels: np.ndarray | None,
                       class_vectors: np.ndarray, logit_scale: float, new_classes: bool) -> Reference:
     """Reference for a class-retrieval bundle; the metric is skipped when the bundle holds new classes."""
-    out = _student_outputs(model, model_inputs)
+    use_labels = None if new_classes else labels
+    out, metric = evaluate_retrieval(_student(model), model_inputs, class_vectors, labels=use_labels,
+                                     logit_scale=logit_scale)
     ref = Reference("classes", images, model_inputs, out, labels=labels)
-    if new_classes or labels is None:
+    if use_labels is None:
         ref.note = "new classes" if new_classes else "no held-out labels"
         return ref
-    ref.metric = topk_accuracy(logit_scale * out @ class_vectors.T, labels)
-    ref.headline = "top1"
+    ref.metric, ref.headline = metric, "top1"
     return ref
 
 
 def reference_captions(model: Any, images: np.ndarray, model_inputs: np.ndarray, text_vectors: np.ndarray,
                        owner: np.ndarray) -> Reference:
     """Reference for a caption-retrieval run: Recall@K between image embeddings and fused caption vectors."""
-    out = _student_outputs(model, model_inputs)
+    out, metric = evaluate_retrieval(_student(model), model_inputs, text_vectors, owner=owner)
     ref = Reference("captions", images, model_inputs, out, text_vectors=text_vectors, caption_owner=owner)
-    ref.metric = retrieval_recall(out, text_vectors, owner)
-    ref.metric["R@1"] = _headline_captions(ref.metric)
-    ref.headline = "R@1"  # caption recall does not depend on the bundled class vectors, so --classes keeps it
+    ref.metric, ref.headline = metric, "R@1"  # caption recall does not depend on the bundled class vectors, so --classes keeps it
     return ref
 
 
 def reference_forecast(model: Any, x: np.ndarray, y: np.ndarray, mean: float, std: float) -> Reference:
     """Reference for a forecast bundle: inputs/targets are normalised windows; the runtime gets raw units."""
-    out = _student_outputs(model, x)
+    out, metric = evaluate_forecast(_student(model), x, y, mean, std)
     ref = Reference("forecast", (x * std + mean).astype(np.float32), x, out, targets=y, mean=mean, std=std)
-    ref.metric = _forecast_metric(out, y, mean, std)
-    ref.headline = "mse"
+    ref.metric, ref.headline = metric, "mse"
     return ref
-
-
-def _forecast_metric(pred_norm: np.ndarray, y_norm: np.ndarray, mean: float, std: float) -> dict[str, float]:
-    """MSE in normalised units (the headline) plus physical-unit MSE/MAE/relative L2."""
-    phys = forecast_errors(pred_norm * std + mean, y_norm * std + mean)
-    return {"mse": float(np.mean((pred_norm - y_norm) ** 2)), "mse_phys": phys["mse"], "mae_phys": phys["mae"],
-            "rel_l2": phys["rel_l2"]}
 
 
 def parity(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -132,18 +113,17 @@ def _run_bundle(bundle: Bundle, ref: Reference) -> tuple[np.ndarray, dict[str, f
 
     if ref.kind == "forecast":
         fp = ForecastPredictor(bundle)
-        pred = (fp.predict(ref.inputs) - ref.mean) / ref.std
-        return pred, _forecast_metric(pred, ref.targets, ref.mean, ref.std), None
+        return evaluate_forecast(lambda x: (fp.predict(x * ref.std + ref.mean) - ref.mean) / ref.std,
+                                 ref.model_inputs, ref.targets, ref.mean, ref.std) + (None,)
     rp = RetrievalPredictor(bundle)
     images = list(ref.inputs)
     pre_diff = float(np.max(np.abs(rp.preprocess(images) - ref.model_inputs)))
     emb = rp.embed(images)
     metric: dict[str, float] = {}
     if ref.kind == "classes" and ref.headline is not None:
-        metric = topk_accuracy(rp.scores(images), ref.labels)
+        metric = score_classes(emb, rp.class_vectors, ref.labels, rp.logit_scale)
     elif ref.kind == "captions":
-        metric = retrieval_recall(emb, ref.text_vectors, ref.caption_owner)
-        metric["R@1"] = _headline_captions(metric)
+        metric = score_captions(emb, ref.text_vectors, ref.caption_owner)
     return emb, metric, pre_diff
 
 

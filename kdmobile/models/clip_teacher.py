@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdmobile.console import quiet_open_clip_random_init
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.models.conv_stem import use_conv_stem
 from kdmobile.models.weights import load_state, read_weights, save_weights
 
@@ -92,10 +92,10 @@ def parse_teacher(spec: str) -> TeacherSpec:
         return TeacherSpec(recipe["model_name"], None, str(as_file), _image_size(recipe))
     name, _, pretrained = spec.partition(":")
     if name not in oc.list_models():
-        raise KDError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
+        raise UserError(f"unknown teacher model '{name}'; built-in offline teachers: {', '.join(BUILTIN_TEACHERS)}")
     if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         if not Path(pretrained).expanduser().is_file():
-            raise KDError(f"teacher weights {pretrained}: no such file")
+            raise UserError(f"teacher weights {pretrained}: no such file")
         pretrained = str(Path(pretrained).expanduser())
     return TeacherSpec(name, pretrained or None)
 
@@ -128,7 +128,7 @@ class ClipTeacher(nn.Module):
                 with quiet:
                     self.clip = oc.create_model(spec.model_name, pretrained=pretrained)
         except Exception as exc:  # download failures, bad files
-            raise KDError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
+            raise UserError(f"teacher {spec.model_name}:{pretrained}: could not load weights ({exc})") from None
         if spec.checkpoint and load_pretrained:
             load_state(self.clip, _read_teacher_file(Path(spec.checkpoint))[1], spec.checkpoint)
         self.tokenizer = oc.get_tokenizer(spec.model_name)
@@ -186,9 +186,9 @@ def _read_teacher_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     """(recipe, tensors) of a teacher file, refusing pickle files and other kdmobile files in one line."""
     recipe, tensors = read_weights(path)
     if recipe.get("kind") != "open_clip" or not isinstance(recipe.get("model_name"), str):
-        raise KDError(f"{path}: not a kdmobile teacher file")
+        raise UserError(f"{path}: not a kdmobile teacher file")
     if recipe["model_name"] not in _open_clip().list_models():
-        raise KDError(f"{path}: unknown open_clip model {recipe['model_name']!r}")
+        raise UserError(f"{path}: unknown open_clip model {recipe['model_name']!r}")
     return recipe, tensors
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 from kdmobile.models.weights import load_state, read_weights, save_weights
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -36,7 +36,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; the kwargs are stored with it by `save_model`."""
     _ensure_registered()
     if name not in _REGISTRY:
-        raise KDError(f"unknown model '{name}'; known: {', '.join(sorted(_REGISTRY))}")
+        raise UserError(f"unknown model '{name}'; known: {', '.join(sorted(_REGISTRY))}")
     model = _REGISTRY[name](**kwargs)
     model.kd_spec = {"model": name, "kwargs": dict(kwargs)}  # type: ignore[attr-defined]
     return model
@@ -56,13 +56,13 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     name, kwargs, extra = recipe.get("model"), recipe.get("kwargs", {}), recipe.get("extra", {})
     if recipe.get("format") != "kdmobile-model" or not isinstance(name, str) or not isinstance(kwargs, dict) \
             or not isinstance(extra, dict):
-        raise KDError(f"{path}: not a kdmobile model file (its recipe needs format, model, kwargs, extra)")
+        raise UserError(f"{path}: not a kdmobile model file (its recipe needs format, model, kwargs, extra)")
     try:
         model = create_model(name, **kwargs)
     except KDError as e:
-        raise KDError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a model's constructor may raise anything on kwargs it cannot take
-        raise KDError(f"{path}: its recipe does not build {name} ({type(e).__name__}: "
+        raise UserError(f"{path}: its recipe does not build {name} ({type(e).__name__}: "
                       f"{' '.join(str(e).split())[:160]})") from None
     load_state(model, tensors, path)
     return model.eval(), extra

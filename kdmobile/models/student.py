@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.models.registry import register_model
 
 FUSION_MODES = ("full", "none")
@@ -25,7 +25,7 @@ def check_backbone(name: str) -> None:
     if not isinstance(name, str) or not timm.is_model(name):
         close = timm.list_models(f"*{str(name)[:20]}*")[:5] if isinstance(name, str) and name else []
         hint = f"; similar: {', '.join(close)}" if close else "; e.g. mobilenetv3_small_075, mobilenetv3_large_100"
-        raise KDError(f"--student {name!r}: not a timm model{hint}")
+        raise UserError(f"--student {name!r}: not a timm model{hint}")
 
 
 class ImageFusion(nn.Module):

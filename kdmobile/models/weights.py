@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.fileio import atomic_path
 from kdmobile.untrusted import MAX_JSON_DEPTH, parse_json
 
@@ -46,7 +46,7 @@ def _refuse_pickle(p: Path) -> None:
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return
     if head[:1] == _PICKLE_MAGIC[0] or (head[:4] == _PICKLE_MAGIC[1] and zipfile.is_zipfile(p)):
-        raise KDError(f"{p}: a pickle-based PyTorch file; kdmobile loads only safetensors model files (unpickling "
+        raise UserError(f"{p}: a pickle-based PyTorch file; kdmobile loads only safetensors model files (unpickling "
                       "can run code): retrain with this kdmobile version or convert it where you trust it")
 
 
@@ -56,19 +56,19 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 
     p = Path(path)
     if not p.is_file():
-        raise KDError(f"{p}: no such file")
+        raise UserError(f"{p}: no such file")
     _refuse_pickle(p)
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a truncated or foreign file
-        raise KDError(f"{p}: not a readable safetensors file ({' '.join(str(e).split())[:160]})") from None
+        raise UserError(f"{p}: not a readable safetensors file ({' '.join(str(e).split())[:160]})") from None
     if META_KEY not in meta:
-        raise KDError(f"{p}: not a kdmobile model file (no '{META_KEY}' recipe in its safetensors header)")
+        raise UserError(f"{p}: not a kdmobile model file (no '{META_KEY}' recipe in its safetensors header)")
     recipe = parse_json(meta[META_KEY].encode(), f"{p} (recipe)", MAX_JSON_DEPTH)
     if not isinstance(recipe, dict):
-        raise KDError(f"{p}: the recipe in its header should be a JSON object")
+        raise UserError(f"{p}: the recipe in its header should be a JSON object")
     return recipe, tensors
 
 
@@ -78,4 +78,4 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: s
         model.load_state_dict(tensors)
     except RuntimeError as e:
         first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-        raise KDError(f"{path}: weights do not fit the model its recipe builds ({first[:200]})") from None
+        raise UserError(f"{path}: weights do not fit the model its recipe builds ({first[:200]})") from None

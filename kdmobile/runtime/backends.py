@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from kdmobile.console import quiet_native_stderr
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.targets import TARGETS
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def _ordered(inputs: dict[str, np.ndarray], names: Sequence[str]) -> list[np.nda
         return [inputs[n] for n in names]
     if len(inputs) == len(names):
         return list(inputs.values())
-    raise KDError(f"model expects inputs {list(names)}, got {list(inputs)}")
+    raise UserError(f"model expects inputs {list(names)}, got {list(inputs)}")
 
 
 class OnnxBackend:
@@ -50,7 +50,7 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise KDError("ONNX bundles need onnxruntime: pip install 'kdmobile[onnx]'") from None
+            raise UserError("ONNX bundles need onnxruntime: pip install 'kdmobile[onnx]'") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -58,7 +58,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise KDError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path}: onnxruntime cannot load the model ({str(e).splitlines()[0]})") from None
         ins = self.session.get_inputs()
         self.input_names = [i.name for i in ins]
         self.input_shapes = {i.name: tuple(d if isinstance(d, int) else None for d in i.shape) for i in ins}
@@ -83,7 +83,7 @@ def _import_interpreter() -> Any:
         except (ImportError, AttributeError):
             continue
         return obj.Interpreter if attr == "lite" else obj
-    raise KDError("TFLite bundles need a LiteRT interpreter: install one of ai-edge-litert, tflite-runtime "
+    raise UserError("TFLite bundles need a LiteRT interpreter: install one of ai-edge-litert, tflite-runtime "
                   "or tensorflow (pip install 'kdmobile[tflite]')")
 
 
@@ -97,7 +97,7 @@ class LiteRTBackend:
                 self.interpreter = interpreter_cls(model_path=str(path), num_threads=int(threads))
                 self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise KDError(f"{path}: LiteRT cannot load the model ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path}: LiteRT cannot load the model ({str(e).splitlines()[0]})") from None
         ins = self.interpreter.get_input_details()
         self.input_names = [d["name"] for d in ins]
         self.input_shapes = {
@@ -117,7 +117,7 @@ class LiteRTBackend:
         ok = len(x.shape) == len(cur) and all(
             i == 0 or s is None or s == n for i, (s, n) in enumerate(zip(sig, x.shape)))
         if not ok:
-            raise KDError(f"input {detail['name']} expects shape {list(cur)}, got {list(x.shape)}")
+            raise UserError(f"input {detail['name']} expects shape {list(cur)}, got {list(x.shape)}")
         self.interpreter.resize_tensor_input(detail["index"], list(x.shape))
         return True
 
@@ -157,11 +157,11 @@ class CoreMLBackend:
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
         if platform.system() != "Darwin":
-            raise KDError("CoreML prediction needs macOS; this bundle was validated at export only")
+            raise UserError("CoreML prediction needs macOS; this bundle was validated at export only")
         try:
             import coremltools as ct
         except ImportError:
-            raise KDError("CoreML bundles need coremltools: pip install 'kdmobile[coreml]'") from None
+            raise UserError("CoreML bundles need coremltools: pip install 'kdmobile[coreml]'") from None
         self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
         desc = self.model.get_spec().description
         self.input_names = [i.name for i in desc.input]
@@ -182,7 +182,7 @@ class TorchBackend:
         try:
             import torch
         except ImportError:
-            raise KDError("the torch backend needs torch installed") from None
+            raise UserError("the torch backend needs torch installed") from None
         if threads is not None:
             torch.set_num_threads(int(threads))  # process-wide setting
         self._torch = torch
@@ -205,7 +205,7 @@ def open_backend(bundle: "Bundle", threads: int = 1) -> Backend:
     target = TARGETS.get(bundle.target)
     cls = globals().get(target.runtime) if target is not None else None
     if cls is None:
-        raise KDError(f"bundle {bundle.path}: no runtime backend for target {bundle.target!r}")
+        raise UserError(f"bundle {bundle.path}: no runtime backend for target {bundle.target!r}")
     return cls(Path(bundle.model_path), threads=threads)
 
 

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdmobile.errors import KDError
+from kdmobile.argparsing import add_command
+from kdmobile.errors import KDError, UserError
 
 _DESCRIPTION = """\
 Run an exported bundle (from `kdmobile export`) with the torch-free runtime: the same code a phone-side user runs.
@@ -38,8 +39,7 @@ exit codes: 0 ok, 2 bad input (missing or changed bundle, unreadable image, wron
 
 def register(sub: Any) -> None:
     """Add the `predict` sub-command to the `kdmobile` parser's sub-parsers."""
-    p = sub.add_parser("predict", help="run a bundle on images (retrieval) or frame arrays (forecast); no torch",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "predict", "run a bundle on images (retrieval) or frame arrays (forecast); no torch", _DESCRIPTION, _EPILOG)
     p.add_argument("bundle", metavar="BUNDLE", help="bundle directory written by `kdmobile export`")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (retrieval bundles) or .npy frame arrays (forecast bundles)")
@@ -57,18 +57,18 @@ def register(sub: Any) -> None:
 def _check_args(args: argparse.Namespace, task: str) -> None:
     """One-line errors for values and flags that do not fit the bundle's task."""
     if args.threads < 1:
-        raise KDError(f"--threads must be >= 1, got {args.threads}")
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if task == "retrieval":
         if args.top_k < 1:
-            raise KDError(f"--top-k must be >= 1, got {args.top_k}")
+            raise UserError(f"--top-k must be >= 1, got {args.top_k}")
         if args.out is not None or args.steps != 1:
             flag = "--out" if args.out is not None else "--steps"
-            raise KDError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
+            raise UserError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
     else:
         if args.steps < 1:
-            raise KDError(f"--steps must be >= 1, got {args.steps}")
+            raise UserError(f"--steps must be >= 1, got {args.steps}")
         if args.out is not None and len(args.inputs) != 1:
-            raise KDError(f"--out names one output file but {len(args.inputs)} inputs were given")
+            raise UserError(f"--out names one output file but {len(args.inputs)} inputs were given")
 
 
 def _softmax_rows(z: Any) -> Any:
@@ -103,24 +103,24 @@ def load_frames(path: str | Path) -> Any:
 
     p = Path(path)
     if not p.is_file():
-        raise KDError(f"{p}: no such file")
+        raise UserError(f"{p}: no such file")
     with open(p, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
-        raise KDError(f"{p}: not a .npy array (a forecast bundle takes NumPy .npy frame arrays)")
+        raise UserError(f"{p}: not a .npy array (a forecast bundle takes NumPy .npy frame arrays)")
     try:
         loaded = np.load(p, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 if len(loaded.files) != 1:
-                    raise KDError(f"{p}: an .npz must hold exactly one array, found {len(loaded.files)}")
+                    raise UserError(f"{p}: an .npz must hold exactly one array, found {len(loaded.files)}")
                 loaded = loaded[loaded.files[0]]
     except KDError:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "unreadable"
-        raise KDError(f"{p}: unreadable .npy array ({' '.join(str(e).split())[:120]})") from None
+        raise UserError(f"{p}: unreadable .npy array ({' '.join(str(e).split())[:120]})") from None
     if loaded.dtype.kind not in "fiub":
-        raise KDError(f"{p}: frames must be numeric, got dtype {loaded.dtype}")
+        raise UserError(f"{p}: frames must be numeric, got dtype {loaded.dtype}")
     return loaded
 
 
@@ -142,7 +142,7 @@ def predict_frames(bundle: Any, paths: Sequence[str], out: str | None, steps: in
     dests = [Path(out) if out is not None else default_output(path) for path in paths]
     for dest in dests:  # every output checked before the first model call
         if dest.is_dir():
-            raise KDError(f"--out {dest}: is a directory (give a file name ending in .npy)")
+            raise UserError(f"--out {dest}: is a directory (give a file name ending in .npy)")
         check_writable(dest.parent, "--out" if out is not None else "output folder", min_free=1 << 20)
     predictor = ForecastPredictor(bundle, threads=threads)
     results = []

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from kdmobile.bundle import Bundle
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.runtime.backends import Backend, open_backend
 from kdmobile.untrusted import open_image
 
@@ -36,13 +36,13 @@ def check_model_io(bundle: Bundle, backend: Backend) -> None:
     shapes = backend.input_shapes
     model_in = shapes.get(bundle.input["name"], next(iter(shapes.values()), None)) if shapes else None
     if model_in is not None and model_in != (None,) and not _compatible(model_in, declared):
-        raise KDError(f"bundle {bundle.path}: manifest input shape {declared} does not match the model file's "
+        raise UserError(f"bundle {bundle.path}: manifest input shape {declared} does not match the model file's "
                       f"{[d if d is not None else '?' for d in model_in]}")
     outs = getattr(backend, "output_shapes", None)
     if outs:
         for spec, model_out in zip(bundle.outputs, outs):
             if model_out is not None and not _compatible(model_out, spec["shape"]):
-                raise KDError(f"bundle {bundle.path}: manifest output shape {spec['shape']} does not match the "
+                raise UserError(f"bundle {bundle.path}: manifest output shape {spec['shape']} does not match the "
                               f"model file's {[d if d is not None else '?' for d in model_out]}")
 
 
@@ -62,7 +62,7 @@ def rank_gallery(queries: np.ndarray, gallery: np.ndarray, k: int) -> list[list[
     q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
     g = np.atleast_2d(np.asarray(gallery, dtype=np.float32))
     if q.shape[1] != g.shape[1]:
-        raise KDError(f"query vectors have dimension {q.shape[1]}, gallery embeddings {g.shape[1]}")
+        raise UserError(f"query vectors have dimension {q.shape[1]}, gallery embeddings {g.shape[1]}")
     sims = _l2n(q) @ _l2n(g).T
     k = min(int(k), g.shape[0])
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
@@ -76,7 +76,7 @@ class _Predictor:
 
     def __init__(self, bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> None:
         if bundle.task != self.task:
-            raise KDError(f"bundle {bundle.path}: a {bundle.task} bundle, not a {self.task} bundle")
+            raise UserError(f"bundle {bundle.path}: a {bundle.task} bundle, not a {self.task} bundle")
         self.bundle = bundle
         self.backend = backend if backend is not None else open_backend(bundle, threads=threads)
         check_model_io(bundle, self.backend)
@@ -105,7 +105,7 @@ class RetrievalPredictor(_Predictor):
         spec = bundle.input
         _, self.channels, self.height, self.width = self.input_shape
         if self.channels not in (1, 3):
-            raise KDError(f"bundle {bundle.path}: image input must have 1 or 3 channels, not {self.channels}")
+            raise UserError(f"bundle {bundle.path}: image input must have 1 or 3 channels, not {self.channels}")
         self.value_range = tuple(float(v) for v in spec["value_range"])
         self.mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
         self.std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
@@ -122,13 +122,13 @@ class RetrievalPredictor(_Predictor):
             im = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
         else:
             desc = f"array {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise KDError(f"images must be uint8 (H, W, 3) arrays or PIL images, got {desc}")
+            raise UserError(f"images must be uint8 (H, W, 3) arrays or PIL images, got {desc}")
         return im.convert("L" if self.channels == 1 else "RGB")
 
     def preprocess(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Resize (Pillow bilinear) to the bundle's H×W, scale the value range to [0, 1], normalise: NCHW float32."""
         if len(images) == 0:
-            raise KDError("no images given")
+            raise UserError("no images given")
         lo, hi = self.value_range
         batch = []
         for image in images:
@@ -183,10 +183,10 @@ class ForecastPredictor(_Predictor):
             x = x[None]
         if x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != self.frames_in or tuple(x.shape[2:]) != self.frame_shape:
             h, w = self.frame_shape
-            raise KDError(f"forecast input must be (T_in={self.frames_in}, {h}, {w}) or (N, {self.frames_in}, "
+            raise UserError(f"forecast input must be (T_in={self.frames_in}, {h}, {w}) or (N, {self.frames_in}, "
                           f"{h}, {w}); got {tuple(np.shape(frames))}")
         if not np.all(np.isfinite(x)):
-            raise KDError("forecast input contains NaN or infinite values")
+            raise UserError("forecast input contains NaN or infinite values")
         return x, single
 
     def _step(self, z: np.ndarray) -> np.ndarray:
@@ -202,7 +202,7 @@ class ForecastPredictor(_Predictor):
     def rollout(self, frames: np.ndarray, steps: int) -> np.ndarray:
         """Autoregressive forecast of steps × frames_out frames, each step fed the last frames_in known frames."""
         if int(steps) < 1:
-            raise KDError(f"rollout steps must be >= 1, got {steps}")
+            raise UserError(f"rollout steps must be >= 1, got {steps}")
         x, single = self._check(frames)
         history = (x - self.mean) / self.std
         preds = []

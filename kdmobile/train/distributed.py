@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from kdmobile.errors import UserError
+
 
 def world_size() -> int:
     """Processes in the job (1 without torchrun)."""
@@ -30,9 +32,7 @@ def pick_device(requested: str = "auto") -> torch.device:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        from kdmobile.errors import KDError
-
-        raise KDError(f"--device {requested}: CUDA is not available on this machine")
+        raise UserError(f"--device {requested}: CUDA is not available on this machine")
     return torch.device(requested)
 
 

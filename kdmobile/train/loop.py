@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from tqdm.auto import tqdm
 
 from kdmobile.config import TrainConfig
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.fileio import append_jsonl, atomic_path
 from kdmobile.train import distributed as dist
 from kdmobile.train import progress as progress_report
@@ -165,11 +165,11 @@ class Trainer:
         try:  # weights_only: tensors and plain containers only, so a crafted checkpoint cannot run code
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except pickle.UnpicklingError:
-            raise KDError(f"{self.checkpoint_path}: refused: it holds objects beyond tensors and plain data (an old "
+            raise UserError(f"{self.checkpoint_path}: refused: it holds objects beyond tensors and plain data (an old "
                           "kdmobile checkpoint or a crafted file; unpickling could run code); delete it to restart "
                           "this stage") from None
         except Exception as exc:  # noqa: BLE001 - torch raises many types for a truncated file
-            raise KDError(f"{self.checkpoint_path}: cannot resume from a corrupt checkpoint "
+            raise UserError(f"{self.checkpoint_path}: cannot resume from a corrupt checkpoint "
                           f"({' '.join(str(exc).split())[:160]})") from None
         self.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -248,7 +248,7 @@ class Trainer:
             with self.autocast():
                 out = step(model, batch)
             if not torch.isfinite(out.loss):
-                raise KDError(f"{self.stage}: loss became {out.loss.item()} at epoch {epoch + 1}; lower --lr")
+                raise UserError(f"{self.stage}: loss became {out.loss.item()} at epoch {epoch + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
             if self.scaler:
                 self.scaler.scale(out.loss).backward()

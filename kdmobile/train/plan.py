@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kdmobile.config import AMMKDConfig, SDKDConfig
 from kdmobile.console import fmt_duration
-from kdmobile.errors import KDError
+from kdmobile.errors import KDError, UserError
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_json, read_method, teacher_file
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import normalise
@@ -85,10 +85,10 @@ def teacher_files_from(run: str | Path, method: str) -> list[str]:
     path = Path(run).expanduser()
     found = read_method(path)
     if found != method:
-        raise KDError(f"--teachers-from {path}: a {found} run; its teachers cannot serve a {method} run")
+        raise UserError(f"--teachers-from {path}: a {found} run; its teachers cannot serve a {method} run")
     files = sorted((path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
     if not files:
-        raise KDError(f"--teachers-from {path}: no trained teachers in {path / 'teachers'} (did its teacher stage "
+        raise UserError(f"--teachers-from {path}: no trained teachers in {path / 'teachers'} (did its teacher stage "
                       "finish?)")
     order: list[str] = []
     if (path / "metrics.json").is_file():

@@ -21,7 +21,7 @@ from torch.utils.data import TensorDataset
 from kdmobile.config import SDKDConfig, save_config
 from kdmobile.contracts.heldout import HeldOut, write_heldout
 from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssim
 from kdmobile.models import create_model, save_model
@@ -82,7 +82,7 @@ class SDKD:
         self.teacher_names = ["teacher"] if count == 1 else [f"teacher{i + 1}" for i in range(count)]
         for f in cfg.teacher_files:
             if not Path(f).expanduser().is_file():
-                raise KDError(f"teacher file {f}: no such file")
+                raise UserError(f"teacher file {f}: no such file")
         self.weighting = TeacherWeighting(cfg.weighting, self.teacher_names, cfg.tolerance)
         d = cfg.data
         self.source = Path(d.path).expanduser() if d.path else cached_navier_stokes(cfg, progress)

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from kdmobile.errors import KDError
+from kdmobile.errors import UserError
 
 __all__ = [
     "MODES",
@@ -216,21 +216,21 @@ def parse_weighting(text: str, teacher_names: Sequence[str]) -> str:
     """Validate a weighting flag against the teacher names; returns the normalised mode string."""
     names = list(teacher_names)
     if len(set(names)) != len(names):
-        raise KDError(f"duplicate teacher names: {', '.join(names)}")
+        raise UserError(f"duplicate teacher names: {', '.join(names)}")
     raw = str(text).strip()
     kind, sep, arg = raw.partition(":")
     kind = kind.strip().lower()
     choices = ", ".join([*_PLAIN, *(f"single:{n}" for n in names)])
     if kind in _PLAIN and not sep:
         if kind != "none" and not names:
-            raise KDError(f"teacher weighting {kind!r} needs at least one teacher")
+            raise UserError(f"teacher weighting {kind!r} needs at least one teacher")
         return kind
     if kind == "single" and sep:
         name = arg.strip()
         if name not in names:
-            raise KDError(f"unknown teacher {name!r} in weighting {raw!r}; valid: {choices}")
+            raise UserError(f"unknown teacher {name!r} in weighting {raw!r}; valid: {choices}")
         return f"single:{name}"
-    raise KDError(f"unknown teacher weighting {raw!r}; valid: {choices}")
+    raise UserError(f"unknown teacher weighting {raw!r}; valid: {choices}")
 
 
 class TeacherWeighting:
@@ -243,7 +243,7 @@ class TeacherWeighting:
         self.teacher_names: list[str] = list(teacher_names)
         self.mode: str = parse_weighting(mode, self.teacher_names)
         if not (0.0 < float(tolerance) <= 1.0):
-            raise KDError(f"teacher weighting tolerance must be in (0, 1], got {tolerance}")
+            raise UserError(f"teacher weighting tolerance must be in (0, 1], got {tolerance}")
         self.tolerance: float = float(tolerance)
         self.single: str | None = self.mode.split(":", 1)[1] if self.mode.startswith("single:") else None
 
