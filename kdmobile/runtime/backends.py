@@ -50,7 +50,7 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise UserError("ONNX bundles need onnxruntime: pip install 'kdmobile[onnx]'") from None
+            raise UserError("ONNX bundles need onnxruntime: pip install 'kdmobile[runtime]'") from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -84,7 +84,7 @@ def _import_interpreter() -> Any:
             continue
         return obj.Interpreter if attr == "lite" else obj
     raise UserError("TFLite bundles need a LiteRT interpreter: install one of ai-edge-litert, tflite-runtime "
-                  "or tensorflow (pip install 'kdmobile[tflite]')")
+                    "or tensorflow (pip install 'kdmobile[runtime]')")
 
 
 class LiteRTBackend:
@@ -175,16 +175,14 @@ class CoreMLBackend:
 
 
 class TorchBackend:
-    """An eager torch module behind the same interface (eager-vs-exported comparisons); imports torch lazily."""
+    """An eager torch module behind the same interface (eager-vs-exported comparisons, the evaluator's PyTorch
+    models); imports torch lazily. It leaves torch's thread count alone: that is process-wide, the caller's."""
 
-    def __init__(self, module: Any, input_names: Sequence[str] = ("input",), threads: int | None = None,
-                 device: str = "cpu") -> None:
+    def __init__(self, module: Any, input_names: Sequence[str] = ("input",), device: str = "cpu") -> None:
         try:
             import torch
         except ImportError:
             raise UserError("the torch backend needs torch installed") from None
-        if threads is not None:
-            torch.set_num_threads(int(threads))  # process-wide setting
         self._torch = torch
         self.module = module.eval()
         self.device = device
