@@ -27,6 +27,15 @@ def add_group(sub: Any, name: str, help: str, description: str, dest: str) -> An
     return group.add_subparsers(dest=dest, required=True, metavar=dest.upper(), parser_class=Parser)
 
 
+def add_settings_flags(p: argparse.ArgumentParser, example: str) -> None:
+    """--config / --set for a verb whose settings are a pydantic model, read by kdmobile.config.load_config (the
+    one YAML/--set loader): defaults <- --config FILE <- --set KEY=VALUE <- the verb's own flags."""
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file of settings, keys as in --set (train: a run's config.yaml repeats that run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one setting, e.g. --set {example} (repeatable)")
+
+
 def csv_list(text: str) -> list[str]:
     """`a, b,,c` -> ["a", "b", "c"]."""
     return [t.strip() for t in text.split(",") if t.strip()]

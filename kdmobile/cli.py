@@ -84,8 +84,7 @@ _LAZY_VERBS: tuple[tuple[str, str, str, str], ...] = (
 _EXTRA_MODULES: dict[str, frozenset[str]] = {
     "runtime": frozenset({"onnxruntime", "ai_edge_litert", "psutil"}),
     "plot": frozenset({"matplotlib"}),  # also in [train], which `kdmobile train` names instead
-    "train": frozenset({"torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "yaml",
-                        "safetensors"}),
+    "train": frozenset({"torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "safetensors"}),
     "export": frozenset({"onnx", "onnxscript", "onnx_ir", "litert_torch", "ai_edge_quantizer", "coremltools"}),
 }
 _VERB_EXTRA = {"train": "train", "data": "train", "export": "export"}  # predict and bench: what the module needs

@@ -23,7 +23,7 @@ from test_predict import build_tiny
 REPO = Path(__file__).resolve().parents[1]
 
 # Packages of the [train] and [export] extras that must not come with [runtime] (import names).
-NOT_IN_RUNTIME = ("torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "yaml", "safetensors",
+NOT_IN_RUNTIME = ("torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "safetensors",
                   "matplotlib", "onnx", "litert_torch", "ai_edge_quantizer", "coremltools")
 
 

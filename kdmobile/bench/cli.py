@@ -8,8 +8,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from kdmobile.argparsing import add_command
+from kdmobile.argparsing import add_command, add_settings_flags
 from kdmobile.bench.settings import DEVICES, Settings
+from kdmobile.config import load_config
 from kdmobile.bench.timing import MIN_RUNS
 from kdmobile.errors import UserError
 
@@ -52,19 +53,19 @@ def register(sub: Any) -> None:
                    help="look up a run's bundles as DIR/RUNNAME-TARGET-PRECISION (default: where `kdmobile export` "
                         "recorded them in RUN/exports.json, else bundles/)")
     d = Settings.default  # every default below is the settings model's own
-    p.add_argument("--runs", type=int, default=d("runs"), metavar="N",
+    p.add_argument("--runs", type=int, metavar="N",
                    help=f"timed calls per measurement (default {d('runs')})")
-    p.add_argument("--warmup", type=int, default=d("warmup"), metavar="N",
+    p.add_argument("--warmup", type=int, metavar="N",
                    help=f"untimed calls first (default {d('warmup')})")
     p.add_argument("--batch", type=int, nargs="+", default=[], metavar="B",
                    help="batch sizes measured besides batch 1, e.g. --batch 8 32")
-    p.add_argument("--threads", type=int, default=d("threads"), metavar="N",
+    p.add_argument("--threads", type=int, metavar="N",
                    help=f"inference threads for every backend, torch included (default {d('threads')})")
-    p.add_argument("--device", choices=DEVICES, default=d("device"),
+    p.add_argument("--device", choices=DEVICES,
                    help="where PyTorch models (teachers) run: auto = CPU, plus CUDA when available (default); "
                         "bundles always run on the CPU")
     p.add_argument("--no-teachers", action="store_true", help="do not measure the runs' teachers")
-    p.add_argument("--max-time", type=float, default=d("max_time_s"), metavar="S",
+    p.add_argument("--max-time", type=float, metavar="S",
                    help=f"time budget per measurement: slow models get fewer runs (at least {MIN_RUNS}; default "
                         f"{d('max_time_s'):g} s)")
     p.add_argument("--out", metavar="DIR",
@@ -78,6 +79,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wide", action="store_true",
                    help="print every column (default: a table that fits 120 columns; report.md has them all)")
+    add_settings_flags(p, "runs=50")
     p.set_defaults(func=handler)
 
 
@@ -106,9 +108,10 @@ def handler(args: argparse.Namespace) -> int:
 
     if args.max_latency_ms is not None and not args.max_latency_ms > 0:
         raise UserError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
-    settings = Settings(runs=args.runs, warmup=args.warmup, batches=list(dict.fromkeys([1, *args.batch])),
-                        threads=args.threads, device=args.device, teachers=not args.no_teachers,
-                        max_time_s=args.max_time, progress=not args.no_progress)  # one-line KDError if bad
+    given = {"runs": args.runs, "warmup": args.warmup, "threads": args.threads, "device": args.device,
+             "max_time_s": args.max_time, "batches": list(dict.fromkeys([1, *args.batch])) if args.batch else None,
+             "teachers": False if args.no_teachers else None, "progress": False if args.no_progress else None}
+    settings = load_config(Settings, args.config, given, args.set)  # defaults <- --config <- --set <- flags
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdmobile.argparsing import add_command
+from kdmobile.argparsing import add_command, add_settings_flags
+from kdmobile.config import load_config
 from kdmobile.errors import UserError
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.quantize import INT8_FORMATS
@@ -81,6 +82,7 @@ def register(sub: Any) -> None:
     p.add_argument("--android-assets", metavar="DIR",
                    help="also copy each exported ONNX bundle into the Android demo's assets "
                         "(e.g. android_demo/app/assets) and update its bundles/index.json")
+    add_settings_flags(p, "thresholds.top1=0.5")
     p.set_defaults(func=handler)
 
 
@@ -119,7 +121,8 @@ def _check_verify_args(args: argparse.Namespace) -> None:
                                   ("--classes", args.classes), ("--out", args.out),
                                   ("--calibration-samples", args.calibration_samples),
                                   ("--int8-format", args.int8_format), ("--tflite-recipe", args.tflite_recipe),
-                                  ("--android-assets", args.android_assets))
+                                  ("--android-assets", args.android_assets), ("--config", args.config),
+                                  ("--set", args.set or None))
              if v is not None]
     if given:
         raise UserError(f"--verify re-checks an existing bundle and takes no {', '.join(given)}")
@@ -140,11 +143,11 @@ def _record(run: str, bundles: list[Path]) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile export`; returns the exit code (KDError -> 2 via kdmobile.cli.main)."""
-    th = Thresholds(**_given(top1=args.threshold_top1, mse=args.threshold_mse))  # validated here, once
     if args.verify:
         _check_verify_args(args)
         from kdmobile.export.exporter import verify_existing
 
+        th = Thresholds(**_given(top1=args.threshold_top1, mse=args.threshold_mse))
         report = verify_existing(args.verify, th, args.verify_run)
     else:
         if args.verify_run is not None:
@@ -154,11 +157,13 @@ def handler(args: argparse.Namespace) -> int:
         from kdmobile.export.exporter import export_run
         from kdmobile.rundir import read_method
 
-        opts = ExportOptions(thresholds=th, strict=args.strict, **_given(  # flags not given keep the defaults
-            targets=_expand(args.target, TARGET_NAMES, "--target"),
-            precisions=_expand(args.precision, PRECISIONS, "--precision"),
-            out=args.out or None, calibration_samples=args.calibration_samples,
-            classes_file=args.classes or None, int8_format=args.int8_format, tflite_recipe=args.tflite_recipe))
+        given = {"targets": _expand(args.target, TARGET_NAMES, "--target"),  # None: not given, the default stays
+                 "precisions": _expand(args.precision, PRECISIONS, "--precision"), "out": args.out or None,
+                 "calibration_samples": args.calibration_samples, "classes_file": args.classes or None,
+                 "int8_format": args.int8_format, "tflite_recipe": args.tflite_recipe,
+                 "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
+                 "thresholds.mse": args.threshold_mse}
+        opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags
         if opts.classes_file is not None and read_method(args.run) != "ammkd":
             raise UserError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                           f"{read_method(args.run)} run")

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdmobile.argparsing import add_command, add_group, csv_list
+from kdmobile.argparsing import add_command, add_group, add_settings_flags, csv_list
 from kdmobile.config import KD_MODES
 from kdmobile.errors import UserError
 
 
 def _add_common_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (e.g. a previous run's config.yaml); flags override it")
     p.add_argument("--name", help="run name: outputs go to OUT/NAME (NAME2, NAME3... if taken)")
     p.add_argument("--out", help="parent directory of runs (default: runs)")
     p.add_argument("--seed", type=int, help="seed for splits, initialisation and data order")
@@ -20,8 +19,7 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="student batch size (per process under torchrun)")
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set teacher_train.epochs=2 (repeatable)")
+    add_settings_flags(p, "teacher_train.epochs=2")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run OUT/NAME where it stopped")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars (the plan, one line per epoch and log.jsonl remain)")
