@@ -98,7 +98,8 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
         run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
         rec = {"files": [str(teacher_file(run, t)) for t in TEACHERS],
                "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"},
-               "seconds": round(time.perf_counter() - started, 1), "teacher_epochs": args.teacher_epochs}
+               "seconds": round(time.perf_counter() - started, 1),
+               "teacher_epochs": {t: cfg.teacher_epochs(t) for t in TEACHERS}}  # the ViT's is scaled (config)
         records.put("teachers", rec)
     print("teachers (trained once for this split): " + ", ".join(
         f"{k} {v[ds['metrics'][0]]:.2f}" for k, v in rec["models"].items()), flush=True)

@@ -62,3 +62,15 @@ def test_overriding_one_key_keeps_the_method_defaults_of_its_section():
                                                                                     "icl": 0.0}
     sd = load_config(SDKDConfig, None, {"teacher_train.epochs": 1})
     assert sd.teacher_train.lr == SDKDConfig().teacher_train.lr and sd.health.margin == 0.1
+
+
+def test_teacher_epochs_scale_per_teacher():
+    """The built-in ViT trains 1.5x the teacher epochs (it needs a longer schedule than the ResNet); --teacher-epochs
+    scales with it, 0 stays 0, and a scale that is not positive is refused in one line."""
+    cfg = AMMKDConfig()
+    assert (cfg.teacher_epochs("kd-vit-s"), cfg.teacher_epochs("kd-rn-s")) == (30, 20)
+    cfg = load_config(AMMKDConfig, None, {"teacher_train.epochs": 4}, ["teacher_epoch_scale.kd-rn-s=0.5"])
+    assert (cfg.teacher_epochs("kd-vit-s"), cfg.teacher_epochs("kd-rn-s"), cfg.teacher_epochs("RN50")) == (6, 2, 4)
+    assert load_config(AMMKDConfig, None, {"teacher_train.epochs": 0}).teacher_epochs("kd-vit-s") == 0
+    with pytest.raises(KDError, match="teacher epoch scales must be > 0"):
+        load_config(AMMKDConfig, None, None, ["teacher_epoch_scale.kd-vit-s=0"])

@@ -71,6 +71,7 @@ class AMMKD:
                                 "--image-size changes it)")
         flip_ok = cfg.data.spec.split(":", 1)[0] not in NOT_FLIP_INVARIANT
         cfg.data.augment = resolve_augment(cfg.data.augment, flip_ok)
+        cfg.data.teacher_augment = resolve_augment(cfg.data.teacher_augment, flip_ok, teacher=True)
         self.size = cfg.data.image_size
         self.specs = [with_image_size(s, self.size) for s in self.specs]
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
@@ -127,8 +128,8 @@ class AMMKD:
         return metrics
 
     # --------------------------------------------------------------- teachers
-    def _dataset(self, split: Split) -> AugmentedImages:
-        return AugmentedImages(split.images, split.targets(), self.cfg.data.augment)
+    def _dataset(self, split: Split, level: str) -> AugmentedImages:
+        return AugmentedImages(split.images, split.targets(), level)  # type: ignore[arg-type]
 
     def pretrain_teacher(self, name: str, spec: Any) -> ClipTeacher:
         """Stage 1: fine-tune (or train from scratch) one teacher contrastively on this data; cached in teachers/."""
@@ -137,7 +138,7 @@ class AMMKD:
             return load_teacher(path).to(self.device)
         seed_everything(self.cfg.seed + 1)
         teacher = ClipTeacher(spec)
-        tcfg = self.cfg.teacher_train
+        tcfg = self.cfg.teacher_train.model_copy(update={"epochs": self.cfg.teacher_epochs(name)})
         trainer = Trainer(f"teacher/{name}", teacher, tcfg, self.run / "stages" / f"teacher_{name}",
                           self.log, self.cfg.seed, self.progress)
         templates = self.cfg.templates
@@ -157,7 +158,8 @@ class AMMKD:
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
 
         evaluate = (lambda m: eval_teacher(m, self.val, self.classes, templates)) if len(self.val.images) else None
-        teacher = trainer.fit(self._dataset(self.train), step, evaluate, resume=self.resume)
+        teacher = trainer.fit(self._dataset(self.train, self.cfg.data.teacher_augment), step, evaluate,
+                              resume=self.resume)
         if dist.is_main():
             save_teacher(path, teacher)
         return teacher.eval()
@@ -244,7 +246,7 @@ class AMMKD:
             s = m.student if isinstance(m, StudentWithHeads) else m
             return eval_student(s, [vectors[n]["val"] for n in names], self.val)
 
-        trained = trainer.fit(AugmentedImages(self.train.images, self.train.targets(), self.cfg.data.augment), step,
+        trained = trainer.fit(self._dataset(self.train, self.cfg.data.augment), step,
                               evaluate if len(self.val.images) else None, resume=self.resume)
         student = trained.student if isinstance(trained, StudentWithHeads) else trained
         if dist.is_main():

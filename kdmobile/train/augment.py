@@ -17,10 +17,11 @@ AugmentLevel = Literal["none", "crop", "crop-flip", "affine", "strong"]
 LEVELS: tuple[str, ...] = ("none", "crop", "crop-flip", "affine", "strong")
 
 
-def resolve_augment(level: str, flip_invariant: bool) -> AugmentLevel:
-    """`auto` -> `strong` for natural images, `crop` for data a flip changes the meaning of (digits, text)."""
+def resolve_augment(level: str, flip_invariant: bool, teacher: bool = False) -> AugmentLevel:
+    """`auto` -> `strong` for natural images; for data a flip changes the meaning of (digits, text) `crop` for
+    students and `affine` for teachers' pre-training (no flips either way)."""
     if level == "auto":
-        return "strong" if flip_invariant else "crop"
+        return "strong" if flip_invariant else ("affine" if teacher else "crop")
     if level not in LEVELS:
         raise ValueError(f"augment must be auto or one of {LEVELS}, got {level!r}")
     return level  # type: ignore[return-value]

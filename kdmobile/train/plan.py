@@ -151,15 +151,14 @@ def ammkd_plan(job: Any, probe: bool = True, teachers_from: str | None = None) -
     plan.facts.append(("device", f"{job.device}, {threads} torch threads" + (f", {world} processes" if world > 1
                                                                               else "")))
     names = job._teacher_names()  # noqa: SLF001 - the run's own naming of its teachers
-    teacher_epochs = cfg.teacher_train.epochs
-    lines = [f"{name}: {_teacher_source(spec, teacher_epochs)}" for name, spec in zip(names, job.specs)]
+    lines = [f"{name}: {_teacher_source(spec, cfg.teacher_epochs(name))}" for name, spec in zip(names, job.specs)]
     if teachers_from:
         lines.insert(0, f"from {teachers_from}/teachers/")
     plan.facts.append(("teachers", "\n".join(lines)))
     plan.facts.append(("writes", f"{job.run}/ (teachers/, {STUDENT_FILE}, metrics.json, log.jsonl)"))
     for name in names:
         stage = f"teacher/{name}"
-        plan.stages.append(StageEstimate(stage, teacher_epochs,
+        plan.stages.append(StageEstimate(stage, cfg.teacher_epochs(name),
                                          steps_per_epoch(n["train"], cfg.teacher_train.batch_size)))
         plan.batch_sizes[stage] = cfg.teacher_train.batch_size
     for stage in (["student_nokd"] if job.trains_baseline else []) + ["student"]:
@@ -212,7 +211,7 @@ def probe_ammkd(job: Any) -> dict[str, float]:
     for name, spec in zip(job._teacher_names(), job.specs):  # noqa: SLF001
         teacher = ClipTeacher(spec, load_pretrained=False).to(device)  # weights do not change the time
         teachers[name] = teacher
-        if cfg.teacher_train.epochs == 0:
+        if cfg.teacher_epochs(name) == 0:
             continue
         bs = min(cfg.teacher_train.batch_size, len(job.train.images))
         texts = ([cfg.templates[0].format(c) for c in job.classes] if job.task == "classes"
