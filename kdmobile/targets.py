@@ -1,4 +1,4 @@
-"""The one table of export targets (ONNX, TFLite, CoreML): what each writes, runs on and refuses.
+"""The one table of export targets (ONNX, TFLite, CoreML, ExecuTorch): what each writes, runs on and refuses.
 
 Every per-target fact lives here: the model file name and suffix, the runtime that runs it (and the modules bench
 imports before measuring memory), its precisions, the operators it cannot take, the packages whose versions a
@@ -27,11 +27,24 @@ COMMON_DENY_OPS: Mapping[str, str] = MappingProxyType({
 # dimension"), nonzero (data-dependent shape), median/kthvalue ("Lowering not found") and argsort fail to convert;
 # sort/topk convert but the interpreter lacks STABLEHLO_SORT. grid_sample, pixel_shuffle, unfold, cumsum, bicubic
 # resize, roll and atan2 converted and ran.
+_DATA_DEPENDENT = {r"^aten\.(nonzero|unique|_unique2|unique_consecutive|masked_select)$": "data-dependent output shape"}
 _TFLITE_DENY_OPS = {
-    r"^aten\.(nonzero|unique|_unique2|unique_consecutive|masked_select)$": "data-dependent output shape",
+    **_DATA_DEPENDENT,
     r"^aten\.(sort|argsort|msort|topk)$": "STABLEHLO_SORT is not in the LiteRT interpreter",
     r"^aten\.(median|nanmedian|kthvalue|mode)$": "no litert-torch lowering",
 }
+# ExecuTorch (executorch 1.5.1 pip wheel, XNNPACK delegate): ops XNNPACK does not take run on the wheel's portable
+# kernels. Probed (tiny one-op models, fp32): nonzero, unique, masked_select (data-dependent shape), median, kthvalue
+# and mode (not core ATen) fail to lower; sort/argsort/msort lower but the .pte fails to load (the wheel has no
+# aten::sort.values kernel); topk, grid_sample, pixel_shuffle, unfold, cumsum, bicubic resize, roll, atan2, SDPA and
+# einsum ran. fp16 is not offered: it converts and runs (cosine 0.9999997 on the tiny student) but XNNPACK has no
+# fp16 GELU, the graph splits into 24 delegates and it ran 1.9x slower than fp32 at the same file size.
+_EXECUTORCH_DENY_OPS = {
+    **_DATA_DEPENDENT,
+    r"^aten\.(sort|argsort|msort)$": "the executorch wheel has no sort kernel (the .pte would not load)",
+    r"^aten\.(median|nanmedian|kthvalue|mode)$": "not in core ATen: ExecuTorch cannot lower it",
+}
+_EXECUTORCH_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -52,7 +65,7 @@ class Target:
 
     @property
     def suffix(self) -> str:
-        """'.onnx', '.tflite' or '.mlpackage'."""
+        """'.onnx', '.tflite', '.mlpackage' or '.pte'."""
         return Path(self.model_file).suffix
 
 
@@ -72,6 +85,12 @@ TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (
            runtime_packages=MappingProxyType({"coremltools": "coremltools"}),
            export_packages=("torch", "coremltools"),
            metadata="CoreML user_defined_metadata (key -> value); short_description names the task"),
+    Target("executorch", "model.pte", backend="executorch", runtime="ExecuTorchBackend",
+           preload=("executorch.runtime",),  # imports torch too: ExecuTorch's Python runtime links libtorch
+           runtime_packages=MappingProxyType({"executorch": "executorch"}),
+           export_packages=("torch", "executorch", "torchao"),
+           metadata="constant method 'kdmobile_metadata' returning the UTF-8 JSON object (a string EValue)",
+           deny_ops=MappingProxyType({**COMMON_DENY_OPS, **_EXECUTORCH_DENY_OPS}), precisions=_EXECUTORCH_PRECISIONS),
 )})
 TARGET_NAMES: tuple[str, ...] = tuple(TARGETS)
 MODEL_SUFFIX: Mapping[str, str] = MappingProxyType({name: t.suffix for name, t in TARGETS.items()})

@@ -58,6 +58,17 @@ def _coreml(job: Job) -> dict[str, Any]:
     return {"quantization": {"format": weights}, "coreml": info}
 
 
+def _executorch(job: Job) -> dict[str, Any]:
+    try:
+        from kdmobile.export.executorch import QUANT_SCHEME, convert_executorch
+    except ImportError as e:
+        raise UserError(f"executorch export unavailable ({e}); pip install 'kdmobile[executorch]'") from None
+    info = convert_executorch(job.model, job.example, job.out_path, job.precision, job.calibration, job.metadata)
+    fmt = {"format": "none"} if job.precision == "fp32" else {"format": "s8s8", "scheme": QUANT_SCHEME}
+    return {"quantization": fmt, **info}
+
+
 # target (kdmobile.targets) -> converter(job) -> {"quantization": {...}, other manifest sections...}; tests
 # monkeypatch entries.
-CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml}
+CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml,
+                                                          "executorch": _executorch}

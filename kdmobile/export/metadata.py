@@ -1,10 +1,11 @@
-"""kdmobile's metadata inside every model file: one dict, the same keys and values in ONNX, TFLite and CoreML.
+"""kdmobile's metadata inside every model file: one dict, the same keys and values in ONNX, TFLite, CoreML and .pte.
 
 A model file copied out of its bundle still says what it is (task, run, target, precision, I/O names, kdmobile
 version). Where each format keeps it is stated in kdmobile.targets; this module builds the dict, writes it into each
 format and reads it back (`read_metadata(path) -> dict[str, str]`). Writers run inside the converters, before the
 bundle is staged and sealed, so the seal covers the file as it carries its metadata. Heavy packages are imported
-inside the functions; the TFLite reader needs only ai-edge-litert's flatbuffer schema (no torch).
+inside the functions; the TFLite reader needs only ai-edge-litert's flatbuffer schema (no torch); the ExecuTorch
+reader runs the program's constant method through executorch.runtime (which imports torch).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Callable, Mapping
 
 from kdmobile import __version__
 from kdmobile.errors import UserError
-from kdmobile.targets import target_of
+from kdmobile.runtime.backends import EXECUTORCH_METADATA_METHOD, load_executorch_program
+from kdmobile.targets import TARGETS, target_of
 
 METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_task", "kdmobile_run", "kdmobile_target",
                                   "kdmobile_precision", "input_name", "output_name")
@@ -67,6 +69,13 @@ def embed_tflite(model_bytes: bytes, metadata: Mapping[str, Any]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def executorch_constants(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """`constant_methods` for ExecuTorch's to_edge_transform_and_lower: one method, EXECUTORCH_METADATA_METHOD,
+    that takes no input and returns the metadata as a JSON string (emitted as a String EValue in the .pte)."""
+    payload = json.dumps({str(k): str(v) for k, v in metadata.items()}, sort_keys=True, ensure_ascii=False)
+    return {EXECUTORCH_METADATA_METHOD: payload}
+
+
 def _text(name: Any) -> str:
     return name.decode("utf-8", errors="replace") if isinstance(name, (bytes, bytearray)) else str(name)
 
@@ -100,14 +109,19 @@ def read_tflite(path: str | Path) -> dict[str, str]:
             data = raw[buf.Offset(): buf.Offset() + buf.Size()]
         else:
             data = buf.DataAsNumpy().tobytes() if buf.DataLength() else b""
-        try:
-            value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise UserError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not UTF-8 JSON") from None
-        if not isinstance(value, dict):
-            raise UserError(f"{path}: the {TFLITE_METADATA_NAME!r} metadata is not a JSON object")
-        return {str(k): str(v) for k, v in value.items()}
+        return _json_object(path, TFLITE_METADATA_NAME, data)
     return {}
+
+
+def _json_object(path: str | Path, name: str, data: bytes | str) -> dict[str, str]:
+    """The metadata entry `name` parsed as a JSON object of strings (one-line UserError otherwise)."""
+    try:
+        value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{path}: the {name!r} metadata is not UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: the {name!r} metadata is not a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def read_coreml(path: str | Path) -> dict[str, str]:
@@ -121,15 +135,27 @@ def read_coreml(path: str | Path) -> dict[str, str]:
     return {k: v for k, v in spec.description.metadata.userDefined.items() if not k.startswith(_COREML_OWN)}
 
 
+def read_executorch(path: str | Path) -> dict[str, str]:
+    """The JSON object the EXECUTORCH_METADATA_METHOD constant method of a .pte returns ({} when there is none)."""
+    program = load_executorch_program(path)
+    if EXECUTORCH_METADATA_METHOD not in program.method_names:
+        return {}
+    values = list(program.load_method(EXECUTORCH_METADATA_METHOD).execute([]))
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise UserError(f"{path}: the {EXECUTORCH_METADATA_METHOD!r} method does not return one string")
+    return _json_object(path, EXECUTORCH_METADATA_METHOD, values[0])
+
+
 _READERS: dict[str, Callable[[str | Path], dict[str, str]]] = {
-    "onnx": read_onnx, "tflite": read_tflite, "coreml": read_coreml}
+    "onnx": read_onnx, "tflite": read_tflite, "coreml": read_coreml, "executorch": read_executorch}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """kdmobile's metadata from a model file of any target, chosen by its suffix."""
     target = target_of(path)
     if target is None or target.name not in _READERS:
-        raise UserError(f"{path}: not a model file of a kdmobile target (.onnx, .tflite or .mlpackage)")
+        suffixes = ", ".join(t.suffix for t in TARGETS.values())
+        raise UserError(f"{path}: not a model file of a kdmobile target ({suffixes})")
     if not Path(path).exists():
         raise UserError(f"{path}: no such model file")
     return _READERS[target.name](path)

@@ -1,4 +1,5 @@
-"""Inference backends behind one small interface (onnxruntime, LiteRT, CoreML); heavy imports happen lazily."""
+"""Inference backends behind one small interface (onnxruntime, LiteRT, CoreML, ExecuTorch); heavy imports happen
+lazily, so the runtime imports without torch (ExecuTorch's Python runtime itself needs torch: imported on use)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import json
 import platform
+import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
@@ -172,6 +176,93 @@ class CoreMLBackend:
         feed = dict(zip(self.input_names, _ordered(inputs, self.input_names)))
         out = self.model.predict(feed)
         return [np.asarray(out[n], dtype=np.float32) for n in self.output_names]
+
+
+# ExecuTorch's native start-up and thread-pool notices, and a torch deprecation notice its import triggers
+_EXECUTORCH_NOISE = re.compile(r"^\[(cpuinfo_utils|threadpool)\.cpp:\d+\] |KernelPreference'> is an Enum subclass")
+EXECUTORCH_METADATA_METHOD = "kdmobile_metadata"  # the .pte constant method holding kdmobile's metadata (JSON)
+
+
+def _import_executorch() -> tuple[Any, Any]:
+    """(executorch.runtime.Runtime, its pybindings module). executorch.runtime imports torch: the wheel's
+    pybindings link libtorch, and its methods take and return torch tensors."""
+    try:
+        with quiet_native_stderr(_EXECUTORCH_NOISE), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "This API is experimental" (ExperimentalWarning) on import
+            import executorch.extension.pybindings.portable_lib as lib
+            from executorch.runtime import Runtime
+    except ImportError:
+        raise UserError("ExecuTorch bundles need executorch (which loads torch): "
+                        "pip install 'kdmobile[executorch]'") from None
+    return Runtime, lib
+
+
+def load_executorch_program(path: str | os.PathLike) -> Any:
+    """An executorch.runtime Program from a .pte file (one-line UserError when ExecuTorch refuses it)."""
+    runtime, _ = _import_executorch()
+    try:
+        with quiet_native_stderr(_EXECUTORCH_NOISE):
+            return runtime.get().load_program(Path(path))
+    except RuntimeError as e:
+        raise UserError(f"{path}: ExecuTorch cannot load the model ({str(e).splitlines()[0]})") from None
+
+
+class ExecuTorchBackend:
+    """ExecuTorch's runtime on the CPU: the .pte's `forward`, XNNPACK-delegated where export lowered it. Shapes are
+    static (batch 1), so predictors loop over a batch. The XNNPACK thread pool is ExecuTorch's own, process-wide
+    and used by nothing else: each backend sets it to its thread count before running (torch's is left alone)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        _, self._lib = _import_executorch()
+        import torch
+
+        self._torch = torch
+        self.threads = int(threads)
+        self._program = load_executorch_program(path)
+        if "forward" not in self._program.method_names:
+            raise UserError(f"{path}: the .pte has no 'forward' method")
+        try:
+            with quiet_native_stderr(_EXECUTORCH_NOISE):  # the first thread-pool call logs the CPU it found
+                self._set_threads()
+                self.method = self._program.load_method("forward")
+        except RuntimeError as e:
+            raise UserError(f"{path}: ExecuTorch cannot load 'forward' ({str(e).splitlines()[0]})") from None
+        meta = self.method.metadata
+        names = self._io_names()
+        self.input_names = [names.get("input_name", "input")] if meta.num_inputs() == 1 else [
+            f"input_{i}" for i in range(meta.num_inputs())]
+        self.input_shapes = {n: tuple(int(d) for d in meta.input_tensor_meta(i).sizes())
+                             for i, n in enumerate(self.input_names)}
+        self.output_names = [names.get("output_name", "output")] if meta.num_outputs() == 1 else [
+            f"output_{i}" for i in range(meta.num_outputs())]
+        self.output_shapes = [tuple(int(d) for d in meta.output_tensor_meta(i).sizes())
+                              for i in range(meta.num_outputs())]
+
+    def _io_names(self) -> dict[str, str]:
+        """Input/output names from kdmobile's metadata in the .pte ({} without it: the .pte keeps no names)."""
+        if EXECUTORCH_METADATA_METHOD not in self._program.method_names:
+            return {}
+        try:
+            value = json.loads(self._program.load_method(EXECUTORCH_METADATA_METHOD).execute([])[0])
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            return {}
+        return {k: str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+    def _set_threads(self) -> None:
+        """Size ExecuTorch's thread pool for this backend when another backend (or the default: all cores) left a
+        different size; a no-op otherwise."""
+        if self._lib._threadpool_get_thread_count() != self.threads:
+            with quiet_native_stderr(_EXECUTORCH_NOISE):
+                self._lib._unsafe_reset_threadpool(self.threads)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self._set_threads()
+        tensors = [self._torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                   for x in _ordered(inputs, self.input_names)]
+        for name, t in zip(self.input_names, tensors):
+            if tuple(t.shape) != self.input_shapes[name]:
+                raise UserError(f"input {name} expects shape {list(self.input_shapes[name])}, got {list(t.shape)}")
+        return [np.asarray(y.numpy(), dtype=np.float32) for y in self.method.execute(tensors)]
 
 
 class TorchBackend:
