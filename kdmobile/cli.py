@@ -73,7 +73,8 @@ def _add_data(sub: Any) -> None:
 # A module is imported only when its verb runs (or by build_parser() for the whole tree); until then, and when its
 # extra is missing, a stub stands in that lists the verb and, when run, names the extra to install.
 _LAZY_VERBS: tuple[tuple[str, str, str, str], ...] = (
-    ("export", "kdmobile.export.cli", "export", "export a run to verified ONNX / TFLite / CoreML bundles"),
+    ("export", "kdmobile.export.cli", "export",
+     "export a run to verified ONNX / TFLite / CoreML / ExecuTorch bundles"),
     ("predict", "kdmobile.runtime.cli", "runtime",
      "run a bundle on images (retrieval) or frame arrays (forecast); no torch"),
     ("bench", "kdmobile.bench.cli", "runtime",
@@ -85,7 +86,8 @@ _EXTRA_MODULES: dict[str, frozenset[str]] = {
     "runtime": frozenset({"onnxruntime", "ai_edge_litert", "psutil"}),
     "plot": frozenset({"matplotlib"}),  # also in [train], which `kdmobile train` names instead
     "train": frozenset({"torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "safetensors"}),
-    "export": frozenset({"onnx", "onnxscript", "onnx_ir", "litert_torch", "ai_edge_quantizer", "coremltools"}),
+    "export": frozenset({"onnx", "onnxscript", "onnx_ir", "litert_torch", "ai_edge_quantizer", "coremltools",
+                         "executorch", "torchao"}),
 }
 _VERB_EXTRA = {"train": "train", "data": "train", "export": "export"}  # predict and bench: what the module needs
 

@@ -38,7 +38,7 @@ def test_java_and_js_readers_read_this_schema_version() -> None:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m.update(target="tensorrt"), "target='tensorrt' (expected one of onnx, tflite, coreml)"),
+    (lambda m: m.update(target="tensorrt"), "target='tensorrt' (expected one of onnx, tflite, coreml, executorch)"),
     (lambda m: m["input"].update(shape="1,3,8,8"), "input.shape should be list"),
     (lambda m: m["forecast"].update(std=True), "forecast.std should be a number"),
     (lambda m: m["forecast"].pop("frames_out"), "missing required fields: forecast.frames_out"),

@@ -119,7 +119,7 @@ def test_embedding_replaces_and_reads_back(bundles, tmp_path):
 
 
 def test_the_target_table_is_the_one_source():
-    assert tuple(TARGETS) == ("onnx", "tflite", "coreml") and PRECISIONS == ("fp32", "fp16", "int8")
+    assert tuple(TARGETS) == ("onnx", "tflite", "coreml", "executorch") and PRECISIONS == ("fp32", "fp16", "int8")
     assert set(jobs.CONVERTERS) == set(TARGETS) == set(opcheck.DENY) == set(MODEL_SUFFIX)
     for name, t in TARGETS.items():
         assert t.model_file.endswith(MODEL_SUFFIX[name]) and isinstance(getattr(backends, t.runtime), type)
@@ -131,7 +131,7 @@ def test_the_target_table_is_the_one_source():
 
 
 def test_settings_are_validated_when_built(tmp_path):
-    with pytest.raises(KDError, match=r"^unknown target 'tpu' \(choose onnx, tflite, coreml or all\)$"):
+    with pytest.raises(KDError, match=r"^unknown target 'tpu' \(choose onnx, tflite, coreml, executorch or all\)$"):
         ExportOptions(targets=["tpu"])
     with pytest.raises(KDError, match="^--calibration-samples 0 with int8"):
         ExportOptions(precisions=["int8"], calibration_samples=0)

@@ -1,1 +1,1 @@
-"""Export a run directory to checked ONNX / TFLite / CoreML bundles."""
+"""Export a run directory to checked ONNX / TFLite / CoreML / ExecuTorch bundles."""

@@ -37,9 +37,12 @@ exit codes: 0 ok, 1 an artifact failed (or was flagged, with --strict) or the en
 """
 
 
+HELP = "export a run to verified ONNX / TFLite / CoreML / ExecuTorch bundles"
+
+
 def register(sub: Any) -> None:
     """Add the `export` sub-command to the `kdmobile` parser's sub-parsers."""
-    p = add_command(sub, "export", "export a run to verified ONNX / TFLite / CoreML bundles", _DESCRIPTION, _EPILOG)
+    p = add_command(sub, "export", HELP, _DESCRIPTION, _EPILOG)
     p.add_argument("run", nargs="?", metavar="RUN", help="run directory written by `kdmobile train` (e.g. runs/demo)")
     p.add_argument("--verify", metavar="BUNDLE",
                    help="re-verify an existing bundle instead of exporting: its seal and checksums, then a run on "

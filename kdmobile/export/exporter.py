@@ -287,6 +287,9 @@ class Exporter:
         arts = []
         for target in self.opts.targets:
             for precision in self.opts.precisions:
+                if precision not in TARGETS[target].precisions:  # e.g. --target all --precision all
+                    self.log(f"{target} {precision}: skipped ({target} offers {', '.join(TARGETS[target].precisions)})")
+                    continue
                 try:
                     art = self.export_one(target, precision)
                     self.log(f"{target} {precision}: {art.bundle} ({art.verification.get('status', '-')})")
