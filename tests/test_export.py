@@ -21,7 +21,7 @@ from kdmobile.export import cli as export_cli
 from kdmobile.export import exporter as ex
 from kdmobile.export import verify as ver
 from kdmobile.export.opcheck import traced_ops, unsupported
-from kdmobile.export.quantize import choose_int8_format
+from kdmobile.export.quantize import resolve_int8_format
 from kdmobile.models import load_model
 from kdmobile.models.registry import create_model, register_model, save_model
 from kdmobile.rundir import write_method, write_metrics
@@ -149,7 +149,14 @@ def test_onnx_precisions_and_int8_formats_match_the_student(ammkd_run, onnx_bund
             assert q["format"] == key and q["requested"] == key
         sizes[key] = bundle.model_path.stat().st_size
     auto = load_bundle(onnx_bundles["int8"]).manifest["quantization"]
-    assert auto["requested"] == "auto" and auto["format"] == choose_int8_format()[0] and "isa" in auto
+    assert auto["requested"] == "auto" and "isa" in auto and auto["chosen_by"].startswith("measurement")
+    cands = auto["candidates"]  # every candidate timed side by side; the kept one is the fastest close to fp32
+    assert set(cands) == {"w8a32", "u8s8", "s8s8", "dynamic"} and auto["format"] in cands
+    close = [f for f, c in cands.items() if c["mean_cosine_vs_fp32"] >= 0.99]
+    assert auto["format"] == min(close, key=lambda f: cands[f]["p50_ms"])
+    assert all(c["p50_ms"] > 0 and c["speedup_vs_fp32"] > 0 for c in cands.values()) and auto["fp32_p50_ms"] > 0
+    shipped = load_bundle(onnx_bundles["int8"]).model_path.stat().st_size  # the kept candidate + kdmobile metadata
+    assert 0 <= shipped - cands[auto["format"]]["size_bytes"] < 4096
     assert sizes["int8"] < sizes["fp32"] / 2.5 and sizes["fp16"] < sizes["fp32"] * 0.6
     for fmt in ("s8s8", "u8s8"):
         assert load_bundle(onnx_bundles[fmt]).manifest["quantization"]["calibration_samples"] == 32
@@ -160,12 +167,16 @@ def test_onnx_precisions_and_int8_formats_match_the_student(ammkd_run, onnx_bund
     assert not isinstance(shape[0], int)
 
 
-def test_auto_int8_choice_follows_the_isa():
-    x86 = {"machine": "x86_64", "isa": {"avx2": True, "avx512_vnni": True}}
-    assert choose_int8_format(x86)[0] == "w8a32"
-    assert choose_int8_format({"machine": "x86_64", "isa": {"avx2": True}})[0] == "w8a32"
-    assert choose_int8_format({"machine": "aarch64", "isa": {"dotprod": True}})[0] == "s8s8"
-    assert choose_int8_format({"machine": "aarch64", "isa": {"dotprod": False}})[0] == "u8s8"
+def test_int8_presets_for_another_machine():
+    """--int8-for picks by preset (no measurement is possible for another machine); explicit formats win."""
+    assert resolve_int8_format("auto", "x86-avx2")[0] == "w8a32"
+    assert resolve_int8_format("auto", "x86-vnni")[0] == "u8s8"
+    assert resolve_int8_format("auto", "arm64")[0] == "s8s8"
+    assert resolve_int8_format("auto", "arm64-nodot")[0] == "u8s8"
+    assert resolve_int8_format("dynamic", "arm64")[0] == "dynamic"
+    assert resolve_int8_format("auto") is None  # measured on this host
+    with pytest.raises(KDError, match="--int8-for 'riscv'"):
+        resolve_int8_format("auto", "riscv")
 
 
 def test_manifest_schema_and_class_vectors(ammkd_run, onnx_bundles, capsys):

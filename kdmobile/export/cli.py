@@ -11,6 +11,7 @@ from kdmobile.argparsing import add_command, add_settings_flags
 from kdmobile.config import load_config
 from kdmobile.errors import UserError
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
+from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
 from kdmobile.targets import PRECISIONS, TARGET_NAMES
 
@@ -68,11 +69,14 @@ def register(sub: Any) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any artifact is flagged by the thresholds (for CI gates)")
     p.add_argument("--int8-format", choices=INT8_FORMATS, metavar="FMT",
-                   help=f"ONNX int8 format: {default('int8_format')} (default; chosen from the ISA of the machine "
-                        "running the export and recorded in the manifest: w8a32 on x86, s8s8 on ARM64 with dotprod), "
-                        "s8s8 (static QDQ, int8 activations), u8s8 (static QDQ, uint8 activations), dynamic "
-                        "(activations quantized per call), w8a32 (weight-only int8: ~3.5x smaller, fp32 speed); "
-                        "exporting on x86 for an ARM phone, pass s8s8")
+                   help=f"ONNX int8 format: {default('int8_format')} (default: every candidate is built and timed "
+                        "against fp32 on this machine, 1 thread, batch 1, and the fastest whose outputs stay within "
+                        "cosine 0.99 of fp32 is kept; timings and ISA go into the manifest), s8s8 (static QDQ, int8 "
+                        "activations), u8s8 (static QDQ, uint8 activations), dynamic (activations quantized per "
+                        "call), w8a32 (weight-only int8: ~3.5x smaller, fp32 speed)")
+    p.add_argument("--int8-for", choices=list(PRESETS), metavar="CPU",
+                   help="with --int8-format auto, exporting for another machine: a preset instead of a measurement "
+                        f"here ({', '.join(PRESETS)}); measuring on the target machine is better")
     p.add_argument("--tflite-recipe", choices=TFLITE_RECIPES, metavar="R",
                    help=f"TFLite int8 recipe for ai-edge-quantizer: {default('tflite_recipe')} (default), dynamic "
                         "(int8 weights, dynamic-range activations) or static (full int8, calibrated)")
@@ -123,7 +127,8 @@ def _check_verify_args(args: argparse.Namespace) -> None:
     given = [flag for flag, v in (("--target", args.target), ("--precision", args.precision),
                                   ("--classes", args.classes), ("--out", args.out),
                                   ("--calibration-samples", args.calibration_samples),
-                                  ("--int8-format", args.int8_format), ("--tflite-recipe", args.tflite_recipe),
+                                  ("--int8-format", args.int8_format), ("--int8-for", args.int8_for),
+                                  ("--tflite-recipe", args.tflite_recipe),
                                   ("--android-assets", args.android_assets), ("--config", args.config),
                                   ("--set", args.set or None))
              if v is not None]
@@ -163,7 +168,7 @@ def handler(args: argparse.Namespace) -> int:
         given = {"targets": _expand(args.target, TARGET_NAMES, "--target"),  # None: not given, the default stays
                  "precisions": _expand(args.precision, PRECISIONS, "--precision"), "out": args.out or None,
                  "calibration_samples": args.calibration_samples, "classes_file": args.classes or None,
-                 "int8_format": args.int8_format, "tflite_recipe": args.tflite_recipe,
+                 "int8_format": args.int8_format, "int8_for": args.int8_for, "tflite_recipe": args.tflite_recipe,
                  "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
                  "thresholds.mse": args.threshold_mse}
         opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags

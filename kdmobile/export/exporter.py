@@ -250,7 +250,8 @@ class Exporter:
         with tempfile.TemporaryDirectory(prefix=f".{name}.work.{os.getpid()}.", dir=out) as tmp:
             model_path = Path(tmp) / MODEL_FILE[target]
             job = Job(self.run.model, self.example, model_path, precision, self.calibration, self.opts.int8_format,
-                      self.opts.tflite_recipe, self.input_name, self.output_name, self.metadata(target, precision))
+                      self.opts.int8_for, self.opts.tflite_recipe, self.input_name, self.output_name,
+                      self.metadata(target, precision))
             info = dict(CONVERTERS[target](job) or {})
             if not model_path.exists():
                 raise RuntimeError(f"the {target} converter wrote no {model_path.name}")

@@ -22,6 +22,7 @@ class Job:
     precision: str
     calibration: np.ndarray | None
     int8_format: str
+    int8_for: str | None         # a preset CPU for int8 (None: `auto` measures on this host)
     tflite_recipe: str
     input_name: str
     output_name: str
@@ -32,7 +33,8 @@ def _onnx(job: Job) -> dict[str, Any]:
     from kdmobile.export.onnx import convert_onnx
 
     return convert_onnx(job.model, job.example, job.out_path, job.precision, job.calibration, job.int8_format,
-                        input_name=job.input_name, output_name=job.output_name, metadata=job.metadata)
+                        input_name=job.input_name, output_name=job.output_name, metadata=job.metadata,
+                        int8_for=job.int8_for)
 
 
 def _tflite(job: Job) -> dict[str, Any]:

@@ -23,6 +23,7 @@ METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_task", "kdmobile
                                   "kdmobile_precision", "input_name", "output_name")
 TFLITE_METADATA_NAME = "kdmobile"  # the flatbuffer Model.metadata entry; its buffer holds the dict as UTF-8 JSON
 _COREML_OWN = "com.github.apple."  # user_defined_metadata keys coremltools adds itself (source, version, dialect)
+_ONNX_OWN = "onnx."  # metadata_props onnxruntime's tools add themselves (onnx.infer, onnx.quant.pre_process)
 
 
 def model_metadata(task: str, run: str, target: str, precision: str, input_name: str,
@@ -82,16 +83,18 @@ def _text(name: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------------- readers
 def read_onnx(path: str | Path) -> dict[str, str]:
-    """metadata_props of an .onnx file (onnx, else onnxruntime's model metadata)."""
+    """metadata_props of an .onnx file (onnx, else onnxruntime's model metadata), without the keys onnxruntime's
+    quantization tools add themselves."""
     try:
         import onnx
     except ImportError:
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(session.get_modelmeta().custom_metadata_map)
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    else:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return {k: v for k, v in props.items() if not k.startswith(_ONNX_OWN)}
 
 
 def read_tflite(path: str | Path) -> dict[str, str]:

@@ -86,10 +86,11 @@ def to_fp16(src: Path, dst: Path) -> dict[str, Any]:
 
 def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calibration: np.ndarray | None,
                  int8_format: str = "auto", *, input_name: str = "input", output_name: str = "output",
-                 metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 metadata: Mapping[str, str] | None = None, int8_for: str | None = None) -> dict[str, Any]:
     """Export `model` to `out_path` as fp32, fp16 or int8 ONNX; returns the manifest's quantization/export info."""
     import onnxruntime
 
+    from kdmobile.export.int8_choice import choose_by_measurement
     from kdmobile.export.quantize import quantize_onnx, quiet, resolve_int8_format
 
     if precision not in PRECISIONS:
@@ -110,9 +111,16 @@ def convert_onnx(model: Any, example: Any, out_path: Path, precision: str, calib
         elif precision == "fp16":
             info["quantization"] = {"format": "fp16", **to_fp16(fp32, out_path)}
         else:
-            fmt, facts = resolve_int8_format(int8_format)
-            details = quantize_onnx(fp32, out_path, fmt, calibration, input_name, work)
-            info["quantization"] = {"format": fmt, **facts, **details}
+            preset = resolve_int8_format(int8_format, int8_for)
+            if preset is None:  # auto: every candidate built and timed here, the fastest close to fp32 kept
+                fmt, facts = choose_by_measurement(
+                    fp32, out_path, calibration, input_name, work,
+                    lambda src, dst, f: quantize_onnx(src, dst, f, calibration, input_name, dst.parent))
+                info["quantization"] = {"format": fmt, **facts}
+            else:
+                fmt, facts = preset
+                details = quantize_onnx(fp32, out_path, fmt, calibration, input_name, work)
+                info["quantization"] = {"format": fmt, **facts, **details}
     if metadata:
         from kdmobile.export.metadata import write_onnx
 

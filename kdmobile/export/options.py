@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kdmobile.errors import UserError
+from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
 from kdmobile.export.run import read_classes_file
 from kdmobile.fileio import check_writable, clean_stale
@@ -62,6 +63,7 @@ class ExportOptions(_Settings):
     classes_file: Path | None = None
     strict: bool = False
     int8_format: str = "auto"
+    int8_for: str | None = None
     tflite_recipe: str = "auto"
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
@@ -75,6 +77,8 @@ class ExportOptions(_Settings):
                 raise UserError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
         if self.int8_format not in INT8_FORMATS:
             raise UserError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
+        if self.int8_for is not None and self.int8_for not in PRESETS:
+            raise UserError(f"--int8-for {self.int8_for!r}: choose one of {', '.join(PRESETS)}")
         if self.tflite_recipe not in TFLITE_RECIPES:
             raise UserError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
         if self.calibration_samples < 0:

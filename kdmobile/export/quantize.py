@@ -7,7 +7,8 @@ Formats (`--int8-format`):
   w8a32    weight-only int8: int8 weights (per output channel, symmetric) stored as Cast + Mul, which onnxruntime
            constant-folds into fp32 weights when the session loads, so the file is ~3.5x smaller and inference
            runs at exactly fp32 speed and accuracy (standard ONNX ops only, no calibration)
-  auto     pick one of the above from the host's ISA (choose_int8_format).
+  auto     measured on the export host: the fastest candidate that stays close to fp32 (export/int8_choice.py),
+           or, with --int8-for CPU, a preset for another machine.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -28,68 +28,23 @@ INT8_FORMATS = ("auto", "s8s8", "u8s8", "dynamic", "w8a32")
 STATIC_FORMATS = ("s8s8", "u8s8")
 MIN_WEIGHT_ELEMENTS = 256  # smaller weight tensors stay fp32 in w8a32 (scales would cost more than they save)
 
-# The `auto` choice, measured with benchmarks/int8_onnx_speed.py (default AMMKD student, random weights with
-# randomised BatchNorm, batch 1, one thread, onnxruntime 1.32; results in benchmarks/results/int8_onnx_speed.md):
-#   AMD EPYC with AVX-512 + AVX512-VNNI (this project's CI host), p50 latency and file size at 32 px:
-#       fp32 0.147 ms 2636 KB | w8a32 0.147 ms 756 KB | u8s8 0.239 ms 975 KB | s8s8 0.981 ms | dynamic 1.045 ms
-#     i.e. u8s8 0.61x, s8s8 0.15x, dynamic 0.14x the fp32 speed; at 64 / 128 px u8s8 0.71x / 0.69x, s8s8
-#     0.18x / 0.23x (and ~0.34x / 0.15x at 224 px in a one-off run). onnxruntime's x86 int8 kernels lose to its
-#     AVX-512 fp32 (NCHWc) kernels on this MobileNetV3 student, VNNI or not: hard-swish and the SE blocks leave
-#     dozens of QuantizeLinear/DequantizeLinear pairs around float ops. So on x86 `auto` picks w8a32, which keeps
-#     fp32 speed and accuracy at 1/3.5 the size. The "VNNI -> s8s8" rule of thumb was measured wrong here.
-#   AMD EPYC Zen 3, AVX2 without VNNI (DESIGN.md): s8s8 0.1-0.7x, u8s8 0.3-2.1x, dynamic 0.05-0.5x the fp32
-#     speed -> w8a32 as well (never slower than fp32).
-#   ARM64 with dot-product instructions (phones): not measured in this project; onnxruntime's ARM64 kernels run
-#     s8s8 QDQ with SDOT, so `auto` picks s8s8 there, and u8s8 on ARM64 without dotprod.
-# `auto` looks at the machine running the export: export on x86 for an ARM phone with --int8-format s8s8.
-_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
-_ARM = ("aarch64", "arm64", "armv8", "armv8l")
 
 
-def _arm_dotprod() -> bool:
-    """Whether this ARM64 CPU has the dot-product extension (Linux: 'asimddp'; Apple silicon always has it)."""
-    if platform.system() == "Darwin":
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("Features") and "asimddp" in line.split() for line in f)
-    except OSError:
-        return False
+def resolve_int8_format(requested: str, int8_for: str | None = None) -> tuple[str, dict[str, Any]] | None:
+    """`--int8-format` / `--int8-for` -> (format, manifest facts), or None when `auto` is to be measured here
+    (kdmobile.export.int8_choice.choose_by_measurement)."""
+    from kdmobile.export.int8_choice import PRESETS
 
-
-def choose_int8_format(host: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """The int8 format `auto` resolves to on this host, with the ISA facts behind the choice (for the manifest)."""
-    if host is None:
-        from kdmobile.runtime.measure import host_info
-
-        host = host_info()
-    machine = str(host.get("machine", platform.machine())).lower()
-    isa = dict(host.get("isa", {}))
-    facts: dict[str, Any] = {"cpu": host.get("cpu"), "machine": machine, "isa": isa}
-    if machine in _ARM:
-        dotprod = bool(isa.get("dotprod", _arm_dotprod()))
-        facts["isa"] = {**isa, "dotprod": dotprod}
-        if dotprod:
-            return "s8s8", {**facts, "reason": "ARM64 with dot-product: onnxruntime runs s8s8 QDQ with SDOT"}
-        return "u8s8", {**facts, "reason": "ARM64 without dot-product: u8s8 QDQ"}
-    vnni = bool(isa.get("avx512_vnni") or isa.get("avx_vnni"))
-    if machine in _X86:
-        which = "with VNNI" if vnni else ("AVX2 without VNNI" if isa.get("avx2") else "without AVX2")
-        return "w8a32", {**facts, "reason": f"x86 {which}: measured activation-int8 (u8s8/s8s8/dynamic) slower than "
-                                            "fp32 for the student; weight-only int8 keeps fp32 speed at ~1/3.5 "
-                                            "the size (benchmarks/int8_onnx_speed.py)"}
-    return "w8a32", {**facts, "reason": f"unknown machine {machine!r}: weight-only int8 is never slower than fp32"}
-
-
-def resolve_int8_format(requested: str, host: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """Validate `--int8-format` and resolve `auto`; returns (format, manifest facts incl. the host ISA)."""
     if requested not in INT8_FORMATS:
         raise UserError(f"--int8-format {requested!r}: choose one of {', '.join(INT8_FORMATS)}")
-    fmt, facts = choose_int8_format(host)
-    if requested == "auto":
-        return fmt, {**facts, "requested": "auto"}
-    return requested, {**facts, "requested": requested, "reason": "requested with --int8-format",
-                       "auto_would_pick": fmt}
+    if int8_for is not None and int8_for not in PRESETS:
+        raise UserError(f"--int8-for {int8_for!r}: choose one of {', '.join(PRESETS)}")
+    if requested != "auto":
+        return requested, {"requested": requested, "reason": "requested with --int8-format"}
+    if int8_for is not None:
+        fmt, why = PRESETS[int8_for]
+        return fmt, {"requested": "auto", "int8_for": int8_for, "reason": f"preset for {int8_for}: {why}"}
+    return None
 
 
 class _Reader:
