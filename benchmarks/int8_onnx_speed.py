@@ -27,27 +27,11 @@ from kdmobile.export.int8_choice import MIN_COSINE
 from kdmobile.export.quantize import quiet
 from kdmobile.runtime.backends import OnnxBackend
 from kdmobile.runtime.measure import host_info, latency_stats, time_callable
+from kdmobile.models.profile import randomise_batchnorm
 from kdmobile.table import format_table
 
 FORMATS = ("fp32", "fp16", "w8a32", "u8s8", "s8s8", "dynamic")
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def randomise_batchnorm(model: Any, seed: int = 0) -> None:
-    """Give BatchNorm layers non-trivial statistics and affine weights (DESIGN.md: otherwise zero-initialised
-    residual branches fold away and the timing means nothing)."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 0.2)
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                if m.weight is not None:
-                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                    m.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.2)
 
 
 def default_student(image_size: int) -> tuple[Any, np.ndarray]:

@@ -65,6 +65,10 @@ def register(sub: Any) -> None:
                    help="where PyTorch models (teachers) run: auto = CPU, plus CUDA when available (default); "
                         "bundles always run on the CPU")
     p.add_argument("--no-teachers", action="store_true", help="do not measure the runs' teachers")
+    p.add_argument("--reference", metavar="NAMES",
+                   help="comma list of open_clip image towers (e.g. ViT-B-32,RN50) to time as latency-only rows: "
+                        "random weights, exported to ONNX at the bundles' input size, same runtime, threads and "
+                        "batch; speed-ups against them are within onnxruntime (built once, cached)")
     p.add_argument("--max-time", type=float, metavar="S",
                    help=f"time budget per measurement: slow models get fewer runs (at least {MIN_RUNS}; default "
                         f"{d('max_time_s'):g} s)")
@@ -110,7 +114,8 @@ def handler(args: argparse.Namespace) -> int:
         raise UserError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
     given = {"runs": args.runs, "warmup": args.warmup, "threads": args.threads, "device": args.device,
              "max_time_s": args.max_time, "batches": list(dict.fromkeys([1, *args.batch])) if args.batch else None,
-             "teachers": False if args.no_teachers else None, "progress": False if args.no_progress else None}
+             "teachers": False if args.no_teachers else None, "progress": False if args.no_progress else None,
+             "references": [n.strip() for n in args.reference.split(",") if n.strip()] if args.reference else None}
     settings = load_config(Settings, args.config, given, args.set)  # defaults <- --config <- --set <- flags
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
@@ -131,6 +136,7 @@ def _measure_and_report(args: argparse.Namespace, settings: Settings, p: Any, ou
     """Measure the planned subjects, write the report into `out`, print the table; returns the exit code."""
     from kdmobile.bench import report as rep
     from kdmobile.bench.measure import bench_host, measure
+    from kdmobile.bench.reference import add_compute_fields, reference_notes
     from kdmobile.table import fit_table, format_table
 
     width = None if args.wide else WIDTH
@@ -139,9 +145,11 @@ def _measure_and_report(args: argparse.Namespace, settings: Settings, p: Any, ou
     host = bench_host(settings)
     _say(rep.host_line(host), width)
     rows = measure(p.subjects, settings)
+    add_compute_fields(rows, host.get("peak_fp32_gflops"))
     gates = rep.evaluate_gates(rows, args.min_metric, args.max_mse, args.max_latency_ms)
     settings_doc = {**settings.as_dict(), "inputs": [str(x) for x in args.paths], "bundles_dir": args.bundles}
-    report = rep.build_report(host, settings_doc, rows, gates, p.notes, torch_fallback=p.torch_fallback)
+    notes = [*p.notes, *reference_notes(rows, host.get("peak_fp32_gflops"))]
+    report = rep.build_report(host, settings_doc, rows, gates, notes, torch_fallback=p.torch_fallback)
     paths = rep.write_report(out, report)
     _say(rep.title_line(report["rows"], p.torch_fallback), width)
     if args.wide:
@@ -151,7 +159,7 @@ def _measure_and_report(args: argparse.Namespace, settings: Settings, p: Any, ou
         for line in rep.compact_notes(report["rows"]):
             _say(line, width)
     for line in rep.render_markdown(report).splitlines():
-        if line.startswith("- speed-up"):
+        if line.startswith(("- speed-up", "- peak fp32")) or " faster than reference:" in line:
             _say(line[2:], width)
     _say(f"wrote {paths['json']}, {paths['md'].name}" + (f", {paths['png'].name}" if "png" in paths else ""), width)
     if "png" not in paths:

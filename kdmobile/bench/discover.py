@@ -123,6 +123,21 @@ def _baseline_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     return [TorchSubject(f"{run.name}/student_nokd", "baseline", run, file, d, kind, params, flops) for d in devices]
 
 
+def _reference_subjects(p: Plan, names: list[str]) -> list[Subject]:
+    """Latency-only open_clip towers at the first retrieval bundle's input size (a note when there is none)."""
+    sizes = [s.bundle.input["shape"][2] for s in p.subjects if isinstance(s, BundleSubject)
+             and s.bundle.task == "retrieval"]
+    if not sizes:
+        p.notes.append("--reference: no retrieval bundle to take the input size from; no reference rows")
+        return []
+    try:
+        from kdmobile.bench.reference import reference_subjects
+    except ImportError:
+        p.notes.append("--reference needs torch and open_clip (the [train] extra) to build the towers")
+        return []
+    return reference_subjects(names, int(sizes[0]))
+
+
 def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
     """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
     out = Plan()
@@ -188,6 +203,8 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
             if devices and not subjects:
                 out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
             out.subjects += subjects + _baseline_subjects(run, devices)
+    if settings.references:
+        out.subjects += _reference_subjects(out, settings.references)
     if not out.subjects:
         raise UserError("nothing to benchmark: " + ("; ".join(out.notes) or "no bundles or runs given"))
     return out

@@ -75,5 +75,8 @@ def bench_host(settings: Settings) -> dict[str, Any]:
         torch = sys.modules["torch"]
         if torch.cuda.is_available():
             host["gpu"] = torch.cuda.get_device_name(0)
+    from kdmobile.bench.reference import peak_gflops
+
+    host["peak_fp32_gflops"] = peak_gflops(settings.threads)  # once per bench; None without torch
     return host
 

@@ -197,8 +197,8 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 
 PLOT_STYLE = {"teacher": ("tab:red", "s"), "baseline": ("tab:gray", "D")}  # (colour, marker); students: blue dots
-ROLE_LABELS = {"teacher": "teacher", "baseline": "no KD"}  # the speed-up column of rows that are references
-SOURCE_LABELS = {"teacher": "teachers", "baseline": "no-KD student"}
+ROLE_LABELS = {"teacher": "teacher", "baseline": "no KD", "reference": "reference"}  # the speed-up column of rows that are references
+SOURCE_LABELS = {"teacher": "teachers", "baseline": "no-KD student", "reference": "references"}
 
 COMPACT_HEADERS = ["model", "backend", "precision", "batch", "size", "metric", "p50 ms", "p99 ms", "peak mem",
                    "speed-up"]

@@ -11,7 +11,8 @@ from kdmobile.errors import UserError
 DEVICES = ("auto", "cpu", "cuda")  # torch subjects: auto (CPU, plus CUDA when available), cpu, cuda
 # The command-line flag that sets each field, so an error names what the user typed.
 FLAGS = {"runs": "--runs", "warmup": "--warmup", "batches": "--batch", "threads": "--threads", "device": "--device",
-         "teachers": "--no-teachers", "max_time_s": "--max-time", "progress": "--no-progress"}
+         "teachers": "--no-teachers", "max_time_s": "--max-time", "progress": "--no-progress",
+         "references": "--reference"}
 # Values that make no sense: (is it fine?, the one-line error), checked in field order (the first one is reported).
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runs": (lambda v: v >= 1, "--runs must be >= 1, got {v}"),
@@ -36,6 +37,7 @@ class Settings(BaseModel):
     teachers: bool = True
     max_time_s: float = 60.0
     progress: bool = True
+    references: list[str] = Field(default_factory=list)  # open_clip image towers timed as latency-only rows
 
     @model_validator(mode="wrap")
     @classmethod
