@@ -77,6 +77,6 @@ def bench_host(settings: Settings) -> dict[str, Any]:
             host["gpu"] = torch.cuda.get_device_name(0)
     from kdmobile.bench.reference import peak_gflops
 
-    host["peak_fp32_gflops"] = peak_gflops(settings.threads)  # once per bench; None without torch
+    host["peak_fp32_gflops"], host["peak_source"] = peak_gflops(settings.threads)  # once per bench
     return host
 
