@@ -2,7 +2,8 @@
 machine (`--int8-for`). Whether activation-int8 pays depends on the backbone and the CPU (ReLU networks gained
 1.25-2.8x from u8s8 on one AVX-512 VNNI host while the hard-swish MobileNetV3 lost), so no rule fits every host:
 `auto` builds each candidate, times it against fp32 side by side, and keeps the fastest whose outputs stay close to
-fp32's. Export verification then checks the task metric of what was kept, as for every artifact.
+fp32's. Export verification then checks the task metric of what was kept, as for every artifact. The same
+measurement chooses TFLite's int8 recipe (dynamic-range or static) when calibration data is there.
 """
 
 from __future__ import annotations
@@ -48,23 +49,47 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((a * b).sum(1) / den))
 
 
-def _time_side_by_side(sessions: dict[str, Any], name: str, x: np.ndarray) -> dict[str, float]:
-    """p50 ms per model over ROUNDS interleaved rounds of CALLS batch-1 calls (after a warm-up of each)."""
+Runner = Callable[[np.ndarray], np.ndarray]  # one model: a batch in, its first output out
+
+
+def _time_side_by_side(runners: dict[str, Runner], x: np.ndarray) -> dict[str, float]:
+    """p50 ms per model over ROUNDS interleaved rounds of CALLS calls on `x` (after a warm-up of each)."""
     from kdmobile.runtime.measure import time_callable
 
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    samples: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(ROUNDS):
-        for key, sess in sessions.items():
-            samples[key] += time_callable(lambda s=sess: s.run(None, {name: x}), 5 if r == 0 else 1, CALLS)
+        for key, run in runners.items():
+            samples[key] += time_callable(lambda f=run: f(x), 5 if r == 0 else 1, CALLS)
     return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def measure_candidates(runners: dict[str, Runner], x: np.ndarray, parity: list[np.ndarray],
+                       sizes: dict[str, int], fallback: str, runtime: str) -> tuple[str, dict[str, Any]]:
+    """Time every candidate side by side with runners["fp32"] and keep the fastest whose mean output cosine vs
+    fp32 on the `parity` inputs is >= MIN_COSINE (else `fallback`); returns (candidate, manifest facts)."""
+    from kdmobile.runtime.measure import host_info
+
+    ref = np.concatenate([runners["fp32"](p) for p in parity])
+    p50 = _time_side_by_side(runners, x)
+    table = {k: {"p50_ms": p50[k], "speedup_vs_fp32": p50["fp32"] / p50[k],
+                 "mean_cosine_vs_fp32": _cosine(np.concatenate([run(p) for p in parity]), ref),
+                 "size_bytes": sizes[k]} for k, run in runners.items() if k != "fp32"}
+    ok = [k for k in table if table[k]["mean_cosine_vs_fp32"] >= MIN_COSINE]
+    chosen = min(ok or [fallback], key=lambda k: table[k]["p50_ms"])
+    host = host_info()
+    slower = " (slower than fp32 here: int8 pays in size only)" if table[chosen]["speedup_vs_fp32"] < 1 else ""
+    return chosen, {"requested": "auto", "chosen_by": "measurement on the export host", "cpu": host.get("cpu"),
+                    "machine": host.get("machine"), "isa": host.get("isa"), "fp32_p50_ms": p50["fp32"],
+                    "candidates": table, "timing": f"{runtime}, 1 thread, {ROUNDS} interleaved rounds x {CALLS}",
+                    "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                    "reason": f"fastest candidate with output cosine >= {MIN_COSINE} vs fp32: {chosen} "
+                              f"({table[chosen]['speedup_vs_fp32']:.2f}x fp32){slower}"}
 
 
 def choose_by_measurement(fp32: Path, out: Path, calibration: np.ndarray | None, input_name: str, workdir: Path,
                           quantize: Quantize) -> tuple[str, dict[str, Any]]:
-    """Build every candidate, time it side by side with fp32 on this host, keep the fastest whose mean output cosine
-    vs fp32 (on calibration inputs) is >= MIN_COSINE, copy it to `out`; returns (format, manifest facts)."""
-    from kdmobile.runtime.measure import host_info
-
+    """ONNX: build every candidate format, measure them (measure_candidates, onnxruntime, batch 1) and copy the one
+    kept to `out`; returns (format, manifest facts)."""
     static_ok = calibration is not None and len(calibration) > 0
     built: dict[str, dict[str, Any]] = {}
     for fmt in CANDIDATES:
@@ -72,30 +97,35 @@ def choose_by_measurement(fp32: Path, out: Path, calibration: np.ndarray | None,
             continue
         (workdir / fmt).mkdir()
         built[fmt] = quantize(fp32, workdir / fmt / "model.onnx", fmt)
-    sessions = {"fp32": _session(fp32), **{f: _session(workdir / f / "model.onnx") for f in built}}
+    paths = {"fp32": fp32, **{f: workdir / f / "model.onnx" for f in built}}
+    sessions = {k: _session(p) for k, p in paths.items()}
+    runners = {k: (lambda x, s=s: s.run(None, {input_name: x})[0]) for k, s in sessions.items()}
     x = np.ascontiguousarray(calibration[:1] if static_ok else _zeros(sessions["fp32"]), dtype=np.float32)
-    parity_in = np.ascontiguousarray(calibration[:PARITY_SAMPLES] if static_ok else x, dtype=np.float32)
-    ref = np.concatenate([sessions["fp32"].run(None, {input_name: parity_in[i:i + 1]})[0]
-                          for i in range(len(parity_in))])
-    p50 = _time_side_by_side(sessions, input_name, x)
-    table: dict[str, dict[str, Any]] = {}
-    for fmt, details in built.items():
-        out_f = np.concatenate([sessions[fmt].run(None, {input_name: parity_in[i:i + 1]})[0]
-                                for i in range(len(parity_in))])
-        table[fmt] = {"p50_ms": p50[fmt], "speedup_vs_fp32": p50["fp32"] / p50[fmt],
-                      "mean_cosine_vs_fp32": _cosine(out_f, ref),
-                      "size_bytes": (workdir / fmt / "model.onnx").stat().st_size}
-    ok = [f for f in table if table[f]["mean_cosine_vs_fp32"] >= MIN_COSINE]
-    chosen = min(ok or ["w8a32"], key=lambda f: table[f]["p50_ms"])
-    shutil.copyfile(workdir / chosen / "model.onnx", out)
-    host = host_info()
-    facts = {"requested": "auto", "chosen_by": "measurement on the export host", "cpu": host.get("cpu"),
-             "machine": host.get("machine"), "isa": host.get("isa"), "fp32_p50_ms": p50["fp32"],
-             "candidates": table, "timing": f"onnxruntime, 1 thread, batch 1, {ROUNDS} interleaved rounds x {CALLS}",
-             "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-             "reason": f"fastest candidate with output cosine >= {MIN_COSINE} vs fp32: {chosen} "
-                       f"({table[chosen]['speedup_vs_fp32']:.2f}x fp32)"}
+    parity = [np.ascontiguousarray(c[None], dtype=np.float32) for c in calibration[:PARITY_SAMPLES]] \
+        if static_ok else [x]
+    chosen, facts = measure_candidates(runners, x, parity, {k: p.stat().st_size for k, p in paths.items()}, "w8a32",
+                                       "onnxruntime, batch 1")
+    shutil.copyfile(paths[chosen], out)
     return chosen, {**facts, **built[chosen]}
+
+
+def choose_tflite_recipe(float_bytes: bytes, build: Callable[[str], bytes], batches: list[np.ndarray],
+                         workdir: Path) -> tuple[str, bytes, dict[str, Any]]:
+    """TFLite: build the dynamic-range and static int8 models, measure them against the float model in LiteRT
+    (the model's own fixed batch) and keep the fastest close to fp32 (dynamic if neither is); returns
+    (recipe kind, model bytes, manifest facts)."""
+    from kdmobile.runtime.backends import LiteRTBackend
+
+    models = {"fp32": float_bytes, "dynamic": build("dynamic"), "static": build("static")}
+    runners: dict[str, Runner] = {}
+    for kind, data in models.items():
+        path = workdir / f"{kind}.tflite"
+        path.write_bytes(data)
+        backend = LiteRTBackend(path, threads=1)
+        runners[kind] = lambda x, b=backend: b.run({b.input_names[0]: x})[0]
+    chosen, facts = measure_candidates(runners, batches[0], batches[:PARITY_SAMPLES],
+                                       {k: len(v) for k, v in models.items()}, "dynamic", "LiteRT (XNNPACK)")
+    return chosen, models[chosen], facts
 
 
 def _zeros(session: Any) -> np.ndarray:

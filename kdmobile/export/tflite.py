@@ -10,10 +10,10 @@ int8 comes in two recipes:
   (``ai_edge_quantizer.recipe.dynamic_wi8_afp32()``). No calibration.
 - ``static``: int8 per-channel weights and int8 activations, ranges calibrated on sample inputs
   (``ai_edge_quantizer.recipe.static_wi8_ai8()``, graph input/output left float).
-- ``auto`` picks per model (see DESIGN.md, "Measured on this machine"): LiteRT static int8 ran 2-3x slower than
-  fp32 for MobileNetV3 on x86, because hard-swish splits the XNNPACK int8 graph, but faster for networks without
-  it (RepViT, MobileNetV3-Large at 64 px). So: hard-swish anywhere in the model -> dynamic, otherwise static
-  (dynamic as well when no calibration data was given).
+- ``auto`` with calibration data builds both, times them against the float model in LiteRT on this machine and
+  keeps the faster one close to fp32 (kdmobile.export.int8_choice); the timings go into the manifest. Without
+  calibration data, the rule of choose_int8_recipe: hard-swish (which splits the XNNPACK int8 graph; static ran
+  2-3x slower than fp32 for MobileNetV3 on x86) -> dynamic, otherwise static, dynamic when it cannot calibrate.
 """
 
 from __future__ import annotations
@@ -371,9 +371,16 @@ def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, prec
             info.update(recipe="fp16_weights", reason="fp16: weights stored as float16 (FLOAT_CASTING), "
                                                       "float32 compute and I/O")
         else:
-            float_ops = tflite_op_counts(float_bytes)
-            kind, reason = choose_int8_recipe(model, recipe, batches is not None, float_ops)
-            data = quantize_tflite(float_bytes, "int8", kind, batches if kind == "static" else None)
+            if recipe == "auto" and batches is not None:  # both recipes built and timed here (int8_choice)
+                from kdmobile.export.int8_choice import choose_tflite_recipe
+
+                with tempfile.TemporaryDirectory(prefix="kdmobile-tflite-") as tmp:
+                    kind, data, facts = choose_tflite_recipe(float_bytes, lambda k: quantize_tflite(
+                        float_bytes, "int8", k, batches if k == "static" else None), batches, Path(tmp))
+                reason, info["measurement"] = facts.pop("reason"), facts
+            else:  # an explicit recipe, or no calibration data: the rule
+                kind, reason = choose_int8_recipe(model, recipe, batches is not None, tflite_op_counts(float_bytes))
+                data = quantize_tflite(float_bytes, "int8", kind, batches if kind == "static" else None)
             info.update(recipe="dynamic_wi8_afp32" if kind == "dynamic" else "static_wi8_ai8", reason=reason)
             if kind == "static":
                 info["calibration_inputs"] = len(batches)
