@@ -125,3 +125,9 @@ def check_writable(directory: str | os.PathLike, what: str, min_free: int = MIN_
     except OSError as e:
         raise ToolError(f"{what} {d}: cannot write there ({e.strerror or e})") from None
     return d
+
+
+def cache_dir() -> Path:
+    """Where kdmobile caches what it can rebuild (generated datasets, bench reference towers): $KDMOBILE_CACHE or
+    ~/.cache/kdmobile."""
+    return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()

@@ -19,13 +19,12 @@ from kdmobile.data.transforms import normalise
 from kdmobile.errors import KDError
 from kdmobile.export import cli as export_cli
 from kdmobile.export import exporter as ex
-from kdmobile.export import verify as ver
 from kdmobile.export.opcheck import traced_ops, unsupported
 from kdmobile.export.quantize import resolve_int8_format
 from kdmobile.models import load_model
 from kdmobile.models.registry import create_model, register_model, save_model
 from kdmobile.rundir import write_method, write_metrics
-from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
+from kdmobile.runtime import RetrievalPredictor
 
 from conftest import TINY_AMMKD
 
@@ -268,80 +267,6 @@ def test_coreml_bundles_have_their_spec_validated(other_bundles, precision):
     assert b.model_path.is_dir() and b.model_path.name == "model.mlpackage"
     assert v["status"].startswith("spec ok") and not v["flagged"] and v["spec"]["inputs"][0][1] == [1, 3, 32, 32]
     assert b.manifest["coreml"]["validated"] is True and "macOS" in table
-
-
-# ------------------------------------------------------------------------------------------------ SDKD
-def test_forecast_bundles(sdkd_run, tmp_path):
-    assert main(["export", sdkd_run, "--precision", "fp32,int8", "--out", tmp_path]) == 0
-    model, _ = load_model(sdkd_run / "student.safetensors")
-    held = np.load(sdkd_run / "heldout.npz")
-    with torch.no_grad():
-        ref = model(torch.from_numpy(held["x_test"])).numpy() * F_STD + F_MEAN
-    for precision in ("fp32", "int8"):
-        b = load_bundle(tmp_path / f"fc-onnx-{precision}")
-        m = b.manifest
-        assert m["task"] == "forecast" and m["input"]["name"] == "frames" and m["input"]["layout"] == "NTHW"
-        assert m["forecast"]["frames_in"] == T_IN and m["forecast"]["frames_out"] == T_OUT
-        assert m["forecast"]["mean"] == F_MEAN and m["forecast"]["std"] == F_STD
-        pred = ForecastPredictor(b).predict(held["x_test"] * F_STD + F_MEAN)
-        assert np.max(np.abs(pred - ref)) < (1e-4 if precision == "fp32" else 0.1)
-        v = m["verification"]
-        assert v["metric"]["name"] == "mse" and v["status"] == "ok" and "mse_phys" in v["metric"]["all"]
-
-
-def test_forecast_mse_threshold_flags_and_strict_exits_1(sdkd_run, tmp_path, monkeypatch, capsys):
-    real = ver._run_bundle
-
-    def worse(bundle, ref):
-        y, metric, pre = real(bundle, ref)
-        return y, {**metric, "mse": metric["mse"] * 1.2}, pre
-
-    monkeypatch.setattr(ver, "_run_bundle", worse)
-    assert main(["export", sdkd_run, "--out", tmp_path, "--strict"]) == 1
-    captured = capsys.readouterr()
-    assert "FLAGGED" in captured.out and "mse +20.0% > 5%" in captured.err
-    b = load_bundle(tmp_path / "fc-onnx-fp32")  # a threshold failure still writes the (flagged) bundle
-    assert b.manifest["verification"]["flagged"] is True
-    assert main(["export", sdkd_run, "--out", tmp_path]) == 0  # flagged without --strict: exit 0
-    assert main(["export", sdkd_run, "--out", tmp_path, "--strict", "--threshold-mse", "0.5"]) == 0
-
-
-def test_top1_threshold_with_strict(ammkd_run, tmp_path, monkeypatch, capsys):
-    real = ver._run_bundle
-
-    def worse(bundle, ref):
-        y, metric, pre = real(bundle, ref)
-        return y, {**metric, "top1": metric["top1"] - 2.5}, pre
-
-    monkeypatch.setattr(ver, "_run_bundle", worse)
-    assert main(["export", ammkd_run, "--out", tmp_path, "--strict"]) == 1
-    assert "top1 -2.50 pts (limit -1)" in capsys.readouterr().err
-    assert main(["export", ammkd_run, "--out", tmp_path, "--strict", "--threshold-top1", "3"]) == 0
-
-
-# ------------------------------------------------------------------------------------- atomicity
-def test_interrupted_export_leaves_no_bundle_and_no_temp_dir(sdkd_run, tmp_path, monkeypatch):
-    out = tmp_path / "out"
-    real = ex.CONVERTERS["onnx"]
-
-    def interrupted(job):
-        real(job)  # the model file exists in the work dir ...
-        job.out_path.with_name("partial.bin").write_bytes(b"x")
-        raise KeyboardInterrupt  # ... and then Ctrl-C
-
-    monkeypatch.setitem(ex.CONVERTERS, "onnx", interrupted)
-    assert main(["export", sdkd_run, "--out", out]) == 130
-    assert not out.exists()  # no bundle, no work dir, not even the empty --out folder it made
-
-
-def test_an_exception_during_verification_leaves_no_bundle(sdkd_run, tmp_path, monkeypatch, capsys):
-    def broken(bundle, ref, th):
-        raise RuntimeError("verification crashed")
-
-    monkeypatch.setattr(ex, "verify_bundle", broken)
-    assert main(["export", sdkd_run, "--out", tmp_path]) == 1
-    assert "FAILED: RuntimeError: verification crashed" in capsys.readouterr().out
-    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -18,12 +18,7 @@ from kdmobile.bench.settings import Settings
 from kdmobile.bench.subjects import Subject
 from kdmobile.bench.timing import time_calls
 from kdmobile.errors import UserError
-
-
-def _cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser() / "reference"
+from kdmobile.fileio import cache_dir
 
 
 def reference_file(name: str, size: int, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
@@ -31,7 +26,7 @@ def reference_file(name: str, size: int, log: Callable[[str], None] = print) -> 
     parameter and FLOP counts."""
     import open_clip
 
-    path = _cache_dir() / f"{name}-{size}px-open_clip{open_clip.__version__}.onnx"
+    path = cache_dir() / "reference" / f"{name}-{size}px-open_clip{open_clip.__version__}.onnx"
     info_path = path.with_suffix(".json")
     if not (path.is_file() and info_path.is_file()):
         _build(name, size, path, info_path, log)

@@ -7,7 +7,6 @@ teachers' KD terms are combined by the same `TeacherWeighting` AMMKD uses; every
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from kdmobile.config import SDKDConfig, save_config
 from kdmobile.contracts.heldout import HeldOut, write_heldout
 from kdmobile.data.sequences import SequenceSpec, check_frames, load_sequences, make_windows
 from kdmobile.errors import UserError
-from kdmobile.fileio import atomic_path, write_json
+from kdmobile.fileio import atomic_path, cache_dir, write_json
 from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssim
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
@@ -34,11 +33,6 @@ from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, se
 from kdmobile.train.losses import output_distill, spectral_band_loss
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.weighting import TeacherWeighting
-
-def cache_dir() -> Path:
-    """Where generated datasets are cached: $KDMOBILE_CACHE or ~/.cache/kdmobile."""
-    return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
-
 
 def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
     """Where the generated default Navier-Stokes set for these settings is cached (named by a digest of its key)."""
