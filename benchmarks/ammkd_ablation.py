@@ -12,16 +12,24 @@ skipped when the script is run again, so a long run can be interrupted and conti
   python benchmarks/ammkd_ablation.py --dataset flickr8k --seeds 0 1 2 --teacher-epochs 60
   python benchmarks/ammkd_ablation.py --dataset cifar10 --report-only      # tables from the records so far
   python benchmarks/ammkd_ablation.py --dataset digits --teachers-from runs/demo-ammkd --seeds 0 1 2
+  python benchmarks/ammkd_ablation.py --dataset cifar10 --device cuda --tag gpu --jobs 12 --teacher-epochs 100
+
+--jobs N runs N trainings at once as separate processes (each teacher, then each variant x seed), which is how one
+GPU is kept busy with models this small; every process writes its own shard file and the parent merges it into the
+records, so no two processes write one file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -91,19 +99,69 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
             print(f"teacher files missing: retraining them, and dropping {len(stale)} student records made with "
                   "the old ones", flush=True)
             records.data["runs"] = {}
-        over = {**_base(args, ds, 0), "name": f"{args.dataset}-teachers", "weighting": "none", "train.epochs": 0,
-                "teachers": TEACHERS}
-        cfg = load_config(AMMKDConfig, None, over, args.set)
         started = time.perf_counter()
-        run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
-        rec = {"files": [str(teacher_file(run, t)) for t in TEACHERS],
-               "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"},
-               "seconds": round(time.perf_counter() - started, 1),
-               "teacher_epochs": {t: cfg.teacher_epochs(t) for t in TEACHERS}}  # the ViT's is scaled (config)
+        parts = [out for _, out in _pool(args, records, [["--only-teacher", t] for t in TEACHERS])]
+        if not all(parts):
+            raise SystemExit("ammkd_ablation: a teacher failed to train (see above)")
+        rec = {"files": [], "models": {}, "seconds": round(time.perf_counter() - started, 1), "teacher_epochs": {}}
+        for part in parts:
+            for key in ("files",):
+                rec[key] += part[key]
+            for key in ("models", "teacher_epochs"):
+                rec[key].update(part[key])
         records.put("teachers", rec)
     print("teachers (trained once for this split): " + ", ".join(
         f"{k} {v[ds['metrics'][0]]:.2f}" for k, v in rec["models"].items()), flush=True)
     return rec["files"]
+
+
+def train_one_teacher(args: argparse.Namespace, ds: dict[str, Any], name: str) -> dict[str, Any]:
+    """One teacher-only run (its own run directory, so the two teachers can train at once)."""
+    over = {**_base(args, ds, 0), "name": f"{args.dataset}-teacher-{name}", "weighting": "none",
+            "train.epochs": 0, "teachers": [name]}
+    cfg = load_config(AMMKDConfig, None, over, args.set)
+    run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
+    return {"files": [str(teacher_file(run, name))], "teacher_epochs": {name: cfg.teacher_epochs(name)},
+            "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"}}
+
+
+def _child(args: argparse.Namespace, records: Records, job: list[str]) -> dict[str, Any]:
+    """Run this script for one job (extra argv) in a fresh process; returns its shard ({} when it failed)."""
+    shard = records.path.with_name(f"{records.path.stem}.{'-'.join(job[1:3]).replace(':', '-')}.json")
+    shard.unlink(missing_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    cmd = [sys.executable, __file__, *_passthrough(args), "--records", str(records.path), *job,
+           "--shard", str(shard)]
+    done = subprocess.run(cmd, env=env, check=False)
+    if done.returncode != 0 or not shard.is_file():
+        print(f"job failed (exit {done.returncode}): {' '.join(job)}", file=sys.stderr, flush=True)
+        return {}
+    out = json.loads(shard.read_text())
+    shard.unlink()
+    return out
+
+
+def _pool(args: argparse.Namespace, records: Records, jobs: list[list[str]]) -> Any:
+    """(job, result) pairs as each child finishes, --jobs children at a time."""
+    pool = ThreadPoolExecutor(max(1, args.jobs))
+    futures = {pool.submit(_child, args, records, job): job for job in jobs}
+    try:
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    """The settings every child process must share with the parent."""
+    argv = ["--dataset", args.dataset, "--teacher-epochs", str(args.teacher_epochs), "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--teacher-batch-size", str(args.teacher_batch_size),
+            "--device", args.device, "--runs", args.runs]
+    if args.data_root:
+        argv += ["--data-root", args.data_root]
+    for item in args.set:
+        argv += ["--set", item]
+    return argv + (["--progress"] if args.progress else [])
 
 
 def best_weighting(records: Records, ds: dict[str, Any], seeds: list[int]) -> str | None:
@@ -117,12 +175,9 @@ def best_weighting(records: Records, ds: dict[str, Any], seeds: list[int]) -> st
     return max(means, key=means.get) if means else None
 
 
-def run_variant(args: argparse.Namespace, ds: dict[str, Any], records: Records, files: list[str], variant: str,
-                seed: int, weighting: str, terms: dict[str, float] | None = None) -> None:
-    """One student (skipped when already recorded)."""
-    key = f"{variant}/{seed}"
-    if records.get(key):
-        return
+def student_run(args: argparse.Namespace, ds: dict[str, Any], files: list[str], variant: str, seed: int,
+                weighting: str, terms: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train one student; returns its record."""
     over = {**_base(args, ds, seed), "name": f"{args.dataset}-{variant.replace(':', '-')}-s{seed}",
             "weighting": weighting, "teachers": files, "teacher_train.epochs": 0}
     if terms:
@@ -131,13 +186,26 @@ def run_variant(args: argparse.Namespace, ds: dict[str, Any], records: Records, 
     started = time.perf_counter()
     _, metrics = run_ammkd(cfg, progress=args.progress)
     student = metrics["models"]["student"]
-    records.put(key, {"student": student, "seconds": round(time.perf_counter() - started, 1),
-                      "weighting": weighting, "terms": metrics["loss_terms"]})
-    print(f"{key}: {ds['metrics'][0]} {student[ds['metrics'][0]]:.2f} ({time.perf_counter() - started:.0f} s)",
-          flush=True)
+    print(f"{variant}/{seed}: {ds['metrics'][0]} {student[ds['metrics'][0]]:.2f} "
+          f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return {"student": student, "seconds": round(time.perf_counter() - started, 1), "weighting": weighting,
+            "terms": metrics["loss_terms"]}
 
 
-def report(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> dict[str, Any]:
+def run_variants(args: argparse.Namespace, records: Records, todo: list[tuple[str, int, str]]) -> None:
+    """Train the (variant, seed, weighting) students not yet recorded, --jobs at a time, recording each at once."""
+    jobs = [["--only-student", v, str(s), w] for v, s, w in todo if not records.get(f"{v}/{s}")]
+    failed = []
+    for job, out in _pool(args, records, jobs):
+        if out:
+            records.put(f"{job[1]}/{job[2]}", out)
+        else:
+            failed.append(f"{job[1]}/{job[2]}")
+    if failed:
+        raise SystemExit(f"ammkd_ablation: {len(failed)} runs failed ({', '.join(failed)}); the rest are recorded")
+
+
+def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem: str) -> dict[str, Any]:
     """ammkd_ablation_<dataset>.json and .md from the records (mean +- std over the seeds recorded so far)."""
     rows, table = [], []
     teachers = (records.get("teachers") or {}).get("models", {})
@@ -169,16 +237,27 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> di
            "notes": records.data.get("notes", []),
            "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size")}
            | {"image_size": ds["image_size"], "overrides": args.set},
-           "host": f"{platform.machine()} {_cpu_name()}", "device": args.device, "rows": rows}
+           "host": f"{platform.machine()} {_cpu_name()}", "device": records.data.get("device", args.device),
+           "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"ammkd_ablation_{args.dataset}.json", out)
+    write_json(RESULTS / f"{stem}.json", out)
     md = format_table(["variant", "metric", "mean ± std", "seeds"], table, markdown=True)
-    (RESULTS / f"ammkd_ablation_{args.dataset}.md").write_text(
+    (RESULTS / f"{stem}.md").write_text(
         f"# AMMKD ablation: {args.dataset}\n\n{out['data']}; {out['split']}. Host: {out['host']}, device "
-        f"{args.device}. Settings: {json.dumps(out['settings'])}.\n\n"
+        f"{out['device']}. Settings: {json.dumps(out['settings'])}.\n\n"
         + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n")
     print(md)
     return out
+
+
+def _device_name(device: str) -> str:
+    """The training device with the card's name when it is a GPU (recorded next to the figures)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{device} ({torch.cuda.get_device_name()})"
+    return device
 
 
 def _cpu_name() -> str:
@@ -210,25 +289,45 @@ def main() -> int:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
     p.add_argument("--note", help="a sentence kept with the records and printed above the table")
+    p.add_argument("--tag", help="a name added to the result files (e.g. gpu: ammkd_ablation_cifar10_gpu.json)")
+    p.add_argument("--records", help="the records file (default: results/ammkd_ablation_<dataset>[_<tag>]_records"
+                   ".json)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, each in its own process (default 1)")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each training process")
+    p.add_argument("--only-teacher", help=argparse.SUPPRESS)  # child process: train this teacher
+    p.add_argument("--only-student", nargs=3, help=argparse.SUPPRESS)  # child process: VARIANT SEED WEIGHTING
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # child process: where its result goes
     args = p.parse_args()
     ds = DATASETS[args.dataset]
-    records = Records(RESULTS / f"ammkd_ablation_{args.dataset}_records.json")
+    stem = f"ammkd_ablation_{args.dataset}" + (f"_{args.tag}" if args.tag else "")
+    records = Records(Path(args.records) if args.records else RESULTS / f"{stem}_records.json")
+    if args.only_teacher or args.only_student:
+        return child(args, ds, records)
     if not args.report_only:
         data_file = ds["spec"].format(root=args.data_root).split(":", 1)[-1] if ":" in ds["spec"] else None
         if data_file is not None and (not args.data_root or not Path(data_file).is_file()):
             print("ammkd_ablation: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
             return 2
-        files = train_teachers(args, ds, records)
+        records.data["device"] = _device_name(args.device)
+        train_teachers(args, ds, records)
         wanted = set(args.variants or [*WEIGHTINGS, "features"])
-        for seed in args.seeds:
-            for weighting in WEIGHTINGS:
-                if weighting in wanted:
-                    run_variant(args, ds, records, files, weighting, seed, weighting)
+        run_variants(args, records, [(w, s, w) for s in args.seeds for w in WEIGHTINGS if w in wanted])
         best = best_weighting(records, ds, args.seeds)
         if "features" in wanted and best is not None:
-            for seed in args.seeds:
-                run_variant(args, ds, records, files, f"features:{best}", seed, best, FEATURE_TERMS)
-    report(args, ds, records)
+            run_variants(args, records, [(f"features:{best}", s, best) for s in args.seeds])
+    report(args, ds, records, stem)
+    return 0
+
+
+def child(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> int:
+    """A training process started by the parent: one teacher or one student, written to --shard."""
+    if args.only_teacher:
+        out = train_one_teacher(args, ds, args.only_teacher)
+    else:
+        variant, seed, weighting = args.only_student
+        terms = FEATURE_TERMS if variant.startswith("features:") else None
+        out = student_run(args, ds, records.get("teachers")["files"], variant, int(seed), weighting, terms)
+    write_json(args.shard, out)
     return 0
 
 
