@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
+from resumable import Records, cpu_name, device_name, run_children, without_set_keys
 
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
@@ -67,21 +65,6 @@ def _base(args: argparse.Namespace, ds: dict[str, Any], seed: int) -> dict[str, 
             "teacher_train.epochs": args.teacher_epochs, "teacher_train.batch_size": args.teacher_batch_size}
 
 
-class Records:
-    """The per-(variant, seed) results file: written after every run, read to skip finished work."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.data["runs"].get(key)
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        self.data["runs"][key] = value
-        write_json(self.path, self.data)
-
-
 def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> list[str]:
     """Train the teacher pair once for the fixed split (or reuse it); returns the teacher files."""
     rec = records.get("teachers")
@@ -100,7 +83,7 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
                   "the old ones", flush=True)
             records.data["runs"] = {}
         started = time.perf_counter()
-        parts = [out for _, out in _pool(args, records, [["--only-teacher", t] for t in TEACHERS])]
+        parts = [out for _, out in _children(args, records, [["--only-teacher", t] for t in TEACHERS])]
         if not all(parts):
             raise SystemExit("ammkd_ablation: a teacher failed to train (see above)")
         rec = {"files": [], "models": {}, "seconds": round(time.perf_counter() - started, 1), "teacher_epochs": {}}
@@ -119,37 +102,16 @@ def train_one_teacher(args: argparse.Namespace, ds: dict[str, Any], name: str) -
     """One teacher-only run (its own run directory, so the two teachers can train at once)."""
     over = {**_base(args, ds, 0), "name": f"{args.dataset}-teacher-{name}", "weighting": "none",
             "train.epochs": 0, "teachers": [name]}
-    cfg = load_config(AMMKDConfig, None, over, args.set)
+    cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
     return {"files": [str(teacher_file(run, name))], "teacher_epochs": {name: cfg.teacher_epochs(name)},
             "models": {k: v for k, v in metrics["models"].items() if v["role"] == "teacher"}}
 
 
-def _child(args: argparse.Namespace, records: Records, job: list[str]) -> dict[str, Any]:
-    """Run this script for one job (extra argv) in a fresh process; returns its shard ({} when it failed)."""
-    shard = records.path.with_name(f"{records.path.stem}.{'-'.join(job[1:3]).replace(':', '-')}.json")
-    shard.unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
-    cmd = [sys.executable, __file__, *_passthrough(args), "--records", str(records.path), *job,
-           "--shard", str(shard)]
-    done = subprocess.run(cmd, env=env, check=False)
-    if done.returncode != 0 or not shard.is_file():
-        print(f"job failed (exit {done.returncode}): {' '.join(job)}", file=sys.stderr, flush=True)
-        return {}
-    out = json.loads(shard.read_text())
-    shard.unlink()
-    return out
-
-
-def _pool(args: argparse.Namespace, records: Records, jobs: list[list[str]]) -> Any:
-    """(job, result) pairs as each child finishes, --jobs children at a time."""
-    pool = ThreadPoolExecutor(max(1, args.jobs))
-    futures = {pool.submit(_child, args, records, job): job for job in jobs}
-    try:
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
-    finally:
-        pool.shutdown(cancel_futures=True)
+def _children(args: argparse.Namespace, records: Records, jobs: list[list[str]]) -> Any:
+    """Each job in its own process (this script again), --jobs at a time."""
+    common = [*_passthrough(args), "--records", str(records.path)]
+    return run_children(__file__, common, records, jobs, args.jobs, args.threads)
 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
@@ -182,7 +144,7 @@ def student_run(args: argparse.Namespace, ds: dict[str, Any], files: list[str], 
             "weighting": weighting, "teachers": files, "teacher_train.epochs": 0}
     if terms:
         over["loss.terms"] = {"ce": 1.0, "kl": 1.0, **terms}
-    cfg = load_config(AMMKDConfig, None, over, args.set)
+    cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     started = time.perf_counter()
     _, metrics = run_ammkd(cfg, progress=args.progress)
     student = metrics["models"]["student"]
@@ -196,7 +158,7 @@ def run_variants(args: argparse.Namespace, records: Records, todo: list[tuple[st
     """Train the (variant, seed, weighting) students not yet recorded, --jobs at a time, recording each at once."""
     jobs = [["--only-student", v, str(s), w] for v, s, w in todo if not records.get(f"{v}/{s}")]
     failed = []
-    for job, out in _pool(args, records, jobs):
+    for job, out in _children(args, records, jobs):
         if out:
             records.put(f"{job[1]}/{job[2]}", out)
         else:
@@ -237,7 +199,7 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
            "notes": records.data.get("notes", []),
            "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size")}
            | {"image_size": ds["image_size"], "overrides": args.set},
-           "host": f"{platform.machine()} {_cpu_name()}", "device": records.data.get("device", args.device),
+           "host": f"{platform.machine()} {cpu_name()}", "device": records.data.get("device", args.device),
            "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{stem}.json", out)
@@ -248,26 +210,6 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
         + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n")
     print(md)
     return out
-
-
-def _device_name(device: str) -> str:
-    """The training device with the card's name when it is a GPU (recorded next to the figures)."""
-    if device.startswith("cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return f"{device} ({torch.cuda.get_device_name()})"
-    return device
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -308,7 +250,7 @@ def main() -> int:
         if data_file is not None and (not args.data_root or not Path(data_file).is_file()):
             print("ammkd_ablation: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
             return 2
-        records.data["device"] = _device_name(args.device)
+        records.data["device"] = device_name(args.device)
         train_teachers(args, ds, records)
         wanted = set(args.variants or [*WEIGHTINGS, "features"])
         run_variants(args, records, [(w, s, w) for s in args.seeds for w in WEIGHTINGS if w in wanted])

@@ -1,125 +1,245 @@
-"""SDKD on 2-D Navier-Stokes (FNO generator), 64x64, 10 -> 10 frames, per viscosity.
+"""SDKD on 2-D Navier-Stokes (the FNO setting), two configurations: `cpu` (this 2-core machine, about an hour) and
+`standard` (FNO's scale, 64x64, 1,000 train / 200 test trajectories, nu = 1e-3, T = 50: for a GPU).
 
-Trains the teacher, a student without KD, a student with output KD and the SDKD student (output + spectral
-latent distillation) on the same windows; reports MSE/MAE and their reduction relative to the no-KD student,
-parameters, FLOPs, training seconds per epoch and peak training memory (CUDA) of student vs teacher.
-Writes benchmarks/results/sdkd_navier_stokes.{json,md}.
+One fixed data set and split (data seed 0). The teachers (the conv + Transformer teacher and the SimVP v2-style
+teacher) are trained ONCE on it; every student of every seed distils from those files, so the seeds measure the
+students' variance. Rows: each teacher, no KD, output KD, SDKD (the paper's loss: task MSE + lambda (high band +
+alpha low band) over latent FFT bands), SDKD low band only, SDKD high band only. Metrics on the test trajectories in
+physical units: MSE, relative L2 (FNO's metric), MAE, SSIM. Training cost: seconds per epoch and the peak memory of
+each training (a fresh process's peak RSS on CPU; max_memory_allocated on CUDA).
 
-  python benchmarks/sdkd_navier_stokes.py --n 64 --visc 1e-3            # CPU-sized
-  python benchmarks/sdkd_navier_stokes.py --n 400 --visc 1e-3 1e-4      # on a GPU
+Resumable: each run (teacher, variant x seed) is recorded as it finishes in results/sdkd_navier_stokes_<config>_
+records.json and skipped when the script is run again. Writes results/sdkd_navier_stokes.json (both configs),
+results/sdkd_navier_stokes_<config>.md and a PNG of truth vs teachers vs students.
+
+  python benchmarks/sdkd_navier_stokes.py --config cpu
+  python benchmarks/sdkd_navier_stokes.py --config standard --device cuda --jobs 6
+  python benchmarks/sdkd_navier_stokes.py --config cpu --report-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from resumable import Records, cpu_name, device_name, peak_rss_mb, run_children, without_set_keys
 
 from kdmobile.config import SDKDConfig, load_config
+from kdmobile.fileio import write_json
+from kdmobile.rundir import teacher_file
 from kdmobile.table import format_table
-from kdmobile.train.sdkd import run_sdkd
 
 RESULTS = Path(__file__).parent / "results"
+TEACHERS = ["sdkd_teacher", "sdkd_simvp"]
+VARIANTS = ["none", "output", "spectral", "spectral-low", "spectral-high"]
+# Chosen on the cpu config (see the README's SDKD section for the search): students at 25 % of the teachers' width.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "cpu": {"data.n": 400, "data.res": 32, "data.t_final": 30.0, "data.stride": 2, "data.val_frac": 0.1,
+            "data.test_frac": 0.2, "teacher_train.epochs": 60, "train.epochs": 30,
+            "teacher.width": 64, "simvp.width": 64, "student_kwargs.width": 16},
+    "standard": {"data.n": 1200, "data.res": 64, "data.t_final": 50.0, "data.stride": 5, "data.val_frac": 0.05,
+                 "data.test_frac": 1 / 6, "teacher_train.epochs": 100, "train.epochs": 60,
+                 "teacher.width": 64, "simvp.width": 64, "student_kwargs.width": 16},
+}
 
 
-def _stage_stats(run: Path) -> dict[str, dict[str, float]]:
-    """Mean seconds per epoch and peak GPU memory per training stage, from the run's log."""
-    stats: dict[str, dict[str, list[float]]] = {}
+def _config(args: argparse.Namespace, name: str, over: dict[str, Any]) -> SDKDConfig:
+    """The SDKD config of one run of this benchmark."""
+    base = {**CONFIGS[args.config], "data.seed": 0, "out": args.runs, "name": f"{args.config}-{name}",
+            "train.device": args.device, "teacher_train.device": args.device}
+    return load_config(SDKDConfig, None, without_set_keys({**base, **over}, args.set), args.set)
+
+
+def _epoch_stats(run: Path, stage: str) -> dict[str, float | None]:
+    """Median seconds per epoch and peak CUDA memory of one stage, from the run's log."""
+    secs, gpu = [], []
     for line in (run / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        if rec.get("event") != "epoch":
+        if rec.get("event") == "epoch" and rec.get("stage") == stage:
+            secs.append(rec["seconds"])
+            gpu.extend([rec["peak_gpu_mb"]] if "peak_gpu_mb" in rec else [])
+    return {"train_s_per_epoch": float(np.median(secs)) if secs else None, "peak_gpu_mb": max(gpu) if gpu else None}
+
+
+def _row(metrics: dict[str, Any], run: Path, stage: str, started: float, base_mb: float) -> dict[str, Any]:
+    """One finished training's record: test metrics, cost (s/epoch, memory), the load it ran under."""
+    keep = ("mse", "rel_l2", "mae", "ssim", "params", "flops", "per_step_rel_l2")
+    return {**{k: metrics[k] for k in keep}, **_epoch_stats(run, stage), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "train_rss_mb": round(peak_rss_mb() - base_mb, 1), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "seconds": round(time.perf_counter() - started, 1), "run": str(run)}
+
+
+def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
+    """One training in this (fresh) process: a teacher, or one student variant x seed."""
+    import torch  # noqa: F401  (the framework's own memory is the baseline the training's growth is measured from)
+
+    from kdmobile.train.sdkd import run_sdkd
+
+    base_mb = peak_rss_mb()
+    started = time.perf_counter()
+    kind, name, seed = args.only
+    if kind == "teacher":
+        cfg = _config(args, f"teacher-{name}", {"teacher_models": [name], "kd": "none", "baseline": False,
+                                                "train.epochs": 0, "seed": 0})
+        run, metrics = run_sdkd(cfg, progress=args.progress)
+        return {**_row(metrics["models"]["teacher"], run, "teacher/teacher", started, base_mb),
+                "file": str(teacher_file(run, "teacher"))}
+    files = [records.get(f"teacher:{t}")["file"] for t in TEACHERS]
+    cfg = _config(args, f"{name}-s{seed}", {"teacher_files": files, "kd": name, "baseline": False, "seed": int(seed)})
+    run, metrics = run_sdkd(cfg, progress=args.progress)
+    return _row(metrics["models"]["student"], run, "student", started, base_mb)
+
+
+def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
+    """Rows (mean over the seeds recorded so far) into sdkd_navier_stokes.json, the Markdown table and the PNG."""
+    rows, table = [], []
+    base = [r["mse"] for k, r in records.data["runs"].items() if k.startswith("none/")]
+    base_mse = float(np.mean(base)) if base else None
+    for variant in [*(f"teacher:{t}" for t in TEACHERS), *VARIANTS]:
+        found = sorted((int(k.split("/")[1]) if "/" in k else 0, r) for k, r in records.data["runs"].items()
+                       if k.split("/")[0] == variant)
+        if not found:
             continue
-        s = stats.setdefault(rec["stage"].split("/")[-1], {"seconds": [], "peak_gpu_mb": []})
-        s["seconds"].append(rec["seconds"])
-        if "peak_gpu_mb" in rec:
-            s["peak_gpu_mb"].append(rec["peak_gpu_mb"])
-    return {k: {"sec_per_epoch": float(np.median(v["seconds"])),
-                "peak_gpu_mb": max(v["peak_gpu_mb"]) if v["peak_gpu_mb"] else None} for k, v in stats.items()}
+        runs = [r for _, r in found]
+        mse = np.array([r["mse"] for r in runs])
+        row = {"variant": variant, "seeds": [s for s, _ in found], "mse_per_seed": mse.tolist(),
+               "mse_mean": float(mse.mean()), "mse_std": float(mse.std(ddof=1)) if len(mse) > 1 else 0.0,
+               "rel_l2_mean": float(np.mean([r["rel_l2"] for r in runs])),
+               "mae_mean": float(np.mean([r["mae"] for r in runs])),
+               "ssim_mean": float(np.mean([r["ssim"] for r in runs])),
+               "mse_vs_nokd": float(mse.mean() / base_mse) if base_mse else None,
+               "params": runs[0]["params"], "mflops": runs[0]["flops"] / 1e6,
+               "train_s_per_epoch": float(np.mean([r["train_s_per_epoch"] for r in runs])),
+               "peak_train_mem_mb": float(np.mean([r["peak_gpu_mb"] or r["peak_rss_mb"] for r in runs])),
+               "train_mem_above_framework_mb": float(np.mean([r["train_rss_mb"] for r in runs])),
+               "memory_kind": "CUDA max_memory_allocated" if runs[0]["peak_gpu_mb"] else "peak RSS of the process",
+               "load_avg_1m": [r["load_avg_1m"] for r in runs]}
+        rows.append(row)
+        table.append([variant, f"{row['mse_mean']:.3g} ± {row['mse_std']:.2g}", f"{row['rel_l2_mean']:.4f}",
+                      f"{row['mae_mean']:.4f}", f"{row['ssim_mean']:.4f}",
+                      "" if row["mse_vs_nokd"] is None else f"{row['mse_vs_nokd']:.3f}", len(mse), row["params"],
+                      f"{row['train_s_per_epoch']:.2f}", f"{row['peak_train_mem_mb']:.0f}",
+                      f"{row['train_mem_above_framework_mb']:.0f}"])
+    settings = {**CONFIGS[args.config], "overrides": args.set, "device": records.data.get("device", args.device),
+                "host": f"{platform.machine()} {cpu_name()}", "data_seconds": records.data.get("data_seconds")}
+    path = args.results / "sdkd_navier_stokes.json"
+    everything = json.loads(path.read_text()) if path.is_file() else {}
+    everything = everything if "configs" in everything else {"benchmark": "sdkd_navier_stokes", "configs": {}}
+    everything["configs"][args.config] = {"settings": settings, "notes": records.data.get("notes", []), "rows": rows}
+    write_json(path, everything)
+    md = format_table(["variant", "MSE (mean ± std)", "rel L2", "MAE", "SSIM", "MSE / no-KD", "seeds", "params",
+                       "s/epoch", "peak train MB", "above torch MB"], table, markdown=True)
+    png = _figure(args, records)
+    text = (f"# SDKD on Navier-Stokes: `{args.config}` config\n\nSettings: {json.dumps(settings)}.\n\n"
+            "Teachers trained once on the fixed split (data seed 0); students over the seeds listed. MSE, MAE in "
+            "vorticity units on the test trajectories; rel L2 = mean over windows of ||pred - truth|| / ||truth||. "
+            "Peak train MB: " + (rows[0]["memory_kind"] if rows else "") + " of each training (the process "
+            "includes PyTorch, the data and, for a KD student, the teachers it runs); above torch MB: that peak "
+            "less the process's memory once PyTorch is imported. The 1-minute load average at the end of each "
+            "training is in the JSON (2 cores here: s/epoch is only comparable under similar load).\n\n"
+            + "".join(f"Note: {n}\n\n" for n in records.data.get("notes", [])) + md
+            + (f"\n\n![truth vs models]({png.name})\n" if png else "\n"))
+    (args.results / f"sdkd_navier_stokes_{args.config}.md").write_text(text)
+    print(md)
+    return everything
 
 
-def run_visc(visc: float, args: argparse.Namespace) -> dict:
-    """All four models for one viscosity."""
-    base = {"data.n": args.n, "data.res": args.res, "data.visc": visc, "data.t_final": args.t_final,
-            "data.stride": args.stride, "out": args.runs, "seed": args.seed, "train.epochs": args.epochs,
-            "teacher_train.epochs": args.teacher_epochs, "train.device": args.device,
-            "teacher_train.device": args.device, "train.batch_size": args.batch_size,
-            "teacher_train.batch_size": args.batch_size}
-    tag = f"v{visc:g}"
-    t0 = time.perf_counter()
-    run_a, ma = run_sdkd(load_config(SDKDConfig, None, {**base, "name": f"{tag}-sdkd", "kd": "spectral"}, args.set),
-                         progress=args.progress)
-    cfg_b = load_config(SDKDConfig, None, {**base, "name": f"{tag}-output", "kd": "output", "baseline": False,
-                                           "teacher_files": [str(run_a / "teachers" / "teacher.safetensors")]}, args.set)
-    run_b, mb = run_sdkd(cfg_b, progress=args.progress)
-    stages = {**_stage_stats(run_a), **{"student_output": _stage_stats(run_b)["student"]}}
-    stages["student_sdkd"] = stages.pop("student")
-    models = {"teacher": ma["models"]["teacher"], "student (no KD)": ma["models"]["student_nokd"],
-              "student (output KD)": mb["models"]["student"], "student (SDKD)": ma["models"]["student"]}
-    stage_of = {"teacher": "teacher", "student (no KD)": "student_nokd", "student (output KD)": "student_output",
-                "student (SDKD)": "student_sdkd"}
-    base_m = models["student (no KD)"]
-    rows = {}
-    for name, m in models.items():
-        st = stages[stage_of[name]]
-        rows[name] = {k: m[k] for k in ("mse", "mae", "rel_l2", "ssim", "params", "flops", "cpu_latency_ms")}
-        rows[name].update(st)
-        rows[name]["mse_reduction_vs_nokd_pct"] = 100 * (1 - m["mse"] / base_m["mse"])
-        rows[name]["mae_reduction_vs_nokd_pct"] = 100 * (1 - m["mae"] / base_m["mae"])
-    t, s = stages["teacher"], stages["student_sdkd"]
-    return {"visc": visc, "windows": ma["split_windows"], "minutes": (time.perf_counter() - t0) / 60,
-            "student_vs_teacher": {"train_time_ratio": s["sec_per_epoch"] / t["sec_per_epoch"],
-                                   "peak_memory_ratio": (s["peak_gpu_mb"] / t["peak_gpu_mb"]) if t["peak_gpu_mb"]
-                                   else None},
-            "models": rows}
+def _figure(args: argparse.Namespace, records: Records) -> Path | None:
+    """Truth vs each teacher vs each seed-0 student on one test window (when their run directories exist here)."""
+    from kdmobile.models import load_model
+    from kdmobile.train.sdkd import SDKD, forecast_figure
+
+    keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in VARIANTS)]
+    found = {k: records.get(k) for k in keys if records.get(k)}
+    models = {}
+    for key, rec in found.items():
+        path = Path(rec["file"]) if key.startswith("teacher:") else Path(rec["run"]) / "student.safetensors"
+        if not path.is_file():
+            return None
+        models[key.split("/")[0]] = load_model(path)[0].eval()
+    if not models:
+        return None
+    job = SDKD(_config(args, "figure", {"baseline": False}), progress=False)
+    out = args.results / f"sdkd_navier_stokes_{args.config}.png"
+    forecast_figure(out, job.splits, {n: job.predict(m, job.splits.test_x[:1])[0] for n, m in models.items()})
+    import shutil
+
+    shutil.rmtree(job.run, ignore_errors=True)
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--visc", type=float, nargs="+", default=[1e-3])
-    p.add_argument("--n", type=int, default=64, help="trajectories to generate")
-    p.add_argument("--res", type=int, default=64)
-    p.add_argument("--t-final", type=float, default=30.0)
-    p.add_argument("--stride", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--teacher-epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--runs", default="runs/sdkd-bench")
-    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="only these student variants (default: all)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (default cpu)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, each in its own process (default 1)")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each training process")
+    p.add_argument("--runs", default="runs/sdkd-bench", help="where the run directories go")
+    p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")
+    p.add_argument("--note", help="a sentence kept with the records and printed above the table")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
+    p.add_argument("--records", help="the records file (default: RESULTS/sdkd_navier_stokes_<config>_records.json)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the tables go (default: benchmarks/results)")
+    p.add_argument("--only", nargs=3, help=argparse.SUPPRESS)  # child process: teacher NAME 0 | student VARIANT SEED
+    p.add_argument("--shard", help=argparse.SUPPRESS)
     args = p.parse_args()
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" \
-        else f"CPU ({platform.processor() or platform.machine()})"
-    results = [run_visc(v, args) for v in args.visc]
-    out = {"benchmark": "sdkd_navier_stokes", "device": device, "trajectories": args.n, "res": args.res,
-           "t_final": args.t_final, "frames": "10 -> 10", "epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
-           "results": results}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"sdkd_navier_stokes{args.tag}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"# SDKD on Navier-Stokes\n\nDevice: {device}; {args.n} trajectories at {args.res}x{args.res}, T={args.t_final:g}, "
-          f"10 -> 10 frames; {args.teacher_epochs} teacher / {args.epochs} student epochs.\n"]
-    for r in results:
-        rows = [[n, m["mse"], m["mae"], f"{m['mse_reduction_vs_nokd_pct']:+.1f}%", f"{m['mae_reduction_vs_nokd_pct']:+.1f}%",
-                 m["params"], m["flops"] / 1e6, m["sec_per_epoch"], m["peak_gpu_mb"]] for n, m in r["models"].items()]
-        md.append(f"## nu = {r['visc']:g} ({r['windows']['train']} train / {r['windows']['test']} test windows)\n")
-        md.append(format_table(["model", "MSE", "MAE", "MSE red. vs no-KD", "MAE red. vs no-KD", "params", "MFLOPs",
-                                "s/epoch", "peak GPU MB"], rows, markdown=True))
-        ratio = r["student_vs_teacher"]
-        md.append(f"\nSDKD student vs teacher: training time per epoch x{ratio['train_time_ratio']:.2f}, "
-                  f"peak training memory x{ratio['peak_memory_ratio'] if ratio['peak_memory_ratio'] is None else round(ratio['peak_memory_ratio'], 2)}.\n")
-    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    args.results.mkdir(parents=True, exist_ok=True)
+    default_records = args.results / f"sdkd_navier_stokes_{args.config}_records.json"
+    records = Records(Path(args.records) if args.records else default_records)
+    if args.only:
+        write_json(args.shard, child(args, records))
+        return 0
+    if args.note and args.note not in records.data.setdefault("notes", []):
+        records.data["notes"].append(args.note)
+    if not args.report_only:
+        records.data["device"] = device_name(args.device)
+        _make_data(args, records)
+        common = ["--config", args.config, "--device", args.device, "--runs", args.runs, "--records", str(records.path),
+                  *(x for s in args.set for x in ("--set", s)), *(["--progress"] if args.progress else [])]
+        jobs = [["--only", "teacher", t, "0"] for t in TEACHERS if not records.get(f"teacher:{t}")]
+        for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):
+            if not out:
+                return 1
+            records.put(f"teacher:{job[2]}", out)
+            print(f"teacher {job[2]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f}", flush=True)
+        todo = [(v, s) for s in args.seeds for v in (args.variants or VARIANTS) if not records.get(f"{v}/{s}")]
+        failed = 0
+        for job, out in run_children(__file__, common, records, [["--only", "student", v, str(s)] for v, s in todo],
+                                     args.jobs, args.threads):
+            if out:
+                records.put(f"{job[2]}/{job[3]}", out)
+                print(f"{job[2]}/{job[3]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f} ({out['seconds']:.0f} s)",
+                      flush=True)
+            failed += not out
+        if failed:
+            print(f"{failed} runs failed (see above); the others are recorded", file=sys.stderr)
+    write_json(records.path, records.data)
+    report(args, records)
     return 0
+
+
+def _make_data(args: argparse.Namespace, records: Records) -> None:
+    """Generate (or find in the cache) the config's data set once, recording how long generation took."""
+    from kdmobile.train.sdkd import cached_navier_stokes, cached_navier_stokes_path
+
+    cfg = _config(args, "data", {})
+    if cached_navier_stokes_path(cfg).is_file():
+        return
+    started = time.perf_counter()
+    cached_navier_stokes(cfg, progress=True)
+    records.data["data_seconds"] = {"seconds": round(time.perf_counter() - started, 1),
+                                    "device": device_name(args.device), "host": cpu_name()}
+    write_json(records.path, records.data)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,9 @@ class SequenceDataConfig(_Strict):
     stride: PositiveInt = 2
     val_frac: float = Field(0.1, ge=0, lt=1)
     test_frac: float = Field(0.2, gt=0, lt=1)
+    # Seed of the generated trajectories and of the train/val/test split (None: the run's seed). A benchmark fixes
+    # it so that students of several seeds share one split, and the teacher trained on it.
+    seed: int | None = None
 
 
 class SDKDConfig(_Strict):
@@ -241,15 +244,25 @@ class SDKDConfig(_Strict):
     data: SequenceDataConfig = SequenceDataConfig()
     teachers: int = Field(1, ge=1, le=4)
     teacher_files: list[str] = []  # reuse trained teachers (teachers/NAME.safetensors of an earlier run)
+    # Teacher i is built as teacher_models[i % len]: the conv + Transformer teacher (kwargs `teacher`) and/or the
+    # SimVP v2-style all-conv teacher (kwargs `simvp`).
+    teacher_models: list[Literal["sdkd_teacher", "sdkd_simvp"]] = Field(["sdkd_teacher"], min_length=1)
     teacher: dict[str, Any] = {"width": 64, "conv_blocks": 3, "transformer_blocks": 3, "heads": 4}
+    simvp: dict[str, Any] = {"width": 64, "blocks": 4}
     teacher_train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
     student: Literal["sdkd_resnet", "sdkd_unet"] = "sdkd_resnet"
     student_kwargs: dict[str, Any] = {}
     kd: KDMode = "spectral"
     cutoffs: list[float] = [0.25, 0.5]
     gt_weight: float = Field(1.0, ge=0)
-    output_weight: float = Field(1.0, ge=0)
-    spectral_weight: float = Field(1.0, ge=0)
+    output_weight: float = Field(1.0, ge=0)  # kd=output: weight of the output distillation term
+    # kd=spectral*: the paper's loss, task MSE + lambda (high + alpha low) with each band relative to the teacher's
+    # power (spectral_normalise). lambda = 1 (the raw paper value) made the student worse; see README (SDKD).
+    spectral_weight: float = Field(0.01, ge=0)  # lambda
+    spectral_output_weight: float = Field(0.0, ge=0)  # output distillation added to the spectral loss (option)
+    spectral_alpha: float = Field(1.0, ge=0)  # alpha: weight of the low band relative to the high band
+    spectral_normalise: bool = True  # each band's error relative to the teacher's power in it (losses.py)
+    adapter: Literal["1x1", "3x3"] = "1x1"  # student latent -> each teacher's latent (sdkd.Distiller)
     weighting: str = "adaptive"
     tolerance: float = Field(0.6, gt=0, le=1)
     train: TrainConfig = TrainConfig(epochs=12, lr=2e-3, batch_size=16, weight_decay=0.01)
@@ -262,3 +275,8 @@ class SDKDConfig(_Strict):
         if not v or any(not 0 < c < 1 for c in v):
             raise ValueError("cut-offs must be in (0, 1)")
         return sorted(v)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data and its split: data.seed, else the run's seed."""
+        return self.seed if self.data.seed is None else self.data.seed

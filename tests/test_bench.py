@@ -74,6 +74,16 @@ def test_speedup_uses_same_run_batch_and_device() -> None:
     assert rows[6]["speedup_vs_teacher"] is None                    # another run's teacher is not a reference
 
 
+def test_speedup_prefers_the_fastest_teacher_in_the_students_runtime() -> None:
+    """An exported teacher (kdmobile export --model teacher) is the reference in its runtime; else torch eager."""
+    rows = [_row(1.0), _row(1.0, model="tflite", backend="litert"),
+            _row(4.0, model="t-eager", role="teacher", backend="torch eager"),
+            _row(9.0, model="t-onnx-fp32", role="teacher"), _row(6.0, model="t-onnx-int8", role="teacher")]
+    rep.add_speedups(rows)
+    assert rows[0]["speedup_vs_teacher"] == pytest.approx(6.0) and rows[0]["speedup_reference"].startswith("t-onnx-int8")
+    assert rows[1]["speedup_vs_teacher"] == pytest.approx(4.0)  # no LiteRT teacher: the first one
+
+
 def test_gates_logic() -> None:
     rows = [_row(2.0, metric=80.0), _row(3.0, model="f", metric_name="mse", metric=0.5),
             _row(9.0, model="t", role="teacher", metric=10.0)]

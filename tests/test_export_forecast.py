@@ -10,7 +10,7 @@ import torch
 from kdmobile.bundle import load_bundle
 from kdmobile.export import exporter as ex
 from kdmobile.export import verify as ver
-from kdmobile.models import load_model
+from kdmobile.models import create_model, load_model, save_model
 from kdmobile.runtime import ForecastPredictor
 
 from test_export import F_MEAN, F_STD, T_IN, T_OUT, ammkd_run, main, sdkd_run  # noqa: F401  (fixtures)
@@ -33,6 +33,30 @@ def test_forecast_bundles(sdkd_run, tmp_path):
         assert np.max(np.abs(pred - ref)) < (1e-4 if precision == "fp32" else 0.1)
         v = m["verification"]
         assert v["metric"]["name"] == "mse" and v["status"] == "ok" and "mse_phys" in v["metric"]["all"]
+
+
+def test_a_forecast_teacher_exports_like_the_student(sdkd_run, tmp_path, capsys):
+    """--model teacher: the run's teacher as its own bundle (timed against the student in the same runtime)."""
+    teacher = create_model("test_tiny_forecaster")
+    torch.nn.init.constant_(next(teacher.parameters()), 0.01)
+    extra = load_model(sdkd_run / "student.safetensors")[1]
+    save_model(sdkd_run / "teachers" / "teacher.safetensors", teacher, extra=extra)
+    assert main(["export", sdkd_run, "--model", "teacher", "--out", tmp_path]) == 0
+    b = load_bundle(tmp_path / "fc-teacher-onnx-fp32")
+    assert b.manifest["source"]["model"] == "teacher" and "model_sha256" in b.manifest["source"]
+    held = np.load(sdkd_run / "heldout.npz")
+    with torch.no_grad():
+        ref = teacher.eval()(torch.from_numpy(held["x_test"])).numpy() * F_STD + F_MEAN
+    assert np.max(np.abs(ForecastPredictor(b).predict(held["x_test"] * F_STD + F_MEAN) - ref)) < 1e-4
+    assert main(["export", "--verify", tmp_path / "fc-teacher-onnx-fp32", "--run", sdkd_run]) == 0
+    assert "differs" not in capsys.readouterr().out  # verified against the teacher, not the student
+    assert main(["export", sdkd_run, "--model", "teacher9", "--out", tmp_path]) == 2
+    assert "no such model" in capsys.readouterr().err
+
+
+def test_only_forecast_runs_export_a_teacher(ammkd_run, tmp_path, capsys):
+    assert main(["export", ammkd_run, "--model", "kd-rn-tiny", "--out", tmp_path]) == 2
+    assert "only forecast (sdkd) runs export a teacher" in capsys.readouterr().err
 
 
 def test_forecast_mse_threshold_flags_and_strict_exits_1(sdkd_run, tmp_path, monkeypatch, capsys):

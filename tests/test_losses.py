@@ -135,7 +135,7 @@ def test_spectral_constant_perturbation_is_low_band_only() -> None:
     B, C, H, W = 2, 3, 8, 8
     s = torch.randn(B, C, H, W)
     delta = 0.5
-    _, terms = spectral_band_loss(s, s + delta)
+    _, terms = spectral_band_loss(s, s + delta, normalise=False)
     masks = radial_masks(H, W, (0.25, 0.5))
     for c, m in zip((0.25, 0.5), masks):
         # ortho FFT: DC coefficient of a constant delta is delta * sqrt(H*W), in one bin.
@@ -160,7 +160,7 @@ def test_spectral_checkerboard_is_high_band_only() -> None:
     i = torch.arange(H)[:, None]
     j = torch.arange(W)[None, :]
     checker = ((-1.0) ** (i + j)).float()
-    loss, terms = spectral_band_loss(s, s + 0.3 * checker, low_weight=0.0, high_weight=1.0)
+    loss, terms = spectral_band_loss(s, s + 0.3 * checker, low_weight=0.0, high_weight=1.0, normalise=False)
     masks = radial_masks(H, W, (0.25, 0.5))
     for c, m in zip((0.25, 0.5), masks):
         assert terms[f"low@{c}"].item() == pytest.approx(0.0, abs=1e-9)
@@ -170,13 +170,30 @@ def test_spectral_checkerboard_is_high_band_only() -> None:
 
 def test_spectral_total_is_weighted_band_means() -> None:
     s, t = torch.randn(2, 4, 6, 10), torch.randn(2, 4, 6, 10)
-    loss, terms = spectral_band_loss(s, t, cutoffs=(0.3,), low_weight=2.0, high_weight=0.5)
+    loss, terms = spectral_band_loss(s, t, cutoffs=(0.3,), low_weight=2.0, high_weight=0.5, normalise=False)
     assert loss.item() == pytest.approx(2.0 * terms["low@0.3"].item() + 0.5 * terms["high@0.3"].item(), rel=1e-6)
     # Parseval: bin-count-weighted band terms add up to the spatial squared error.
     m = radial_masks(6, 10, (0.3,))[0]
     n_low, n_high = int(m.sum()), int((~m).sum())
     spatial = ((s - t) ** 2).sum().item() / (2 * 4)
     assert terms["low@0.3"].item() * n_low + terms["high@0.3"].item() * n_high == pytest.approx(spatial, rel=1e-4)
+
+
+def test_spectral_normalised_is_relative_to_the_teacher_band_power() -> None:
+    """Default: each band's error over the teacher's mean power in that band, so the latents' scale cancels."""
+    s, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    raw_loss, raw = spectral_band_loss(s, t, normalise=False)
+    _, rel = spectral_band_loss(s, t)
+    _, zero_err = spectral_band_loss(torch.zeros_like(t), t)  # predicting 0 costs exactly the teacher's power: 1
+    scaled_loss, scaled = spectral_band_loss(100 * s, 100 * t)
+    for c, low in zip((0.25, 0.5), radial_masks(8, 8, (0.25, 0.5))):
+        ft = torch.fft.fft2(t, norm="ortho").abs().square().reshape(-1, 8, 8).mean(0)
+        for kind, band in (("low", low), ("high", ~low)):
+            name = f"{kind}@{c}"
+            assert rel[name].item() == pytest.approx(raw[name].item() / ft[band].mean().item(), rel=1e-4)
+            assert zero_err[name].item() == pytest.approx(1.0, rel=1e-5)
+            assert scaled[name].item() == pytest.approx(rel[name].item(), rel=1e-4)
+    assert raw_loss.item() > 0
 
 
 def test_spectral_is_differentiable_and_teacher_detached() -> None:

@@ -25,7 +25,8 @@ def _cache(tmp_path, monkeypatch):
 
 
 def test_tiny_sdkd_run(tmp_path, capsys):
-    assert main(["train", "sdkd", *TINY, "--teachers", "2", "--out", str(tmp_path / "runs"), "--name", "s"]) == 0
+    assert main(["train", "sdkd", *TINY, "--teachers", "2", "--out", str(tmp_path / "runs"), "--name", "s",
+                 "--set", "teacher_models=[sdkd_teacher, sdkd_simvp]", "--set", "simvp.width=16"]) == 0
     out = capsys.readouterr().out
     assert "student_nokd" in out and "MSE" in out and "reduction" in out
     run = tmp_path / "runs" / "s"
@@ -44,17 +45,33 @@ def test_tiny_sdkd_run(tmp_path, capsys):
     sdkd = [r for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
     assert sdkd and abs(sdkd[0]["w_teacher1"] + sdkd[0]["w_teacher2"] - 1) < 1e-5  # shared adaptive weighting
     assert any(k.startswith("teacher1_low@") for k in sdkd[0]) and any(k.startswith("teacher1_high@") for k in sdkd[0])
+    t2, _ = load_model(run / "teachers" / "teacher2.safetensors")  # teacher_models cycles: the second is SimVP
+    assert any(type(m).__name__ == "GSTABlock" for m in t2.modules())
     student, extra = load_model(run / "student.safetensors")
     assert extra["task"] == "forecast" and extra["frames_in"] == 10
     assert student(torch.zeros(1, 10, 16, 16)).shape == (1, 10, 16, 16)
     assert (run / "forecast.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["sdkd_teacher", "sdkd_resnet", "sdkd_unet"])
+@pytest.mark.parametrize("name", ["sdkd_teacher", "sdkd_simvp", "sdkd_resnet", "sdkd_unet"])
 def test_forecasters_share_the_latent_contract(name):
     model = create_model(name, frames_in=10, frames_out=10)
     out, z = model.forward_with_latent(torch.randn(2, 10, 32, 32))
     assert out.shape == (2, 10, 32, 32) and z.shape[-2:] == (8, 8)
+
+
+def test_data_seed_fixes_the_split_across_run_seeds(tmp_path):
+    """Benchmarks train students of several seeds on one split: data.seed decouples it from the run's seed."""
+    from kdmobile.config import SDKDConfig, load_config
+    from kdmobile.train.sdkd import SDKD
+
+    def test_ids(seed, data_seed):
+        cfg = load_config(SDKDConfig, None, {"seed": seed, "data.seed": data_seed, "data.n": 10, "data.res": 16,
+                                             "data.t_final": 21, "out": str(tmp_path)}, [])
+        return SDKD(cfg, progress=False).splits.test_traj.tolist()
+
+    assert test_ids(1, 0) == test_ids(2, 0)
+    assert test_ids(1, None) != test_ids(3, None)
 
 
 def _run_cli(args, tmp_path):

@@ -66,15 +66,18 @@ def latency_fields(samples_ms: Sequence[float]) -> dict[str, float | int]:
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> None:
-    """Fill speedup_vs_teacher for student rows: the first teacher of the same run, batch and device is the
-    reference (so CPU rows are compared with a teacher measured on the CPU)."""
+    """Fill speedup_vs_teacher for student rows against a teacher of the same run, batch and device (so CPU rows
+    are compared with a teacher measured on the CPU): the fastest one in the student's own runtime when the teacher
+    was exported too (`kdmobile export --model teacher`), else the first one."""
     for row in rows:
         row.setdefault("speedup_vs_teacher", None)
         row.setdefault("speedup_reference", None)
         if row["role"] == "teacher" or not row.get("p50_ms"):
             continue
-        ref = next((t for t in rows if t["role"] == "teacher" and t.get("run") == row.get("run")
-                    and t["batch"] == row["batch"] and t["device"] == row["device"] and t.get("p50_ms")), None)
+        found = [t for t in rows if t["role"] == "teacher" and t.get("run") == row.get("run")
+                 and t["batch"] == row["batch"] and t["device"] == row["device"] and t.get("p50_ms")]
+        same = [t for t in found if t["backend"] == row["backend"]]
+        ref = min(same, key=lambda t: t["p50_ms"]) if same else (found[0] if found else None)
         if ref is not None:
             row["speedup_vs_teacher"] = ref["p50_ms"] / row["p50_ms"]
             row["speedup_reference"] = f"{ref['model']} ({ref['backend']}, {ref['device']})"

@@ -109,11 +109,14 @@ class BundleSubject(Subject):
     """A bundle run by the runtime backend of its target; metric from the runtime predictors on held-out data."""
 
     def __init__(self, bundle: Bundle, run: RunDir | None) -> None:
-        params, flops = _params_flops(run.entry("student") if run else None)
+        source = bundle.manifest.get("source") or {}
+        model = source.get("model") if isinstance(source.get("model"), str) else "student"
+        params, flops = _params_flops(run.entry(model) if run else None)
         quant = (bundle.manifest.get("quantization") or {}).get("format")
         quant = None if str(quant).lower() in _NOT_QUANTIZED else str(quant)
-        source_run = (bundle.manifest.get("source") or {}).get("run_name")
-        super().__init__(bundle.name, "student", run, BACKEND_NAMES.get(bundle.target, bundle.target), "cpu",
+        source_run = source.get("run_name")
+        role = "student" if model == "student" else "teacher"  # a forecast teacher exported with --model
+        super().__init__(bundle.name, role, run, BACKEND_NAMES.get(bundle.target, bundle.target), "cpu",
                          bundle.precision, str(bundle.path), _path_size(bundle.model_path), params, flops,
                          quant)
         self.bundle = bundle

@@ -64,6 +64,9 @@ def register(sub: Any) -> None:
                         "with the run's prompt templates and the student fuses them into the bundle's class "
                         "vectors (metric verification is then n/a: parity only)")
     p.add_argument("--out", metavar="DIR", help=f"parent directory of the bundles (default: {default('out')})")
+    p.add_argument("--model", metavar="NAME",
+                   help="what to export: the student (default) or, for forecast (sdkd) runs, a teacher (teacher, "
+                        "teacher1, ...), so that `kdmobile bench` times both in the same runtime")
     p.add_argument("--wide", action="store_true",
                    help="print every cell in full (default: the table fits 120 columns; long statuses are shortened)")
     p.add_argument("--strict", action="store_true",
@@ -169,7 +172,7 @@ def handler(args: argparse.Namespace) -> int:
                  "precisions": _expand(args.precision, PRECISIONS, "--precision"), "out": args.out or None,
                  "calibration_samples": args.calibration_samples, "classes_file": args.classes or None,
                  "int8_format": args.int8_format, "int8_for": args.int8_for, "tflite_recipe": args.tflite_recipe,
-                 "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
+                 "model": args.model, "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
                  "thresholds.mse": args.threshold_mse}
         opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags
         if opts.classes_file is not None and read_method(args.run) != "ammkd":

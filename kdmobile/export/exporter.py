@@ -219,7 +219,8 @@ class Exporter:
             m["coreml"] = info.pop("coreml")
         m["export"] = {"kdmobile_version": __version__, **info, **self._versions(target)}
         m["source"] = {"run_dir": str(run.path), "run_name": run.name, "method": run.method,
-                       "student_sha256": sha256_file(run.path / STUDENT_FILE),
+                       "model": run.model_name, f"{'student' if run.model_name == 'student' else 'model'}_sha256":
+                           sha256_file(run.model_file),
                        "classes_file": None if self.opts.classes_file is None else str(self.opts.classes_file)}
         return m
 
@@ -244,7 +245,8 @@ class Exporter:
         """Convert, stage, verify and atomically write one bundle."""
         out = Path(self.opts.out).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        name = f"{self.run.name}-{target}-{precision}"
+        model = "" if self.run.model_name == "student" else f"-{self.run.model_name}"
+        name = f"{self.run.name}{model}-{target}-{precision}"
         art = Artifact(target, precision)
         # the pid in the name lets the next export remove this directory if the process is killed (clean_stale)
         with tempfile.TemporaryDirectory(prefix=f".{name}.work.{os.getpid()}.", dir=out) as tmp:
@@ -311,7 +313,7 @@ class Exporter:
 
 def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
     """Export a run directory to bundles (see Exporter); --out is checked before any conversion starts."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, opts.model)
     out = Path(opts.out).expanduser()
     created = not out.exists()
     opts.prepare_out()
@@ -338,7 +340,8 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: st
     art = Artifact(bundle.target, bundle.precision, bundle=bundle.path, size=file_size(bundle.model_path))
     ref: Reference | None = None
     if run_dir is not None:
-        run = load_run(run_dir)
+        model = source.get("model", "student")
+        run = load_run(run_dir, model if isinstance(model, str) else "student")  # load_run checks the name
         if run.task != bundle.task:
             raise UserError(f"--run {run.path}: a {run.method} ({run.task}) run cannot verify a {bundle.task} bundle")
         opts = ExportOptions(targets=[bundle.target], precisions=[bundle.precision], thresholds=thresholds)
@@ -348,8 +351,9 @@ def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: st
             bundled = (bundle.class_vectors, bundle.labels, new and run.kind != "captions")
         ref = Exporter(run, opts, bundled=bundled).reference
         art.verification = verify_bundle(bundle, ref, thresholds)
-        if source.get("student_sha256") not in (None, sha256_file(run.path / STUDENT_FILE)):
-            art.verification["note"] = f"{STUDENT_FILE} differs from the one exported: compared with {run.path}'s"
+        if (source.get("student_sha256") or source.get("model_sha256")) not in (None, sha256_file(run.model_file)):
+            art.verification["note"] = (f"{run.model_file.name} differs from the one exported: compared with "
+                                        f"{run.path}'s")
     else:
         art.verification = verify_random(bundle, "no --run DIR given: checked against itself on random inputs")
     rows = ([reference_row(ref, None)] if ref is not None else []) + [art.row()]

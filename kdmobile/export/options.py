@@ -65,6 +65,7 @@ class ExportOptions(_Settings):
     int8_format: str = "auto"
     int8_for: str | None = None
     tflite_recipe: str = "auto"
+    model: str = "student"  # or a forecast run's teacher (export/run.py load_run)
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
     @model_validator(mode="after")

@@ -1,8 +1,10 @@
-"""What export reads from a run directory (through kdmobile.rundir's one reader: the student, its card, the
-held-out set) and the --classes file, with one-line errors for a missing, foreign or unfinished run; no pickle."""
+"""What export reads from a run directory (through kdmobile.rundir's one reader: the student or a forecast
+teacher, its card, the held-out set) and the --classes file, with one-line errors for a missing, foreign or
+unfinished run; no pickle."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import numpy as np
 from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.errors import UserError
-from kdmobile.rundir import STUDENT_FILE, RunDir, open_run
+from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file
 
 
 @dataclass
@@ -22,6 +24,8 @@ class Run(RunDir):
 
     model: Any = field(default=None, kw_only=True)
     card: StudentCard = field(default=None, kw_only=True)  # type: ignore[assignment]
+    model_name: str = field(default="student", kw_only=True)  # or a forecast run's teacher (teachers/NAME)
+    model_file: Path = field(default=None, kw_only=True)  # type: ignore[assignment]
 
     @property
     def kind(self) -> str:
@@ -44,19 +48,34 @@ class Run(RunDir):
         return [found[t] for t in teachers]
 
 
-def load_run(path: str | Path) -> Run:
-    """Open a finished run directory for export, with one-line errors for a missing/foreign/unfinished one."""
+def load_run(path: str | Path, model: str = "student") -> Run:
+    """Open a finished run directory for export, with one-line errors for a missing/foreign/unfinished one.
+
+    `model` is the student, or for forecast (sdkd) runs one of its teachers (teachers/NAME.safetensors): exported
+    the same way, so that student and teacher can be timed in the same runtime."""
     d = open_run(path, "export")
-    student = d.path / STUDENT_FILE
-    if not student.is_file():
-        old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
-            if (d.path / "student.pt").is_file() else " (was the run finished?)"
-        raise UserError(f"{d.path}: {STUDENT_FILE} missing{old}")
-    d.heldout()  # refuses a missing or inconsistent held-out set before the student is loaded
+    if model == "student":
+        file = d.path / STUDENT_FILE
+        if not file.is_file():
+            old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
+                if (d.path / "student.pt").is_file() else " (was the run finished?)"
+            raise UserError(f"{d.path}: {STUDENT_FILE} missing{old}")
+    else:
+        if d.method != "sdkd":
+            raise UserError(f"--model {model}: only forecast (sdkd) runs export a teacher; {d.path} is a {d.method} "
+                            "run (its CLIP teachers are timed by `kdmobile bench --reference`)")
+        file = teacher_file(d.path, model) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", model) else None
+        if file is None or not file.is_file():
+            found = (d.path / "teachers").glob("*" + WEIGHTS_SUFFIX)
+            names = sorted(f.name.removesuffix(WEIGHTS_SUFFIX) for f in found)
+            raise UserError(f"--model {model!r}: no such model in {d.path} (student, "
+                            f"{', '.join(names) or 'no teachers'})")
+    d.heldout()  # refuses a missing or inconsistent held-out set before the model is loaded
     from kdmobile.models.registry import load_model
 
-    model, extra = load_model(student)
-    return Run(d.path, d.method, d.metrics, model=model.eval(), card=student_card(extra, d.method, str(student)))
+    loaded, extra = load_model(file)
+    return Run(d.path, d.method, d.metrics, model=loaded.eval(), card=student_card(extra, d.method, str(file)),
+               model_name=model, model_file=file)
 
 
 def read_classes_file(path: str | Path) -> list[str]:

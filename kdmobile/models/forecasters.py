@@ -1,4 +1,4 @@
-"""Spatiotemporal forecasters for SDKD: a SimVP-style teacher and two lightweight students.
+"""Spatiotemporal forecasters for SDKD: two teachers (conv + Transformer, SimVP v2-style) and two light students.
 
 All map normalised frames (B, T_in, H, W) -> (B, T_out, H, W) and expose `forward_with_latent`, whose latent
 (B, C, H/4, W/4) is what spectral distillation aligns. Only `forward` is exported: no FFT in any model.
@@ -52,6 +52,26 @@ class TransformerBlock(nn.Module):
         return t.transpose(1, 2).reshape(b, c, h, w)
 
 
+class GSTABlock(nn.Module):
+    """SimVP v2's gated spatiotemporal attention: a large-kernel attention map (depthwise 5x5, then depthwise 7x7
+    with dilation 3, then 1x1: a 21x21 receptive field) gates the features, followed by an MLP; both residual."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.lka = nn.Sequential(nn.Conv2d(dim, dim, 5, padding=2, groups=dim),
+                                 nn.Conv2d(dim, dim, 7, padding=9, dilation=3, groups=dim), nn.Conv2d(dim, dim, 1))
+        self.out = nn.Conv2d(dim, dim, 1)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = nn.Sequential(nn.Conv2d(dim, dim * 4, 1), nn.GELU(), nn.Conv2d(dim * 4, dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = nn.functional.gelu(self.proj(self.norm1(x)))
+        x = x + self.out(u * torch.sigmoid(self.lka(u)))
+        return x + self.mlp(self.norm2(x))
+
+
 class _EncoderDecoder(nn.Module):
     """Shared frame encoder (stride 4) and decoder with a full-resolution skip, around a latent stage."""
 
@@ -88,6 +108,13 @@ def sdkd_teacher(frames_in: int = 10, frames_out: int = 10, width: int = 64, con
         if i < transformer_blocks:
             blocks.append(TransformerBlock(width, heads))
     return _EncoderDecoder(frames_in, frames_out, width, nn.Sequential(*blocks))
+
+
+@register_model("sdkd_simvp")
+def sdkd_simvp(frames_in: int = 10, frames_out: int = 10, width: int = 64, blocks: int = 4) -> nn.Module:
+    """SimVP v2-style teacher: the same frame encoder/decoder around a translator of gated large-kernel blocks
+    (all convolution, no attention): a second, differently built teacher for multi-teacher SDKD."""
+    return _EncoderDecoder(frames_in, frames_out, width, nn.Sequential(*(GSTABlock(width) for _ in range(blocks))))
 
 
 class _ResBlock(nn.Module):

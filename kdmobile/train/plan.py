@@ -260,6 +260,9 @@ def probe_ammkd(job: Any) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------------------- SDKD
+_ARCH = {"sdkd_teacher": "conv+Transformer forecaster", "sdkd_simvp": "SimVP v2-style forecaster"}
+
+
 def sdkd_plan(cfg: SDKDConfig, job: Any | None, run_dir: Path, teachers_from: str | None = None) -> RunPlan:
     """The plan of an SDKD run; `job` is None when its data is still to be generated (dry run)."""
     plan = RunPlan("sdkd", run_dir)
@@ -278,7 +281,8 @@ def sdkd_plan(cfg: SDKDConfig, job: Any | None, run_dir: Path, teachers_from: st
     names = (["teacher"] if (len(cfg.teacher_files) or cfg.teachers) == 1
              else [f"teacher{i + 1}" for i in range(len(cfg.teacher_files) or cfg.teachers)])
     lines = ([f"{n}: {f} (reused as is, no training)" for n, f in zip(names, cfg.teacher_files)] if cfg.teacher_files
-             else [f"{n}: conv+Transformer forecaster, trained here ({cfg.teacher_train.epochs} epochs)" for n in names])
+             else [f"{n}: {_ARCH[cfg.teacher_models[i % len(cfg.teacher_models)]]}, trained here "
+                   f"({cfg.teacher_train.epochs} epochs)" for i, n in enumerate(names)])
     if teachers_from:
         lines.insert(0, f"from {teachers_from}/teachers/")
     plan.facts.append(("teachers", "\n".join(lines)))

@@ -39,7 +39,7 @@ def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
     from kdmobile.data.navier_stokes import cached_dataset_path
 
     d = cfg.data
-    return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed)
+    return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed)
 
 
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
@@ -49,18 +49,25 @@ def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
     from kdmobile.data.navier_stokes import cached_dataset
 
     d = cfg.data
-    return cached_dataset(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.seed,
+    return cached_dataset(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed,
                           progress=progress)
 
 
 class Distiller(nn.Module):
-    """The trainable part of SDKD: the student plus one 1x1 adapter per teacher (student latent -> teacher's)."""
+    """The trainable part of SDKD: the student plus one adapter per teacher (student latent -> teacher's): a 1x1
+    conv (FitNets' regressor), or `3x3` (conv 3x3, GELU, conv 1x1) for more room between the two latents."""
 
-    def __init__(self, student: nn.Module, teacher_channels: list[int]) -> None:
+    def __init__(self, student: nn.Module, teacher_channels: list[int], adapter: str = "1x1") -> None:
         super().__init__()
         self.student = student
         c = latent_channels(student)
-        self.adapters = nn.ModuleList(nn.Conv2d(c, ct, 1) for ct in teacher_channels)
+
+        def make(ct: int) -> nn.Module:
+            if adapter == "1x1":
+                return nn.Conv2d(c, ct, 1)
+            return nn.Sequential(nn.Conv2d(c, ct, 3, padding=1), nn.GELU(), nn.Conv2d(ct, ct, 1))
+
+        self.adapters = nn.ModuleList(make(ct) for ct in teacher_channels)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         out, z = self.student.forward_with_latent(x)
@@ -81,7 +88,7 @@ class SDKD:
         d = cfg.data
         self.source = Path(d.path).expanduser() if d.path else cached_navier_stokes(cfg, progress)
         spec = SequenceSpec(frames_in=d.frames_in, frames_out=d.frames_out, val_frac=d.val_frac,
-                            test_frac=d.test_frac, seed=cfg.seed, stride=d.stride)
+                            test_frac=d.test_frac, seed=cfg.data_seed, stride=d.stride)
         array = load_sequences(self.source)
         check_frames(array, spec, self.source)
         self.splits = make_windows(array, spec)
@@ -138,6 +145,11 @@ class SDKD:
         pred = self.predict(model, self.splits.val_x)
         return {"mse": float(np.mean((pred - self.splits.val_y) ** 2))}
 
+    def teacher_arch(self, name: str) -> str:
+        """The architecture of teacher `name` (teacher_models cycled over the teachers)."""
+        models = self.cfg.teacher_models
+        return models[self.teacher_names.index(name) % len(models)]
+
     def check_health(self, teachers: dict[str, nn.Module], baseline: nn.Module) -> list[TeacherHealth]:
         """Each teacher's validation MSE against the no-KD student's: a teacher must be clearly better to teach."""
         values = {n: self._eval_mse(t)["mse"] for n, t in teachers.items()}
@@ -161,7 +173,8 @@ class SDKD:
         if self.resume and path.is_file():
             return load_model(path)[0].to(self.device)
         seed_everything(seed)
-        model = create_model("sdkd_teacher", **self._kwargs(), **self.cfg.teacher)
+        arch = self.teacher_arch(name)
+        model = create_model(arch, **self._kwargs(), **(self.cfg.teacher if arch == "sdkd_teacher" else self.cfg.simvp))
         trainer = Trainer(f"teacher/{name}", model, self.cfg.teacher_train, self.run / "stages" / name,
                           self.log, seed, self.progress)
 
@@ -187,11 +200,11 @@ class SDKD:
         cfg = self.cfg
         student = create_model(cfg.student, **self._kwargs(), **cfg.student_kwargs)
         names = list(teachers)
-        distiller = Distiller(student, [latent_channels(teachers[n].cpu()) for n in names])
+        distiller = Distiller(student, [latent_channels(teachers[n].cpu()) for n in names], cfg.adapter)
         trainer = Trainer(stage, distiller, cfg.train, self.run / "stages" / stage, self.log, cfg.seed, self.progress)
         for t in teachers.values():
             t.to(trainer.device).eval().requires_grad_(False)
-        low_w = 0.0 if kd == "spectral-high" else 1.0
+        low_w = 0.0 if kd == "spectral-high" else cfg.spectral_alpha
         high_w = 0.0 if kd == "spectral-low" else 1.0
         active = list(names if active is None else active)
         if not active:
@@ -211,10 +224,14 @@ class SDKD:
                 for i, n in enumerate(names):
                     if n not in active:
                         continue
-                    term = cfg.output_weight * output_distill(out, t_out[n][0])
-                    if kd.startswith("spectral"):
-                        spec, bands = spectral_band_loss(adapted[i], t_out[n][1], cfg.cutoffs, low_w, high_w)
-                        term = term + cfg.spectral_weight * spec
+                    if kd == "output":
+                        term = cfg.output_weight * output_distill(out, t_out[n][0])
+                    else:
+                        spec, bands = spectral_band_loss(adapted[i], t_out[n][1], cfg.cutoffs, low_w, high_w,
+                                                         cfg.spectral_normalise)
+                        term = cfg.spectral_weight * spec
+                        if cfg.spectral_output_weight:
+                            term = term + cfg.spectral_output_weight * output_distill(out, t_out[n][0])
                         stats.update({f"{n}_{k}": float(v) for k, v in bands.items()})
                     terms[n] = term
                 kd_loss, weights = weighting.combine(terms, wrt=[out, z], active=active)
@@ -237,20 +254,24 @@ class SDKD:
         return np.concatenate([model(torch.from_numpy(x[s]).to(device)).float().cpu().numpy()
                                for s in iterate_batches(len(x), batch)])
 
-    def evaluate_all(self, models: dict[str, nn.Module]) -> dict[str, Any]:
-        """MSE/MAE/relative L2/SSIM in physical units, per-step MSE and relative L2, parameters, FLOPs, CPU latency."""
+    def evaluate_model(self, name: str, model: nn.Module) -> dict[str, Any]:
+        """One model on the test windows, in physical units: MSE/MAE/relative L2/SSIM, per-step MSE and relative
+        L2, parameters, FLOPs and torch CPU latency."""
         s = self.splits
         target = s.test_y * s.std + s.mean
         probe = torch.from_numpy(s.test_x[:1]).float()
-        out: dict[str, Any] = {}
-        for name, model in models.items():
-            model = model.cpu().eval()
-            pred = self.predict(model, s.test_x) * s.std + s.mean
-            out[name] = {"role": "teacher" if name.startswith("teacher") else "student",
-                         **forecast_errors(pred, target), "ssim": ssim(pred, target),
-                         "per_step_mse": per_step_mse(pred, target),
-                         "per_step_rel_l2": per_step_rel_l2(pred, target), "params": count_params(model),
-                         "flops": count_flops(model, probe), "cpu_latency_ms": _latency_ms(model, probe)}
+        model = model.cpu().eval()
+        pred = self.predict(model, s.test_x) * s.std + s.mean
+        return {"role": "teacher" if name.startswith("teacher") else "student",
+                **forecast_errors(pred, target), "ssim": ssim(pred, target),
+                "per_step_mse": per_step_mse(pred, target),
+                "per_step_rel_l2": per_step_rel_l2(pred, target), "params": count_params(model),
+                "flops": count_flops(model, probe), "cpu_latency_ms": _latency_ms(model, probe)}
+
+    def evaluate_all(self, models: dict[str, nn.Module]) -> dict[str, Any]:
+        """Every model's `evaluate_model`, and the SDKD student's reductions against the no-KD student."""
+        s = self.splits
+        out = {name: self.evaluate_model(name, model) for name, model in models.items()}
         base = out.get("student_nokd")
         summary = {}
         if base:
@@ -264,33 +285,39 @@ class SDKD:
                 **summary, "models": out}
 
     def figure(self, models: dict[str, nn.Module], sample: int = 0) -> Path:
-        """forecast.png: ground truth and each model's forecast for one test sample at a few horizons."""
-        import matplotlib
+        """forecast.png in the run: ground truth and each model's forecast for one test sample."""
+        return forecast_figure(self.run / "forecast.png", self.splits,
+                               {n: self.predict(m, self.splits.test_x[sample : sample + 1])[0]
+                                for n, m in models.items()}, sample)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        s = self.splits
-        steps = sorted({0, s.test_y.shape[1] // 2, s.test_y.shape[1] - 1})
-        rows = {"ground truth": s.test_y[sample]}
-        rows.update({n: self.predict(m, s.test_x[sample : sample + 1])[0] for n, m in models.items()})
-        fig, axes = plt.subplots(len(rows), len(steps), figsize=(2.2 * len(steps), 2.2 * len(rows)), squeeze=False)
-        lo, hi = float(rows["ground truth"].min()), float(rows["ground truth"].max())
-        for r, (label, frames) in enumerate(rows.items()):
-            for c, t in enumerate(steps):
-                ax = axes[r][c]
-                ax.imshow(frames[t] * s.std + s.mean, cmap="RdBu_r", vmin=lo * s.std + s.mean, vmax=hi * s.std + s.mean)
-                ax.set_xticks([]), ax.set_yticks([])
-                if r == 0:
-                    ax.set_title(f"t+{t + 1}")
-                if c == 0:
-                    ax.set_ylabel(label, fontsize=8)
-        fig.tight_layout()
-        path = self.run / "forecast.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
-        return path
+def forecast_figure(path: Path, splits: Any, forecasts: dict[str, np.ndarray], sample: int = 0) -> Path:
+    """A PNG of ground truth and each forecast (normalised (T_out, H, W) for test window `sample`) at a few
+    horizons, in physical units on one colour scale. Used by the run and by the benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = splits
+    steps = sorted({0, s.test_y.shape[1] // 2, s.test_y.shape[1] - 1})
+    rows = {"ground truth": s.test_y[sample], **forecasts}
+    fig, axes = plt.subplots(len(rows), len(steps), figsize=(2.2 * len(steps), 2.2 * len(rows)), squeeze=False)
+    lo, hi = float(rows["ground truth"].min()), float(rows["ground truth"].max())
+    for r, (label, frames) in enumerate(rows.items()):
+        for c, t in enumerate(steps):
+            ax = axes[r][c]
+            ax.imshow(frames[t] * s.std + s.mean, cmap="RdBu_r", vmin=lo * s.std + s.mean, vmax=hi * s.std + s.mean)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t+{t + 1}")
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
 
 
 def _latency_ms(model: nn.Module, probe: torch.Tensor, runs: int = 20) -> float:
