@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -76,14 +75,12 @@ def peak_rss_mb() -> float:
 
 
 def cpu_name() -> str:
-    """The host CPU's model name, recorded next to every figure."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The host CPU's model name and the ISA flags that decide its speed, recorded next to every figure."""
+    from kdmobile.runtime.measure import host_info
+
+    info = host_info()
+    flags = [k for k, v in info["isa"].items() if v]
+    return f"{info['cpu']} ({', '.join(flags) or 'no AVX2/AVX-512/VNNI/AMX'}; {info['cores']} cores)"
 
 
 def device_name(device: str) -> str:

@@ -13,6 +13,7 @@ records.json and skipped when the script is run again. Writes results/sdkd_navie
 results/sdkd_navier_stokes_<config>.md and a PNG of truth vs teachers vs students.
 
   python benchmarks/sdkd_navier_stokes.py --config cpu
+  python benchmarks/sdkd_navier_stokes.py --config cpu --search    # + the settings tried around the SDKD loss
   python benchmarks/sdkd_navier_stokes.py --config standard --device cuda --jobs 6
   python benchmarks/sdkd_navier_stokes.py --config cpu --report-only
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,17 @@ from kdmobile.table import format_table
 RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["sdkd_teacher", "sdkd_simvp"]
 VARIANTS = ["none", "output", "spectral", "spectral-low", "spectral-high"]
+# --search: the settings tried around the default SDKD loss (one seed each, against that seed's no-KD student).
+SEARCH: dict[str, dict[str, Any]] = {
+    "lam1-raw": {"kd": "spectral", "spectral_weight": 1.0, "spectral_normalise": False},  # the paper's loss as is
+    "lam0.1": {"kd": "spectral", "spectral_weight": 0.1},
+    "lam0.003": {"kd": "spectral", "spectral_weight": 0.003},
+    "alpha0.3": {"kd": "spectral", "spectral_alpha": 0.3},
+    "alpha3": {"kd": "spectral", "spectral_alpha": 3.0},
+    "cut0.1-0.3": {"kd": "spectral", "cutoffs": [0.1, 0.3]},
+    "adapter3x3": {"kd": "spectral", "adapter": "3x3"},
+    "spectral+output": {"kd": "spectral", "spectral_output_weight": 1.0},
+}
 # Chosen on the cpu config (see the README's SDKD section for the search): students at 25 % of the teachers' width.
 CONFIGS: dict[str, dict[str, Any]] = {
     "cpu": {"data.n": 400, "data.res": 32, "data.t_final": 30.0, "data.stride": 2, "data.val_frac": 0.1,
@@ -92,7 +105,9 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
         return {**_row(metrics["models"]["teacher"], run, "teacher/teacher", started, base_mb),
                 "file": str(teacher_file(run, "teacher"))}
     files = [records.get(f"teacher:{t}")["file"] for t in TEACHERS]
-    cfg = _config(args, f"{name}-s{seed}", {"teacher_files": files, "kd": name, "baseline": False, "seed": int(seed)})
+    setting = SEARCH[name] if kind == "search" else {"kd": name}
+    cfg = _config(args, f"{'search-' if kind == 'search' else ''}{name}-s{seed}",
+                  {"teacher_files": files, "baseline": False, "seed": int(seed), **setting})
     run, metrics = run_sdkd(cfg, progress=args.progress)
     return _row(metrics["models"]["student"], run, "student", started, base_mb)
 
@@ -118,9 +133,9 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
                "params": runs[0]["params"], "mflops": runs[0]["flops"] / 1e6,
                "train_s_per_epoch": float(np.mean([r["train_s_per_epoch"] for r in runs])),
                "peak_train_mem_mb": float(np.mean([r["peak_gpu_mb"] or r["peak_rss_mb"] for r in runs])),
-               "train_mem_above_framework_mb": float(np.mean([r["train_rss_mb"] for r in runs])),
+               "train_mem_above_framework_mb": float(np.mean([r.get("train_rss_mb", np.nan) for r in runs])),
                "memory_kind": "CUDA max_memory_allocated" if runs[0]["peak_gpu_mb"] else "peak RSS of the process",
-               "load_avg_1m": [r["load_avg_1m"] for r in runs]}
+               "load_avg_1m": [r.get("load_avg_1m") for r in runs]}
         rows.append(row)
         table.append([variant, f"{row['mse_mean']:.3g} ± {row['mse_std']:.2g}", f"{row['rel_l2_mean']:.4f}",
                       f"{row['mae_mean']:.4f}", f"{row['ssim_mean']:.4f}",
@@ -132,11 +147,26 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     path = args.results / "sdkd_navier_stokes.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
     everything = everything if "configs" in everything else {"benchmark": "sdkd_navier_stokes", "configs": {}}
-    everything["configs"][args.config] = {"settings": settings, "notes": records.data.get("notes", []), "rows": rows}
+    everything["configs"][args.config] = {"settings": settings, "notes": records.data.get("notes", []), "rows": rows,
+                                          "latency": records.data.get("latency")}
     write_json(path, everything)
     md = format_table(["variant", "MSE (mean ± std)", "rel L2", "MAE", "SSIM", "MSE / no-KD", "seeds", "params",
                        "s/epoch", "peak train MB", "above torch MB"], table, markdown=True)
+    search = _search_rows(records)
+    if search:
+        everything["configs"][args.config]["search"] = search
+        write_json(path, everything)
+        md += ("\n\nSearch around the SDKD loss (`--search`; one seed each, MSE against the same seed's no-KD "
+               "student):\n\n" + format_table(["setting", "overrides", "MSE", "MSE / no-KD"], [
+                   [r["setting"], json.dumps(r["overrides"]), f"{r['mse']:.4g}", f"{r['mse_vs_nokd']:.3f}"]
+                   for r in search], markdown=True))
     png = _figure(args, records)
+    lat = records.data.get("latency")
+    if lat:
+        md += (f"\n\nDeployment latency (onnxruntime, 1 thread, batch 1, {lat['host']}, load {lat['load_avg_1m']:.2f}):"
+               f" SDKD student int8 {lat['student_int8_p50_ms']:.3f} ms p50; teachers "
+               + ", ".join(f"{k} {v:.3f} ms" for k, v in lat["teacher_rows"].items())
+               + f"; student / fastest teacher = {lat['student_over_fastest_teacher']:.3f}.")
     text = (f"# SDKD on Navier-Stokes: `{args.config}` config\n\nSettings: {json.dumps(settings)}.\n\n"
             "Teachers trained once on the fixed split (data seed 0); students over the seeds listed. MSE, MAE in "
             "vorticity units on the test trajectories; rel L2 = mean over windows of ||pred - truth|| / ||truth||. "
@@ -149,6 +179,51 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     (args.results / f"sdkd_navier_stokes_{args.config}.md").write_text(text)
     print(md)
     return everything
+
+
+def latency(args: argparse.Namespace, records: Records) -> None:
+    """Export the seed-0 SDKD student (int8) and each teacher (fp32, int8) of its run to ONNX and time them side by
+    side with `kdmobile bench` (1 thread, batch 1): the deployment cost of student vs teacher in one runtime."""
+    rec = records.get("spectral/0")
+    if rec is None:
+        return
+    run, out = Path(rec["run"]), args.results / f"sdkd_navier_stokes_{args.config}_bench"
+    bundles = Path(args.runs) / "bundles"
+    kd = [str(Path(sys.executable).parent / "kdmobile")]
+    steps = [[*kd, "export", str(run), "--precision", "int8", "--out", str(bundles)]]
+    steps += [[*kd, "export", str(run), "--model", f"teacher{i + 1}", "--precision", "fp32,int8", "--out",
+               str(bundles)] for i in range(len(TEACHERS))]
+    steps.append([*kd, "bench", str(run), "--threads", "1", "--runs", "300", "--no-progress", "--out", str(out)])
+    for cmd in steps:
+        if subprocess.run(cmd, check=False).returncode != 0:
+            print(f"latency step failed: {' '.join(cmd[1:])}", file=sys.stderr)
+            return
+    rows = [r for r in json.loads((out / "report.json").read_text())["rows"] if r["batch"] == 1]
+    onnx = [r for r in rows if r["backend"] == "onnxruntime" and r.get("p50_ms")]
+    student = next((r for r in onnx if r["role"] == "student" and r["precision"] == "int8"), None)
+    teachers = [r for r in onnx if r["role"] == "teacher"]
+    if student and teachers:
+        fastest = min(teachers, key=lambda r: r["p50_ms"])
+        records.data["latency"] = {
+            "student_int8_p50_ms": student["p50_ms"], "teacher_rows": {r["model"]: r["p50_ms"] for r in teachers},
+            "fastest_teacher": fastest["model"], "student_over_fastest_teacher": student["p50_ms"] / fastest["p50_ms"],
+            "runtime": "onnxruntime, 1 thread, batch 1", "host": cpu_name(), "load_avg_1m": os.getloadavg()[0],
+            "report": str(out / "report.json")}
+        write_json(records.path, records.data)
+
+
+def _search_rows(records: Records) -> list[dict[str, Any]]:
+    """The --search runs recorded so far, each against the no-KD student of its seed."""
+    rows = []
+    for key, rec in records.data["runs"].items():
+        if not key.startswith("search:"):
+            continue
+        name, seed = key[len("search:"):].rsplit("/", 1)
+        base = records.get(f"none/{seed}")
+        if base and name in SEARCH:
+            rows.append({"setting": name, "seed": int(seed), "overrides": SEARCH[name], "mse": rec["mse"],
+                         "rel_l2": rec["rel_l2"], "mse_vs_nokd": rec["mse"] / base["mse"]})
+    return rows
 
 
 def _figure(args: argparse.Namespace, records: Records) -> Path | None:
@@ -185,12 +260,16 @@ def main() -> int:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each training process")
     p.add_argument("--runs", default="runs/sdkd-bench", help="where the run directories go")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")
+    p.add_argument("--latency", action="store_true",
+                   help="then export the seed-0 SDKD student and the teachers to ONNX and time them (kdmobile bench)")
+    p.add_argument("--search", action="store_true",
+                   help="also train the settings of SEARCH around the SDKD loss (first seed only)")
     p.add_argument("--note", help="a sentence kept with the records and printed above the table")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
     p.add_argument("--records", help="the records file (default: RESULTS/sdkd_navier_stokes_<config>_records.json)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the tables go (default: benchmarks/results)")
-    p.add_argument("--only", nargs=3, help=argparse.SUPPRESS)  # child process: teacher NAME 0 | student VARIANT SEED
+    p.add_argument("--only", nargs=3, help=argparse.SUPPRESS)  # child: teacher NAME 0 | student|search NAME SEED
     p.add_argument("--shard", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -212,17 +291,21 @@ def main() -> int:
                 return 1
             records.put(f"teacher:{job[2]}", out)
             print(f"teacher {job[2]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f}", flush=True)
-        todo = [(v, s) for s in args.seeds for v in (args.variants or VARIANTS) if not records.get(f"{v}/{s}")]
+        jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or VARIANTS)
+                if not records.get(f"{v}/{s}")]
+        jobs += [["--only", "search", name, str(args.seeds[0])] for name in (SEARCH if args.search else [])
+                 if not records.get(f"search:{name}/{args.seeds[0]}")]
         failed = 0
-        for job, out in run_children(__file__, common, records, [["--only", "student", v, str(s)] for v, s in todo],
-                                     args.jobs, args.threads):
+        for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):
+            key = f"{'search:' if job[1] == 'search' else ''}{job[2]}/{job[3]}"
             if out:
-                records.put(f"{job[2]}/{job[3]}", out)
-                print(f"{job[2]}/{job[3]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f} ({out['seconds']:.0f} s)",
-                      flush=True)
+                records.put(key, out)
+                print(f"{key}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f} ({out['seconds']:.0f} s)", flush=True)
             failed += not out
         if failed:
             print(f"{failed} runs failed (see above); the others are recorded", file=sys.stderr)
+        if args.latency:
+            latency(args, records)
     write_json(records.path, records.data)
     report(args, records)
     return 0
