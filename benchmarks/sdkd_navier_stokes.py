@@ -226,10 +226,19 @@ def _search_rows(records: Records) -> list[dict[str, Any]]:
     return rows
 
 
+def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """A model's normalised forecast for normalised windows (CPU, no grad)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).float().numpy()
+
+
 def _figure(args: argparse.Namespace, records: Records) -> Path | None:
     """Truth vs each teacher vs each seed-0 student on one test window (when their run directories exist here)."""
     from kdmobile.models import load_model
-    from kdmobile.train.sdkd import SDKD, forecast_figure
+    from kdmobile.data.sequences import SequenceSpec, load_splits
+    from kdmobile.train.sdkd import cached_navier_stokes_path, forecast_figure
 
     keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in VARIANTS)]
     found = {k: records.get(k) for k in keys if records.get(k)}
@@ -241,12 +250,13 @@ def _figure(args: argparse.Namespace, records: Records) -> Path | None:
         models[key.split("/")[0]] = load_model(path)[0].eval()
     if not models:
         return None
-    job = SDKD(_config(args, "figure", {"baseline": False}), progress=False)
+    cfg = _config(args, "figure", {})
+    d = cfg.data
+    splits = load_splits(cached_navier_stokes_path(cfg), SequenceSpec(
+        frames_in=d.frames_in, frames_out=d.frames_out, val_frac=d.val_frac, test_frac=d.test_frac,
+        seed=cfg.data_seed, stride=d.stride))  # the benchmark's fixed split, read without creating a run
     out = args.results / f"sdkd_navier_stokes_{args.config}.png"
-    forecast_figure(out, job.splits, {n: job.predict(m, job.splits.test_x[:1])[0] for n, m in models.items()})
-    import shutil
-
-    shutil.rmtree(job.run, ignore_errors=True)
+    forecast_figure(out, splits, {n: _predict(m, splits.test_x[:1])[0] for n, m in models.items()})
     return out
 
 
