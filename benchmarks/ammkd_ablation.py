@@ -62,7 +62,13 @@ def _base(args: argparse.Namespace, ds: dict[str, Any], seed: int) -> dict[str, 
             "data.image_size": ds["image_size"], "seed": seed, "out": args.runs, "baseline": False,
             "health.drop_weak": False, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
             "train.device": args.device, "teacher_train.device": args.device,
-            "teacher_train.epochs": args.teacher_epochs, "teacher_train.batch_size": args.teacher_batch_size}
+            "teacher_train.epochs": args.teacher_epochs, "teacher_train.batch_size": args.teacher_batch_size,
+            "data.views": args.views, "data.view_cache": str(_views_file(args))}
+
+
+def _views_file(args: argparse.Namespace) -> Path:
+    """The cached views + teacher embeddings every student of this ablation shares (rebuilt if the teachers change)."""
+    return Path(args.runs) / f"{args.dataset}-views-{args.views}.safetensors"
 
 
 def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> list[str]:
@@ -101,7 +107,7 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
 def train_one_teacher(args: argparse.Namespace, ds: dict[str, Any], name: str) -> dict[str, Any]:
     """One teacher-only run (its own run directory, so the two teachers can train at once)."""
     over = {**_base(args, ds, 0), "name": f"{args.dataset}-teacher-{name}", "weighting": "none",
-            "train.epochs": 0, "teachers": [name]}
+            "train.epochs": 0, "teachers": [name], "data.views": 0}
     cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     run, metrics = run_ammkd(cfg, resume=(Path(args.runs) / over["name"]).is_dir(), progress=args.progress)
     return {"files": [str(teacher_file(run, name))], "teacher_epochs": {name: cfg.teacher_epochs(name)},
@@ -118,7 +124,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
     """The settings every child process must share with the parent."""
     argv = ["--dataset", args.dataset, "--teacher-epochs", str(args.teacher_epochs), "--epochs", str(args.epochs),
             "--batch-size", str(args.batch_size), "--teacher-batch-size", str(args.teacher_batch_size),
-            "--device", args.device, "--runs", args.runs]
+            "--device", args.device, "--runs", args.runs, "--views", str(args.views)]
     if args.data_root:
         argv += ["--data-root", args.data_root]
     for item in args.set:
@@ -158,11 +164,14 @@ def run_variants(args: argparse.Namespace, records: Records, todo: list[tuple[st
     """Train the (variant, seed, weighting) students not yet recorded, --jobs at a time, recording each at once."""
     jobs = [["--only-student", v, str(s), w] for v, s, w in todo if not records.get(f"{v}/{s}")]
     failed = []
-    for job, out in _children(args, records, jobs):
-        if out:
-            records.put(f"{job[1]}/{job[2]}", out)
-        else:
-            failed.append(f"{job[1]}/{job[2]}")
+    # The first student builds the shared view cache alone; the others then load it instead of each building it.
+    batches = [jobs[:1], jobs[1:]] if args.views and not _views_file(args).is_file() else [jobs]
+    for batch in batches:
+        for job, out in _children(args, records, batch):
+            if out:
+                records.put(f"{job[1]}/{job[2]}", out)
+            else:
+                failed.append(f"{job[1]}/{job[2]}")
     if failed:
         raise SystemExit(f"ammkd_ablation: {len(failed)} runs failed ({', '.join(failed)}); the rest are recorded")
 
@@ -194,10 +203,14 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
     if args.note and args.note not in records.data.setdefault("notes", []):
         records.data["notes"].append(args.note)
         write_json(records.path, records.data)
+    views = (f"; students distil offline from {args.views} augmented views per training image drawn once for the "
+             "split, with the teachers' embeddings of them computed once (each seed starts at another view; seeds vary "
+             "initialisation, data order and view order)") if args.views else ""
     out = {"benchmark": "ammkd_ablation", "dataset": args.dataset, "data": ds["spec"].format(root="../shared/data"),
-           "split": f"fixed (split seed 0); {made}; students over the seeds listed per row",
+           "split": f"fixed (split seed 0); {made}; students over the seeds listed per row{views}",
            "notes": records.data.get("notes", []),
-           "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size")}
+           "settings": {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "batch_size", "teacher_batch_size",
+                                                       "views")}
            | {"image_size": ds["image_size"], "overrides": args.set},
            "host": f"{platform.machine()} {cpu_name()}", "device": records.data.get("device", args.device),
            "rows": rows}
@@ -225,6 +238,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=15, help="student epochs")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--teacher-batch-size", type=int, default=64)
+    p.add_argument("--views", type=int, default=15,
+                   help="offline KD: augmented views per training image drawn once, with the teachers' embeddings of "
+                        "them, shared by every student (0: fresh views and live teachers every step)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs", default="runs/ablation", help="where the run directories go")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")

@@ -34,6 +34,7 @@ from kdmobile.train.augment import AugmentedImages, resolve_augment
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
+from kdmobile.train.view_cache import CachedViews, ViewCache, load_or_build
 from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
@@ -77,6 +78,7 @@ class AMMKD:
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
         self.run = new_run_dir(cfg.out, cfg.name, resume)
         self.log: RunLog | None = None
+        self._views: ViewCache | None = None
         self.device = dist.pick_device(cfg.train.device)
 
     def _teacher_names(self) -> list[str]:
@@ -231,27 +233,46 @@ class AMMKD:
         tv = {n: vectors[n]["train"].to(trainer.device) for n in names}
         loss_fn = AMMKDLoss(terms, self.weighting, self.cfg.temperature, self.cfg.train.label_smoothing, active)
 
+        cache = self.view_cache(teachers) if self.cfg.data.views > 0 else None
+
         def step(m: nn.Module, batch: Any) -> StepOutput:
-            images, target = batch
+            images, target, *rows = batch
             x = normalise(images)
+            cached = cache.teacher_embeddings(rows[0], active, x.device) if cache is not None and active else None
             if self.task == "classes":
-                b = Batch(x, target, tv, symmetric=False)
+                b = Batch(x, target, tv, symmetric=False, teacher_images=cached)
             else:  # one random caption of each image in the batch; targets are the diagonal
                 picks = torch.tensor([_pick_caption(self._owner, int(i)) for i in target.tolist()])
                 b = Batch(x, torch.arange(len(target), device=x.device),
-                          {n: v[picks.to(v.device)] for n, v in tv.items()}, symmetric=True)
+                          {n: v[picks.to(v.device)] for n, v in tv.items()}, symmetric=True, teacher_images=cached)
             return StepOutput(*loss_fn(m, teachers, b))
 
         def evaluate(m: nn.Module) -> dict[str, float]:
             s = m.student if isinstance(m, StudentWithHeads) else m
             return eval_student(s, [vectors[n]["val"] for n in names], self.val)
 
-        trained = trainer.fit(self._dataset(self.train, self.cfg.data.augment), step,
+        data = (CachedViews(cache, self.train.targets(), offset=self.cfg.seed) if cache is not None
+                else self._dataset(self.train, self.cfg.data.augment))
+        trained = trainer.fit(data, step,
                               evaluate if len(self.val.images) else None, resume=self.resume)
         student = trained.student if isinstance(trained, StudentWithHeads) else trained
         if dist.is_main():
             self._save_student(student, names, tv, STUDENT_FILE if kd else NOKD_FILE, kd)
         return student
+
+    def view_cache(self, teachers: dict[str, ClipTeacher]) -> ViewCache:
+        """The cached training views and every teacher's embeddings of them (built once, shared by both stages and
+        by any run pointing data.view_cache at the same file with the same inputs)."""
+        if self._views is None:
+            path = Path(self.cfg.data.view_cache) if self.cfg.data.view_cache else self.run / "views.safetensors"
+            args = (path, self.train.images, self.cfg.data.augment, self.cfg.data.views, self.cfg.data.view_seed,
+                    {n: t.to(self.device) for n, t in teachers.items()}, normalise, self.device)
+            if dist.is_main():
+                self._views = load_or_build(*args, progress=self.progress)
+            dist.barrier()
+            if self._views is None:
+                self._views = load_or_build(*args, progress=False)
+        return self._views
 
     def _save_student(self, student: nn.Module, names: list[str], tv: dict[str, torch.Tensor], file: str,
                       fused_vectors: bool) -> None:

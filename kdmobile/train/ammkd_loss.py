@@ -47,6 +47,7 @@ class Batch:
     labels: torch.Tensor
     texts: dict[str, torch.Tensor]
     symmetric: bool  # captions: the batch's images and captions match one to one, both directions count
+    teacher_images: dict[str, torch.Tensor] | None = None  # cached teacher embeddings of x (offline KD), else None
 
 
 class AMMKDLoss:
@@ -73,7 +74,8 @@ class AMMKDLoss:
         if not self.kd:
             return loss, stats
         with torch.no_grad():
-            t_img = {n: teachers[n].encode_image(b.x).float() for n in self.active}
+            t_img = ({n: b.teacher_images[n] for n in self.active} if b.teacher_images is not None
+                     else {n: teachers[n].encode_image(b.x).float() for n in self.active})
             t_logits = {n: teachers[n].logit_scale() * t_img[n] @ b.texts[n].T for n in self.active}
             errors = {n: F.cross_entropy(t_logits[n], b.labels, reduction="none") for n in self.active}
         per_term = {

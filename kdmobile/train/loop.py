@@ -211,6 +211,8 @@ class Trainer:
             for epoch in range(start, self.cfg.epochs):
                 epoch_started = time.perf_counter()
                 self.model.train()
+                if hasattr(dataset, "set_epoch"):  # e.g. cached views: which view each image shows this epoch
+                    dataset.set_epoch(epoch)
                 record = self._run_epoch(wrapped, self._loader(dataset, epoch), step, opt, sched, epoch, bar, reporter)
                 if evaluate is not None and dist.is_main():
                     self.model.eval()
