@@ -52,14 +52,16 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 Runner = Callable[[np.ndarray], np.ndarray]  # one model: a batch in, its first output out
 
 
-def _time_side_by_side(runners: dict[str, Runner], x: np.ndarray) -> dict[str, float]:
-    """p50 ms per model over ROUNDS interleaved rounds of CALLS calls on `x` (after a warm-up of each)."""
+def time_side_by_side(runners: dict[str, Runner], x: np.ndarray, rounds: int = ROUNDS,
+                      calls: int = CALLS) -> dict[str, float]:
+    """p50 ms per model over `rounds` interleaved rounds of `calls` calls on `x` (after a warm-up of each), so a
+    slow moment of the machine hits every model alike."""
     from kdmobile.runtime.measure import time_callable
 
     samples: dict[str, list[float]] = {k: [] for k in runners}
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for key, run in runners.items():
-            samples[key] += time_callable(lambda f=run: f(x), 5 if r == 0 else 1, CALLS)
+            samples[key] += time_callable(lambda f=run: f(x), 5 if r == 0 else 1, calls)
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
@@ -70,7 +72,7 @@ def measure_candidates(runners: dict[str, Runner], x: np.ndarray, parity: list[n
     from kdmobile.runtime.measure import host_info
 
     ref = np.concatenate([runners["fp32"](p) for p in parity])
-    p50 = _time_side_by_side(runners, x)
+    p50 = time_side_by_side(runners, x)
     table = {k: {"p50_ms": p50[k], "speedup_vs_fp32": p50["fp32"] / p50[k],
                  "mean_cosine_vs_fp32": _cosine(np.concatenate([run(p) for p in parity]), ref),
                  "size_bytes": sizes[k]} for k, run in runners.items() if k != "fp32"}

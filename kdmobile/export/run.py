@@ -71,10 +71,10 @@ def load_run(path: str | Path, model: str = "student") -> Run:
             raise UserError(f"--model {model!r}: no such model in {d.path} (student, "
                             f"{', '.join(names) or 'no teachers'})")
     d.heldout()  # refuses a missing or inconsistent held-out set before the model is loaded
-    from kdmobile.models.registry import load_model
+    from kdmobile.models.registry import fuse_for_inference, load_model
 
     loaded, extra = load_model(file)
-    return Run(d.path, d.method, d.metrics, model=loaded.eval(), card=student_card(extra, d.method, str(file)),
+    return Run(d.path, d.method, d.metrics, model=fuse_for_inference(loaded), card=student_card(extra, d.method, str(file)),
                model_name=model, model_file=file)
 
 
