@@ -68,6 +68,7 @@ def main() -> int:
     root = shared_data_dir()
     p.add_argument("--data-root", default=str(root) if root else None)
     p.add_argument("--teachers-from", default=str(RESULTS / "ammkd_ablation_cifar10_records.json"))
+    p.add_argument("--teachers", help="comma list of teacher files instead of the ablation's pair")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--work", default="runs/e2e224")
@@ -75,7 +76,8 @@ def main() -> int:
     if not args.data_root:
         print("e2e_224: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
         return 2
-    teachers = json.loads(Path(args.teachers_from).read_text())["runs"]["teachers"]["files"]
+    teachers = args.teachers.split(",") if args.teachers else \
+        json.loads(Path(args.teachers_from).read_text())["runs"]["teachers"]["files"]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     folder = write_folder(Path(args.data_root) / "cifar10" / "cifar10_test.npz", work / "images", args.images)
@@ -96,6 +98,7 @@ def main() -> int:
               for s in ("student_nokd", "student")}
     bench = json.loads((work / "bench" / "report.json").read_text())
     out = {"benchmark": "e2e_224", "host": cpu_name(), "load_average_before": load, "images": args.images,
+           "teachers": teachers, "load_average_after": os.getloadavg()[0],
            "data": "imagefolder written from ../shared/data/cifar10 (32 px PNGs, resized to 224 px)",
            "steps": steps, "train_s_per_epoch_224px": {k: v for k, v in epochs.items() if v},
            "threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
