@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -58,6 +59,20 @@ def test_cache_file_is_reused_only_for_the_same_inputs(tmp_path):
     assert ViewCache.load(path, first.key) is None
     path.write_bytes(b"not a safetensors file")
     assert ViewCache.load(path, second.key) is None  # corrupt: rebuilt, never trusted
+
+
+def test_cache_path_that_is_not_a_view_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from kdmobile.errors import UserError
+
+    weights = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(2)}, str(weights))
+    original = weights.read_bytes()
+    for bad in (weights, tmp_path / "views.npz", tmp_path):
+        with pytest.raises(UserError):
+            load_or_build(bad, _images(), "crop", 1, 0, {"a": Tiny(1)}, _prep, torch.device("cpu"), progress=False)
+    assert weights.read_bytes() == original and not (tmp_path / "views.npz").exists()
 
 
 def test_each_epoch_shows_the_next_view():

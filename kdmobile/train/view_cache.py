@@ -68,16 +68,24 @@ class ViewCache:
 
     @classmethod
     def load(cls, path: Path, key: str) -> "ViewCache | None":
-        """The cache at `path` if it was made for `key`; None when absent, unreadable or made for other inputs."""
+        """The cache at `path` if it was made for `key`; None when absent, unreadable or made for other inputs.
+        A readable safetensors file that is not a view cache (someone's weights) is refused, never overwritten."""
+        if path.suffix != ".safetensors" or path.is_dir():
+            raise UserError(f"data.view_cache={path}: give a file path ending in .safetensors")
         if not path.is_file():
             return None
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            if meta.get("format") != FORMAT or meta.get("key") != key:
-                return None
-            tensors = load_file(str(path))
         except Exception:  # noqa: BLE001 - a truncated or foreign file is rebuilt, never trusted
+            return None
+        if meta.get("format") != FORMAT:
+            raise UserError(f"data.view_cache={path}: not a kdmobile view cache (refusing to overwrite it)")
+        if meta.get("key") != key:
+            return None
+        try:
+            tensors = load_file(str(path))
+        except Exception:  # noqa: BLE001
             return None
         emb = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("emb.")}
         return cls(tensors["views"], emb, key)
