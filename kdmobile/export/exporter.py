@@ -71,15 +71,24 @@ class Exporter:
 
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
+    def _verify_index(self, n: int) -> np.ndarray:
+        """Which of the n held-out samples verification uses: all up to VERIFY_SAMPLES, else that many evenly spaced
+        (a split stored class by class would otherwise be verified on its first classes only)."""
+        return np.unique(np.linspace(0, n - 1, min(n, VERIFY_SAMPLES)).round().astype(np.int64))
+
     def _heldout_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(normalised model inputs, raw runtime inputs) of the held-out split, capped at VERIFY_SAMPLES."""
+        """(normalised model inputs, raw runtime inputs) of the held-out samples verification uses."""
         run = self.run
         if run.task == "forecast":
-            x = run.need("x_test")[:VERIFY_SAMPLES].astype(np.float32)
+            x_all = run.need("x_test")
+            self.verify_index = self._verify_index(len(x_all))
+            x = x_all[self.verify_index].astype(np.float32)
             return x, (x * self.std + self.mean).astype(np.float32)
         from kdmobile.data.transforms import normalise
 
-        images = run.need("images_test")[:VERIFY_SAMPLES]
+        images = run.need("images_test")
+        self.verify_index = self._verify_index(len(images))
+        images = images[self.verify_index]
         if images.dtype != np.uint8 or images.ndim != 4:
             raise UserError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")
         return normalise(images, tuple(self.img_mean), tuple(self.img_std)), images
@@ -164,18 +173,19 @@ class Exporter:
 
     def _reference(self) -> Reference:
         """The fp32 PyTorch student's outputs and metric on the held-out inputs."""
-        run, n = self.run, len(self.model_inputs)
+        run, idx = self.run, self.verify_index
         if run.kind == "forecast":
-            y = run.need("y_test")[:n].astype(np.float32)
+            y = run.need("y_test")[idx].astype(np.float32)
             return reference_forecast(run.model, self.model_inputs, y, self.mean, self.std)
         if run.kind == "captions":
             owner = run.need("caption_owner_test")
-            keep = owner < n
+            keep = np.isin(owner, idx)  # the captions of the images used; owners renumbered to their positions
             text = self._fuse([v[keep] for v in run.text_vectors(list(run.card.teachers))])
-            return reference_captions(run.model, self.raw_inputs, self.model_inputs, text, owner[keep])
+            return reference_captions(run.model, self.raw_inputs, self.model_inputs, text,
+                                      np.searchsorted(idx, owner[keep]))
         labels = run.heldout().labels_test
         return reference_classes(run.model, self.raw_inputs, self.model_inputs,
-                                 None if labels is None else labels[:n], self.class_vectors, self.logit_scale,
+                                 None if labels is None else labels[idx], self.class_vectors, self.logit_scale,
                                  self.new_classes)
 
     @property

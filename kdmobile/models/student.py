@@ -67,7 +67,7 @@ class RetrievalStudent(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "mobilenetv3_small_075",
+        backbone: str = "mobilenetv3_small_050",
         embed_dim: int = 128,
         teacher_dims: Sequence[int] = (256, 256),
         fusion: str = "full",

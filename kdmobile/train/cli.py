@@ -179,7 +179,8 @@ def register(sub: Any) -> None:
     a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
                                       "NAME:TAG (e.g. ViT-B-32:openai) or NAME:/path/weights.pt")
     a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
-    a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_075)")
+    a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_050, chosen by "
+                   "benchmarks/student_zoo.py at 224 px)")
     a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
     a.add_argument("--weighting", help="how the teachers are combined: confidence (CA-MKD per-sample, default), "
                                        "adaptive (AE-KD), reliable (min-norm x confidence), equal, none (no KD), "
