@@ -390,13 +390,3 @@ def test_caption_run_bundles_the_caption_gallery_and_gates_on_recall(tmp_path):
     assert b.manifest["retrieval"]["kind"] == "captions" and b.labels == [str(c) for c in held["captions_test"]]
     v = b.manifest["verification"]
     assert v["metric"]["name"] == "R@1" and "t2i_R@5" in v["metric"]["all"] and v["status"] == "ok"
-
-
-def test_verification_samples_cover_a_split_stored_class_by_class():
-    from kdmobile.export.exporter import VERIFY_SAMPLES, Exporter
-
-    labels = np.repeat(np.arange(10), 200)  # a 2,000-image test split stored class by class, as split_dataset does
-    idx = Exporter._verify_index(None, len(labels))  # type: ignore[arg-type]
-    assert len(idx) == VERIFY_SAMPLES and idx[0] == 0 and idx[-1] == len(labels) - 1
-    assert np.array_equal(np.bincount(labels[idx], minlength=10), np.full(10, 100))  # every class, evenly
-    assert np.array_equal(Exporter._verify_index(None, 300), np.arange(300))  # small splits: all of it  # type: ignore[arg-type]
