@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from resumable import cpu_name
+from student_zoo import teacher_files
 
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
@@ -76,8 +77,11 @@ def main() -> int:
     if not args.data_root:
         print("e2e_224: shared data not found; set --data-root or KDMOBILE_SHARED_DATA", file=sys.stderr)
         return 2
-    teachers = args.teachers.split(",") if args.teachers else \
-        json.loads(Path(args.teachers_from).read_text())["runs"]["teachers"]["files"]
+    teachers = args.teachers.split(",") if args.teachers else teacher_files(args.teachers_from)
+    missing = [t for t in teachers if not Path(t).is_file()]
+    if missing:
+        print(f"e2e_224: no such teacher file: {', '.join(missing)}", file=sys.stderr)
+        return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     folder = write_folder(Path(args.data_root) / "cifar10" / "cifar10_test.npz", work / "images", args.images)

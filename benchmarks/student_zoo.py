@@ -68,7 +68,10 @@ def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> d
 
 def teacher_files(path: str) -> list[str]:
     """The teacher pair of the ablation's records file (the fixed CIFAR-10 split)."""
-    rec = json.loads(Path(path).read_text())["runs"].get("teachers")
+    try:
+        rec = json.loads(Path(path).read_text())["runs"].get("teachers")
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise SystemExit(f"student_zoo: {path}: not a readable ablation records file ({type(e).__name__})") from None
     if not rec or not all(Path(f).is_file() for f in rec["files"]):
         raise SystemExit(f"student_zoo: {path} names no existing teacher files; run benchmarks/ammkd_ablation.py "
                          "first (it trains the pair once for the split)")
@@ -132,12 +135,8 @@ def time_all(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     import onnxruntime as ort
 
     from kdmobile.bench.reference import peak_gflops, reference_file
+    from kdmobile.export.int8_choice import one_thread_session as session
     from kdmobile.export.int8_choice import time_side_by_side
-
-    def session(path: Path) -> Any:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     sessions, flops = {}, {}
     for name in REFERENCES:

@@ -34,7 +34,7 @@ PRESETS: dict[str, tuple[str, str]] = {
 Quantize = Callable[[Path, Path, str], dict[str, Any]]  # (fp32 file, destination, format) -> quantization details
 
 
-def _session(path: Path) -> Any:
+def one_thread_session(path: Path) -> Any:
     """A one-thread onnxruntime CPU session (the bench's setting: batch 1, one thread)."""
     import onnxruntime as ort
 
@@ -100,7 +100,7 @@ def choose_by_measurement(fp32: Path, out: Path, calibration: np.ndarray | None,
         (workdir / fmt).mkdir()
         built[fmt] = quantize(fp32, workdir / fmt / "model.onnx", fmt)
     paths = {"fp32": fp32, **{f: workdir / f / "model.onnx" for f in built}}
-    sessions = {k: _session(p) for k, p in paths.items()}
+    sessions = {k: one_thread_session(p) for k, p in paths.items()}
     runners = {k: (lambda x, s=s: s.run(None, {input_name: x})[0]) for k, s in sessions.items()}
     x = np.ascontiguousarray(calibration[:1] if static_ok else _zeros(sessions["fp32"]), dtype=np.float32)
     parity = [np.ascontiguousarray(c[None], dtype=np.float32) for c in calibration[:PARITY_SAMPLES]] \
