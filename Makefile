@@ -8,10 +8,15 @@ DEMO   ?= runs/demo-ammkd
 
 .PHONY: venv demo test test-slow clean android-tools web-demo android apk tmux
 
+# The environment takes ~7.5 GB (torch 2.14.1 from PyPI is a CUDA build): check the disk first for a one-line error
+# instead of pip's OSError halfway; --no-cache-dir keeps pip from storing a second copy of what it downloads.
+MIN_FREE_KB ?= 8000000
 $(STAMP): pyproject.toml constraints.txt
+	@free=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ "$$free" -lt $(MIN_FREE_KB) ]; then \
+		echo "kdmobile: setting up .venv needs about 8 GB of free disk here; $$((free / 1048576)) GB free" >&2; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
