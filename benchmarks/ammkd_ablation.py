@@ -4,6 +4,8 @@ One fixed data split (split seed 0). The two teachers are trained ONCE for that 
 student of every seed distils from those same files, so the seeds measure the students' variance (initialisation,
 data order, augmentation). Variants: each teacher; no KD; KD from each single teacher; equal; adaptive (AE-KD);
 confidence (CA-MKD); reliable (min-norm x confidence); and the best weighting with the CLIP-KD feature terms.
+`--search` adds the settings tried around the KD loss (KL weight, temperature; confidence weighting, the first two
+seeds), each against the no-KD student of its seed.
 
 Resumable: every finished variant x seed is recorded at once in results/ammkd_ablation_<dataset>_records.json and
 skipped when the script is run again, so a long run can be interrupted and continued.
@@ -11,6 +13,7 @@ skipped when the script is run again, so a long run can be interrupted and conti
   python benchmarks/ammkd_ablation.py --dataset cifar10 --seeds 0 1 2 3 4
   python benchmarks/ammkd_ablation.py --dataset flickr8k --seeds 0 1 2 --teacher-epochs 60
   python benchmarks/ammkd_ablation.py --dataset cifar10 --report-only      # tables from the records so far
+  python benchmarks/ammkd_ablation.py --dataset cifar10 --search --seeds 0 1 --variants none
   python benchmarks/ammkd_ablation.py --dataset digits --teachers-from runs/demo-ammkd --seeds 0 1 2
   python benchmarks/ammkd_ablation.py --dataset cifar10 --device cuda --tag gpu --jobs 12 --teacher-epochs 100
 
@@ -43,6 +46,13 @@ RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["kd-vit-s", "kd-rn-s"]
 WEIGHTINGS = ["none", *(f"single:{t}" for t in TEACHERS), "equal", "adaptive", "confidence", "reliable"]
 FEATURE_TERMS = {"fd": 1.0, "icl": 1.0}
+# --search: complete loss settings (they do not move with the defaults), confidence weighting, the first two seeds.
+SEARCH_WEIGHTING = "confidence"
+SEARCH: dict[str, dict[str, Any]] = {
+    **{f"kl{w:g}": {"loss.terms": {"ce": 1.0, "kl": w}, "temperature": 4.0} for w in (1.0, 3.0, 6.0, 10.0)},
+    "ce0": {"loss.terms": {"ce": 0.0, "kl": 1.0}, "temperature": 4.0},  # pure KD, no label term
+    **{f"kl1-T{t:g}": {"loss.terms": {"ce": 1.0, "kl": 1.0}, "temperature": t} for t in (1.0, 2.0, 8.0)},
+}
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"spec": "digits", "max_train": None, "max_test": None, "metrics": ["top1"], "image_size": 32,
                "val_frac": 0.1},  # the demo's split, so `--teachers-from runs/demo-ammkd` reuses its teachers
@@ -148,8 +158,10 @@ def student_run(args: argparse.Namespace, ds: dict[str, Any], files: list[str], 
     """Train one student; returns its record."""
     over = {**_base(args, ds, seed), "name": f"{args.dataset}-{variant.replace(':', '-')}-s{seed}",
             "weighting": weighting, "teachers": files, "teacher_train.epochs": 0}
+    if variant.startswith("search:"):
+        over.update(SEARCH[variant[len("search:"):]])
     if terms:
-        over["loss.terms"] = {"ce": 1.0, "kl": 1.0, **terms}
+        over["loss.terms"] = {**AMMKDConfig().loss.terms, **terms}  # the feature terms on top of the default
     cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     started = time.perf_counter()
     _, metrics = run_ammkd(cfg, progress=args.progress)
@@ -206,6 +218,7 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
     views = (f"; students distil offline from {args.views} augmented views per training image drawn once for the "
              "split, with the teachers' embeddings of them computed once (each seed starts at another view; seeds vary "
              "initialisation, data order and view order)") if args.views else ""
+    search = _search_rows(records, ds["metrics"][0])
     out = {"benchmark": "ammkd_ablation", "dataset": args.dataset, "data": ds["spec"].format(root="../shared/data"),
            "split": f"fixed (split seed 0); {made}; students over the seeds listed per row{views}",
            "notes": records.data.get("notes", []),
@@ -213,16 +226,42 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
                                                        "views")}
            | {"image_size": ds["image_size"], "overrides": args.set},
            "host": f"{platform.machine()} {cpu_name()}", "device": records.data.get("device", args.device),
-           "rows": rows}
+           "rows": rows, **({"search": search} if search else {})}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / f"{stem}.json", out)
     md = format_table(["variant", "metric", "mean ± std", "seeds"], table, markdown=True)
     (RESULTS / f"{stem}.md").write_text(
         f"# AMMKD ablation: {args.dataset}\n\n{out['data']}; {out['split']}. Host: {out['host']}, device "
         f"{out['device']}. Settings: {json.dumps(out['settings'])}.\n\n"
-        + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n")
+        + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n" + _search_table(search))
     print(md)
     return out
+
+
+def _search_rows(records: Records, metric: str) -> list[dict[str, Any]]:
+    """One row per --search setting: its students' metric per seed and the gain over the no-KD student of each seed."""
+    rows = []
+    for name, setting in SEARCH.items():
+        found = sorted((int(k.rsplit("/", 1)[1]), r) for k, r in records.data["runs"].items()
+                       if k.rsplit("/", 1)[0] == f"search:{name}" and records.get(f"none/{k.rsplit('/', 1)[1]}"))
+        if found:
+            vals = [r["student"][metric] for _, r in found]
+            gains = [r["student"][metric] - records.get(f"none/{s}")["student"][metric] for s, r in found]
+            rows.append({"setting": name, "overrides": setting, "weighting": SEARCH_WEIGHTING, "metric": metric,
+                         "seeds": [s for s, _ in found], "per_seed": vals, "mean": float(np.mean(vals)),
+                         "gain_vs_none_per_seed": gains, "gain_vs_none": float(np.mean(gains))})
+    return rows
+
+
+def _search_table(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of the --search rows ('' when there are none)."""
+    if not rows:
+        return ""
+    table = [[r["setting"], json.dumps(r["overrides"]), " / ".join(f"{v:.2f}" for v in r["per_seed"]),
+              f"{r['mean']:.2f}", f"{r['gain_vs_none']:+.2f}"] for r in rows]
+    return (f"\nSearch around the KD loss (`--search`; {SEARCH_WEIGHTING} weighting, seeds "
+            f"{sorted({s for r in rows for s in r['seeds']})}, each against the no-KD student of its seed):\n\n"
+            + format_table(["setting", "overrides", "per seed", "mean", "vs no KD"], table, markdown=True) + "\n")
 
 
 def main() -> int:
@@ -245,6 +284,8 @@ def main() -> int:
     p.add_argument("--runs", default="runs/ablation", help="where the run directories go")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (all runs)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--search", action="store_true", help="also the KL weight / temperature settings in SEARCH "
+                   f"({SEARCH_WEIGHTING} weighting, the first two seeds)")
     p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
     p.add_argument("--note", help="a sentence kept with the records and printed above the table")
     p.add_argument("--tag", help="a name added to the result files (e.g. gpu: ammkd_ablation_cifar10_gpu.json)")
@@ -273,6 +314,8 @@ def main() -> int:
         best = best_weighting(records, ds, args.seeds)
         if "features" in wanted and best is not None:
             run_variants(args, records, [(f"features:{best}", s, best) for s in args.seeds])
+        if args.search:
+            run_variants(args, records, [(f"search:{n}", s, SEARCH_WEIGHTING) for s in args.seeds[:2] for n in SEARCH])
     report(args, ds, records, stem)
     return 0
 

@@ -58,7 +58,7 @@ def test_overriding_one_key_keeps_the_method_defaults_of_its_section():
     assert (cfg.teacher_train.epochs, cfg.teacher_train.batch_size) == (3, 16)
     assert cfg.teacher_train.lr == default.lr and cfg.teacher_train.label_smoothing == default.label_smoothing
     assert cfg.teacher_train.warmup_epochs == default.warmup_epochs
-    assert load_config(AMMKDConfig, None, None, ["loss.terms.fd=1"]).loss.terms == {"ce": 1.0, "kl": 1.0, "fd": 1.0,
+    assert load_config(AMMKDConfig, None, None, ["loss.terms.fd=1"]).loss.terms == {"ce": 1.0, "kl": 10.0, "fd": 1.0,
                                                                                     "icl": 0.0}
     sd = load_config(SDKDConfig, None, {"teacher_train.epochs": 1})
     assert sd.teacher_train.lr == SDKDConfig().teacher_train.lr and sd.health.margin == 0.1

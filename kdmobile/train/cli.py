@@ -188,7 +188,7 @@ def register(sub: Any) -> None:
     a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
     a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
                                                        "feature distillation), icl (interactive contrastive); default "
-                                                       "ce=1,kl=1")
+                                                       "ce=1,kl=10")
     a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")
     a.add_argument("--image-size", type=int, help="input size in pixels (default: from the data: 32 for digits and "
                                                   "CIFAR, the native size up to 96 for photos)")
