@@ -16,13 +16,19 @@ import javax.imageio.ImageIO;
 import org.json.JSONArray;
 import org.json.JSONObject;
 import org.junit.BeforeClass;
+import org.junit.Rule;
 import org.junit.Test;
+import org.junit.rules.TemporaryFolder;
 
 /** Cross-language golden checks: the Java core reproduces the Python runtime's tensors and top-k (pytest fixtures). */
 public class GoldenTest {
     private static File dir;
     private static JSONObject golden;
     private static File bundle;
+
+    /** Bundle copies the tests edit; JUnit deletes them after each test (they used to pile up in /tmp). */
+    @Rule
+    public final TemporaryFolder tmp = new TemporaryFolder();
 
     @BeforeClass
     public static void load() throws Exception {
@@ -102,10 +108,7 @@ public class GoldenTest {
     public void tamperedBundleIsRefusedNamingTheFile() throws Exception {
         String[] victims = {"model.onnx", "class_vectors.f32", "labels.json"};
         for (String victim : victims) {
-            Path copy = Files.createTempDirectory("kdmobile-tampered");
-            for (File f : bundle.listFiles()) {
-                Files.copy(f.toPath(), copy.resolve(f.getName()));
-            }
+            Path copy = copyBundle();
             BundleManifest m = BundleManifest.read(new DirectorySource(copy.toFile()));
             Checksums.verify(m, new DirectorySource(copy.toFile()));
             flipByte(copy.resolve(victim));
@@ -125,8 +128,8 @@ public class GoldenTest {
         }
     }
 
-    private static Path copyBundle() throws IOException {
-        Path copy = Files.createTempDirectory("kdmobile-sealed");
+    private Path copyBundle() throws IOException {
+        Path copy = tmp.newFolder().toPath();
         for (File f : bundle.listFiles()) {
             Files.copy(f.toPath(), copy.resolve(f.getName()));
         }
