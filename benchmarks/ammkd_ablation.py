@@ -161,7 +161,7 @@ def student_run(args: argparse.Namespace, ds: dict[str, Any], files: list[str], 
     if variant.startswith("search:"):
         over.update(SEARCH[variant[len("search:"):]])
     if terms:
-        over["loss.terms"] = {**AMMKDConfig().loss.terms, **terms}  # the feature terms on top of the default
+        over["loss.terms"] = terms  # merged onto the default terms by load_config
     cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     started = time.perf_counter()
     _, metrics = run_ammkd(cfg, progress=args.progress)
@@ -241,14 +241,14 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
 def _search_rows(records: Records, metric: str) -> list[dict[str, Any]]:
     """One row per --search setting: its students' metric per seed and the gain over the no-KD student of each seed."""
     rows = []
+    seeds = sorted({int(k.rsplit("/", 1)[1]) for k in records.data["runs"] if k.startswith("none/")})
     for name, setting in SEARCH.items():
-        found = sorted((int(k.rsplit("/", 1)[1]), r) for k, r in records.data["runs"].items()
-                       if k.rsplit("/", 1)[0] == f"search:{name}" and records.get(f"none/{k.rsplit('/', 1)[1]}"))
-        if found:
-            vals = [r["student"][metric] for _, r in found]
-            gains = [r["student"][metric] - records.get(f"none/{s}")["student"][metric] for s, r in found]
+        pairs = [(s, run["student"][metric], records.get(f"none/{s}")["student"][metric])
+                 for s in seeds if (run := records.get(f"search:{name}/{s}"))]
+        if pairs:
+            vals, gains = [v for _, v, _ in pairs], [v - base for _, v, base in pairs]
             rows.append({"setting": name, "overrides": setting, "weighting": SEARCH_WEIGHTING, "metric": metric,
-                         "seeds": [s for s, _ in found], "per_seed": vals, "mean": float(np.mean(vals)),
+                         "seeds": [s for s, _, _ in pairs], "per_seed": vals, "mean": float(np.mean(vals)),
                          "gain_vs_none_per_seed": gains, "gain_vs_none": float(np.mean(gains))})
     return rows
 

@@ -19,6 +19,13 @@ M = TypeVar("M", bound=BaseModel)
 
 KDMode = Literal["none", "output", "spectral", "spectral-low", "spectral-high"]  # SDKD's distillation variants
 KD_MODES: tuple[str, ...] = get_args(KDMode)
+# Chosen by benchmarks/student_zoo.py: the most accurate Pareto model at >= 100x the ViT-B/32 tower's speed at 224 px
+# (onnxruntime, 1 thread): 0.49 ms, 106x; mobilenetv3_small_075 reached 75x (results/student_zoo.md).
+DEFAULT_STUDENT = "mobilenetv3_small_050"
+# kl 10 from `benchmarks/ammkd_ablation.py --search` on CIFAR-10 (2 seeds, confidence weighting): kl 1 gave +2.75
+# points over no KD, kl 3/6/10 +4.5/+3.8/+4.9, pure KD (ce 0) +3.6; temperature 1/2/8 did worse than 4. Over 5 seeds
+# the confidence student went from +2.20 (kl 1) to +4.16 (kl 10) (README "AMMKD on CIFAR-10").
+DEFAULT_LOSS_TERMS: dict[str, float] = {"ce": 1.0, "kl": 10.0, "fd": 0.0, "icl": 0.0}
 
 
 class _Strict(BaseModel):
@@ -76,10 +83,7 @@ class ImageDataConfig(_Strict):
 class LossConfig(_Strict):
     """Named loss terms and their weights: ce (labels), kl (AMMKD), fd and icl (CLIP-KD feature terms)."""
 
-    # kl 10 from `benchmarks/ammkd_ablation.py --search` on CIFAR-10 (2 seeds, confidence weighting): kl 1 gave +2.75
-    # points over no KD, kl 3/6/10 +4.5/+3.8/+4.9, pure KD (ce 0) +3.6; temperature 1/2/8 did worse than 4. Over 5
-    # seeds the confidence student went from +2.20 (kl 1) to +4.16 (kl 10) (README "AMMKD on CIFAR-10").
-    terms: dict[str, float] = {"ce": 1.0, "kl": 10.0, "fd": 0.0, "icl": 0.0}
+    terms: dict[str, float] = dict(DEFAULT_LOSS_TERMS)
 
     @field_validator("terms")
     @classmethod
@@ -120,9 +124,7 @@ class AMMKDConfig(_Strict):
         "an image of the {}.",
         "a low resolution photo of the {}.",
     ]
-    # Chosen by benchmarks/student_zoo.py: the most accurate Pareto model at >= 100x the ViT-B/32 tower's speed at
-    # 224 px (onnxruntime, 1 thread): 0.49 ms, 106x; mobilenetv3_small_075 reached 75x (results/student_zoo.md).
-    student: str = "mobilenetv3_small_050"
+    student: str = DEFAULT_STUDENT
     embed_dim: int = Field(128, ge=8)
     fusion: Literal["full", "none"] = "full"
     temperature: float = Field(4.0, gt=0)

@@ -39,6 +39,12 @@ VERIFY_SAMPLES = 1000  # held-out samples used for parity and metrics (the PyTor
 
 
 # ---------------------------------------------------------------------------------------------------- exporter
+def verification_index(n: int) -> np.ndarray:
+    """Which of n held-out samples verification uses: all up to VERIFY_SAMPLES, else that many evenly spaced (a split
+    stored class by class would otherwise be verified on its first classes only)."""
+    return np.unique(np.linspace(0, n - 1, min(n, VERIFY_SAMPLES)).round().astype(np.int64))
+
+
 class Exporter:
     """Prepares a run once (class vectors, calibration, reference outputs) and writes one bundle per job."""
 
@@ -71,23 +77,18 @@ class Exporter:
 
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
-    def _verify_index(self, n: int) -> np.ndarray:
-        """Which of the n held-out samples verification uses: all up to VERIFY_SAMPLES, else that many evenly spaced
-        (a split stored class by class would otherwise be verified on its first classes only)."""
-        return np.unique(np.linspace(0, n - 1, min(n, VERIFY_SAMPLES)).round().astype(np.int64))
-
     def _heldout_inputs(self) -> tuple[np.ndarray, np.ndarray]:
         """(normalised model inputs, raw runtime inputs) of the held-out samples verification uses."""
         run = self.run
         if run.task == "forecast":
             x_all = run.need("x_test")
-            self.verify_index = self._verify_index(len(x_all))
+            self.verify_index = verification_index(len(x_all))
             x = x_all[self.verify_index].astype(np.float32)
             return x, (x * self.std + self.mean).astype(np.float32)
         from kdmobile.data.transforms import normalise
 
         images = run.need("images_test")
-        self.verify_index = self._verify_index(len(images))
+        self.verify_index = verification_index(len(images))
         images = images[self.verify_index]
         if images.dtype != np.uint8 or images.ndim != 4:
             raise UserError(f"{run.path / 'heldout.npz'}: images_test should be uint8 (N,S,S,3)")

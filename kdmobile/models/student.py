@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdmobile.config import DEFAULT_STUDENT
 from kdmobile.errors import UserError
 from kdmobile.models.registry import register_model
 
@@ -67,7 +68,7 @@ class RetrievalStudent(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "mobilenetv3_small_050",
+        backbone: str = DEFAULT_STUDENT,
         embed_dim: int = 128,
         teacher_dims: Sequence[int] = (256, 256),
         fusion: str = "full",

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from kdmobile.argparsing import add_command, add_group, add_settings_flags, csv_list
-from kdmobile.config import KD_MODES
+from kdmobile.config import DEFAULT_LOSS_TERMS, DEFAULT_STUDENT, KD_MODES
 from kdmobile.errors import UserError
 
 
@@ -179,7 +179,7 @@ def register(sub: Any) -> None:
     a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
                                       "NAME:TAG (e.g. ViT-B-32:openai) or NAME:/path/weights.pt")
     a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
-    a.add_argument("--student", help="timm backbone of the student (default mobilenetv3_small_050, chosen by "
+    a.add_argument("--student", help=f"timm backbone of the student (default {DEFAULT_STUDENT}, chosen by "
                    "benchmarks/student_zoo.py at 224 px)")
     a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
     a.add_argument("--weighting", help="how the teachers are combined: confidence (CA-MKD per-sample, default), "
@@ -188,7 +188,8 @@ def register(sub: Any) -> None:
     a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
     a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
                                                        "feature distillation), icl (interactive contrastive); default "
-                                                       "ce=1,kl=10")
+                                                       + ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_TERMS.items()
+                                                                  if v))
     a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")
     a.add_argument("--image-size", type=int, help="input size in pixels (default: from the data: 32 for digits and "
                                                   "CIFAR, the native size up to 96 for photos)")
