@@ -45,7 +45,9 @@ class TrainConfig(_Strict):
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the weights (0 = off); the EMA copy is the result
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    workers: int = Field(0, ge=0)
+    # DataLoader worker processes; None: one per core up to 8 for photo folders (decoding is the work), 0 for the
+    # in-memory sets (digits, CIFAR .npz: a worker would only copy what is already in RAM).
+    workers: int | None = Field(None, ge=0, le=64)
 
     @field_validator("device")
     @classmethod
@@ -118,6 +120,10 @@ class AMMKDConfig(_Strict):
     # A ViT from scratch needs a longer schedule than a ResNet (no convolutional prior): teacher NAME trains
     # round(teacher_train.epochs x scale) epochs. The ResNet passes 99 % val on digits within 5 epochs.
     teacher_epoch_scale: dict[str, float] = {"kd-vit-s": 1.5}
+    # A teacher that starts from weights (an open_clip tag or file, or a kdmobile teacher file) is fine-tuned at this
+    # learning rate instead of teacher_train.lr (5e-4 is for training from scratch; CLIP fine-tuning recipes such as
+    # WiSE-FT use 1e-5 to 3e-5, higher rates wreck the pretrained features).
+    teacher_finetune_lr: float = Field(1e-5, gt=0)
     templates: list[str] = [
         "a photo of a {}.",
         "a picture of a {}.",
@@ -125,6 +131,9 @@ class AMMKDConfig(_Strict):
         "a low resolution photo of the {}.",
     ]
     student: str = DEFAULT_STUDENT
+    # Where the student's weights start: random, pretrained (timm's ImageNet weights; needs a network or timm's cache)
+    # or a file: a kdmobile student.safetensors, a timm .safetensors or a weights-only .pth checkpoint.
+    student_init: str = "random"
     embed_dim: int = Field(128, ge=8)
     fusion: Literal["full", "none"] = "full"
     temperature: float = Field(4.0, gt=0)

@@ -14,7 +14,16 @@ class KDError(Exception):
     exit_code = 2
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(" ".join(_unwrap_worker(str(message)).split()))
+
+
+def _unwrap_worker(message: str) -> str:
+    """The original message of an error that a DataLoader worker raised: torch re-raises it in the main process as
+    `ExcType("Caught ExcType in DataLoader worker process N. Original Traceback ...: ExcType: message")`."""
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 class UserError(KDError):

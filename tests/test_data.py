@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kdmobile.data import (
-    CaptionData, ClassData, load_captions, load_cifar, load_dataset, load_digits, load_imagefolder,
+    CaptionData, ClassData, ImageFiles, load_captions, load_cifar, load_dataset, load_digits, scan_imagefolder,
     shared_data_dir, split_dataset, split_indices, stratified_split,
 )
 from kdmobile.errors import KDError
@@ -198,20 +198,18 @@ def test_imagefolder(tmp_path: Path) -> None:
     Image.fromarray(_rgb(1, 5, 5)[0][..., 0]).convert("L").save(tmp_path / "dog" / "grey.JPG")
     (tmp_path / "dog" / "notes.txt").write_text("ignored")
     d = load_dataset(f"imagefolder:{tmp_path}")
+    assert isinstance(d, ImageFiles) and not d.given  # a file list: nothing decoded
     assert d.classes == ["cat", "dog"] and d.labels.tolist() == [0, 0, 1, 1]
-    assert d.images.shape == (4, 12, 10, 3) and d.images.dtype == np.uint8
-    assert load_imagefolder(tmp_path, size=6).images.shape == (4, 6, 6, 3)
+    assert [d.path(i).name for i in range(len(d))] == ["0.png", "1.png", "0.png", "grey.JPG"]
+    assert d.native_size() == (12, 10)
 
 
 def test_imagefolder_bad(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     Image.fromarray(_rgb(1)[0]).save(tmp_path / "a" / "ok.png")
-    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    _raises(load_imagefolder, tmp_path, mention="broken.png")
-    (tmp_path / "a" / "broken.png").unlink()
     (tmp_path / "empty").mkdir()
-    _raises(load_imagefolder, tmp_path, mention="empty")
-    _raises(load_imagefolder, tmp_path / "a" / "ok.png", mention="ok.png")
+    _raises(scan_imagefolder, tmp_path, mention="empty")
+    _raises(scan_imagefolder, tmp_path / "a" / "ok.png", mention="ok.png")
 
 
 # ---------------------------------------------------------------- captions

@@ -9,21 +9,22 @@ from typing import Any, TypeVar
 import numpy as np
 
 from kdmobile.data.captions import CaptionData, load_captions
-from kdmobile.data.images import ClassData, load_cifar, load_digits, load_imagefolder
+from kdmobile.data.folders import ImageFiles, scan_imagefolder
+from kdmobile.data.images import ClassData, load_cifar, load_digits
 from kdmobile.errors import UserError
 
 __all__ = [
-    "CaptionData", "ClassData", "SPECS", "load_captions", "load_cifar", "load_dataset", "load_digits",
-    "load_imagefolder", "shared_data_dir", "split_dataset", "split_indices", "stratified_split",
+    "CaptionData", "ClassData", "ImageFiles", "SPECS", "load_captions", "load_cifar", "load_dataset", "load_digits",
+    "scan_imagefolder", "shared_data_dir", "split_dataset", "split_indices", "stratified_split",
 ]
 
 SPECS = ("digits", "cifar10:PATH", "cifar100:PATH", "imagefolder:PATH", "captions:PATH")
-_PATH_LOADERS = {"cifar10": load_cifar, "cifar100": load_cifar, "imagefolder": load_imagefolder, "captions": load_captions}
+_PATH_LOADERS = {"cifar10": load_cifar, "cifar100": load_cifar, "imagefolder": scan_imagefolder, "captions": load_captions}
 
-D = TypeVar("D", ClassData, CaptionData)
+D = TypeVar("D", ClassData, CaptionData, ImageFiles)
 
 
-def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData:
+def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData | ImageFiles:
     """Load `digits`, `cifar10:PATH`, `cifar100:PATH`, `imagefolder:PATH` or `captions:PATH` (kw go to the loader)."""
     scheme, _, rest = spec.strip().partition(":")
     scheme, rest = scheme.strip().lower(), rest.strip()
@@ -38,7 +39,7 @@ def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData:
     if scheme in ("cifar10", "cifar100"):
         kw.setdefault("name", scheme)
     data = _PATH_LOADERS[scheme](Path(os.path.expanduser(rest)), **kw)
-    if isinstance(data, ClassData) and len(np.unique(data.labels)) < 2:
+    if isinstance(data, (ClassData, ImageFiles)) and len(np.unique(data.labels)) < 2:
         raise UserError(f"dataset {spec!r}: only one class has images; classifying or retrieving over a single class "
                       "is meaningless (give at least two)")
     return data
@@ -126,9 +127,19 @@ def split_dataset(
     data: D, seed: int, val_frac: float = 0.1, test_frac: float = 0.2,
     max_train: int | None = None, max_test: int | None = None,
 ) -> tuple[D, D, D]:
-    """(train, val, test) subsets: stratified for ClassData, plain for CaptionData; max_* cut deterministically."""
-    labels = data.labels if isinstance(data, ClassData) else None
-    if labels is not None:
+    """(train, val, test) subsets: stratified for labelled data, plain for CaptionData; max_* cut deterministically.
+    A folder already split as train/val[/test] keeps its splits; without test/, its val/ is the test split and the
+    validation split is drawn from train/ (val_frac of it)."""
+    labels = data.labels if isinstance(data, (ClassData, ImageFiles)) else None
+    if isinstance(data, ImageFiles) and data.given:
+        train = data.given["train"]
+        test = data.given.get("test", data.given.get("val"))
+        if "test" in data.given and "val" in data.given:
+            val = data.given["val"]
+        else:
+            keep, val, _ = stratified_split(data.labels[train], seed, val_frac, 0.0)
+            train, val = train[keep], train[val]
+    elif labels is not None:
         train, val, test = stratified_split(labels, seed, val_frac, test_frac)
     else:
         train, val, test = split_indices(len(data), seed, val_frac, test_frac)

@@ -1,18 +1,17 @@
-"""Labelled image datasets (digits, CIFAR-10/100, image folders) as uint8 RGB numpy arrays; no torch."""
+"""Labelled in-memory image datasets (digits, CIFAR-10/100) as uint8 RGB numpy arrays, and the checks every image
+loader shares; no torch. Photo folders stream from disk instead (folders.py)."""
 
 from __future__ import annotations
 
 import abc
 import os
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from kdmobile.errors import KDError, UserError
 
@@ -270,48 +269,3 @@ def _unpickle_dict(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(sorted(out)) or 'none'})")
     return out
-
-
-# ---------------------------------------------------------------- image folders
-
-
-def load_imagefolder(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> ClassData:
-    """One subfolder per class (sorted names), images resized to `size` (H, W) or the first image's size."""
-    root = existing(path, "imagefolder")
-    if not root.is_dir():
-        raise UserError(f"imagefolder: {root} is not a directory (expected one subfolder per class)")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not class_dirs:
-        raise UserError(f"{root}: no class subfolders (expected one subfolder per class with images inside)")
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, d in enumerate(class_dirs):
-        found = sorted(
-            f for f in d.rglob("*")
-            if f.suffix.lower() in IMAGE_EXTS and f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(d).parts)
-        )
-        if not found:
-            raise UserError(f"{d}: class folder has no images ({', '.join(IMAGE_EXTS)})")
-        files += found
-        labels += [label] * len(found)
-    target = hw(size)
-    if target is None:
-        first = read_image(files[0])
-        target = (first.height, first.width)
-    images = np.empty((len(files), target[0], target[1], 3), np.uint8)
-
-    def decode(f: Path) -> np.ndarray:
-        img = read_image(f)
-        if (img.height, img.width) != target:
-            img = img.resize((target[1], target[0]), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
-
-    # Pillow releases the GIL while decoding and resizing, so a few threads help; the bar shows it is not stuck.
-    bar = tqdm(total=len(files), desc=f"loading images from {root.name}", unit="img", leave=False,
-               disable=len(files) < 200, mininterval=0.5, dynamic_ncols=True)
-    with bar, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, array in enumerate(pool.map(decode, files)):
-            images[i] = array
-            bar.update(1)
-    return ClassData(images, np.asarray(labels, np.int64), [d.name for d in class_dirs], root.name)

@@ -17,20 +17,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdmobile.config import AMMKDConfig, save_config
+from kdmobile.errors import UserError
 from kdmobile.contracts.heldout import HeldOut, write_heldout
-from kdmobile.data import CaptionData, ClassData, load_dataset, split_dataset
+from kdmobile.data import CaptionData, ClassData, ImageFiles, load_dataset, split_dataset
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.models import create_model, save_model
 from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher, with_image_size
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
+from kdmobile.models.student_init import apply_init, check_init
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
 from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
 from kdmobile.train.augment import AugmentedImages, resolve_augment
+from kdmobile.train.image_stream import FileImages, decode_sample, default_workers, train_transform
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
@@ -38,12 +41,18 @@ from kdmobile.train.view_cache import CachedViews, ViewCache, load_or_build
 from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
+HELDOUT_MAX = 2000  # test images of a photo folder kept in heldout.npz (export verifies on 1,000 of them)
 
 
-def auto_image_size(data: ClassData | CaptionData) -> int:
+def native_size(data: ClassData | CaptionData | ImageFiles) -> int:
+    """The shorter side of the data's images (of the first photo for a folder)."""
+    return int(min(data.native_size() if isinstance(data, ImageFiles) else data.images.shape[1:3]))
+
+
+def auto_image_size(data: ClassData | CaptionData | ImageFiles) -> int:
     """The default input size from the data: 32 px for small images (digits, CIFAR), else the native size up to
-    96 px (photos: enough detail to learn from, still trainable on a CPU)."""
-    native = int(min(data.images.shape[1:3]))
+    96 px (photos: enough detail to learn from, still trainable on a CPU; deploy sizes take --image-size)."""
+    native = native_size(data)
     return 32 if native <= 32 else min(native, 96)
 
 
@@ -57,17 +66,19 @@ class AMMKD:
         # Everything that can fail on user input is checked before the run directory exists.
         self.specs = [parse_teacher(t) for t in cfg.teachers]
         check_backbone(cfg.student)
+        cfg.student_init = check_init(cfg.student_init)
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
-        self.task = "classes" if isinstance(data, ClassData) else "captions"
-        self.classes = list(data.classes) if isinstance(data, ClassData) else []
+        self.task = "captions" if isinstance(data, CaptionData) else "classes"
+        self.classes = [] if isinstance(data, CaptionData) else list(data.classes)
+        self.layout = getattr(data, "layout", None)
         split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
         train, val, test = split_dataset(data, split_seed, cfg.data.val_frac, cfg.data.test_frac,
                                          cfg.data.max_train, cfg.data.max_test)
         self.size_reason = "set by --image-size / the config"
         if cfg.data.image_size is None:
             cfg.data.image_size = auto_image_size(data)
-            native = min(data.images.shape[1:3])
+            native = native_size(data)
             self.size_reason = (f"from the data ({native} px images; 32 px for small images, else up to 96 px; "
                                 "--image-size changes it)")
         flip_ok = cfg.data.spec.split(":", 1)[0] not in NOT_FLIP_INVARIANT
@@ -76,6 +87,9 @@ class AMMKD:
         self.size = cfg.data.image_size
         self.specs = [with_image_size(s, self.size) for s in self.specs]
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
+        if cfg.data.views > 0 and self.train.files is not None:
+            raise UserError(f"data.views={cfg.data.views}: offline views of a photo folder are not supported yet (this "
+                            "version holds every view in memory); use data.views=0 with imagefolder: data")
         self.run = new_run_dir(cfg.out, cfg.name, resume)
         self.log: RunLog | None = None
         self._views: ViewCache | None = None
@@ -99,7 +113,7 @@ class AMMKD:
     @property
     def health_split(self) -> Split:
         """Where teachers and the no-KD student are compared: validation when there is one, else test."""
-        return self.val if len(self.val.images) else self.test
+        return self.val if len(self.val) else self.test
 
     # ------------------------------------------------------------------ driver
     def run_all(self) -> dict[str, Any]:
@@ -130,7 +144,10 @@ class AMMKD:
         return metrics
 
     # --------------------------------------------------------------- teachers
-    def _dataset(self, split: Split, level: str) -> AugmentedImages:
+    def _dataset(self, split: Split, level: str) -> AugmentedImages | FileImages:
+        """Training views: torchvision on in-memory tensors, or timm's transforms on photos decoded by workers."""
+        if split.files is not None:
+            return FileImages(split.files, split.targets(), train_transform(self.size, level))
         return AugmentedImages(split.images, split.targets(), level)  # type: ignore[arg-type]
 
     def pretrain_teacher(self, name: str, spec: Any) -> ClipTeacher:
@@ -141,6 +158,8 @@ class AMMKD:
         seed_everything(self.cfg.seed + 1)
         teacher = ClipTeacher(spec)
         tcfg = self.cfg.teacher_train.model_copy(update={"epochs": self.cfg.teacher_epochs(name)})
+        if spec.pretrained or spec.checkpoint:  # fine-tuning weights that already mean something
+            tcfg = tcfg.model_copy(update={"lr": self.cfg.teacher_finetune_lr})
         trainer = Trainer(f"teacher/{name}", teacher, tcfg, self.run / "stages" / f"teacher_{name}",
                           self.log, self.cfg.seed, self.progress)
         templates = self.cfg.templates
@@ -159,7 +178,7 @@ class AMMKD:
             img, txt = model(x, core.tokenize(caps))
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
 
-        evaluate = (lambda m: eval_teacher(m, self.val, self.classes, templates)) if len(self.val.images) else None
+        evaluate = (lambda m: eval_teacher(m, self.val, self.classes, templates)) if len(self.val) else None
         teacher = trainer.fit(self._dataset(self.train, self.cfg.data.teacher_augment), step, evaluate,
                               resume=self.resume)
         if dist.is_main():
@@ -181,10 +200,19 @@ class AMMKD:
     def save_heldout(self, vectors: dict[str, dict[str, torch.Tensor]], calib: int = 256) -> None:
         """heldout.npz: test images (+labels or caption vectors) and calibration images, so export and bench
         can verify and quantize from the run directory alone, without the original dataset."""
-        images = {"images_test": self.test.images.permute(0, 2, 3, 1).numpy(),
-                  "images_calib": self.train.images[:calib].permute(0, 2, 3, 1).numpy()}
+        if self.test.files is not None:  # a bounded, evenly spaced sample of the test split, decoded once
+            test_idx = np.unique(np.linspace(0, len(self.test) - 1, min(len(self.test), HELDOUT_MAX)).round()
+                                 .astype(np.int64))
+            images = {"images_test": decode_sample(self.test.files, test_idx, self.size),
+                      "images_calib": decode_sample(self.train.files, np.arange(min(calib, len(self.train))),
+                                                    self.size)}
+            labels = self.test.labels.numpy()[test_idx]
+        else:
+            images = {"images_test": self.test.images.permute(0, 2, 3, 1).numpy(),
+                      "images_calib": self.train.images[:calib].permute(0, 2, 3, 1).numpy()}
+            labels = self.test.labels.numpy() if self.test.labels is not None else None
         if self.task == "classes":
-            held = HeldOut(**images, labels_test=self.test.labels.numpy())
+            held = HeldOut(**images, labels_test=labels)
         else:
             held = HeldOut(**images, caption_owner_test=self.test.caption_owner,
                            captions_test=np.asarray(self.test.captions),
@@ -209,10 +237,18 @@ class AMMKD:
         return checks
 
     # ---------------------------------------------------------------- student
-    def build_student(self, teacher_dims: list[int]) -> nn.Module:
+    def loader_workers(self) -> int:
+        """DataLoader workers the student's stages use (the plan shows it)."""
+        w = self.cfg.train.workers
+        return w if w is not None else (default_workers() if self.train.files is not None else 0)
+
+    def build_student(self, teacher_dims: list[int], init: bool = True) -> nn.Module:
         """The student from the registry, so export can rebuild it from student.safetensors alone."""
-        return create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
-                            teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
+        student = create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
+                               teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
+        if init:
+            self.student_init = apply_init(student, self.cfg.student_init)
+        return student
 
     def distil(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]], kd: bool,
                active: list[str] | None = None) -> nn.Module:
@@ -223,6 +259,8 @@ class AMMKD:
         active = list(names if active is None else active) if kd else []
         dims = {n: int(vectors[n]["train"].shape[1]) for n in names}
         student = self.build_student([dims[n] for n in names])
+        if self.log is not None and dist.is_main():
+            self.log.write(stage=stage, event="init", student_init=self.student_init)
         terms = dict(self.cfg.loss.terms) if kd else {"ce": max(self.cfg.loss.terms["ce"], 1.0)}
         heads = bool(active) and any(terms.get(t, 0) > 0 for t in FEATURE_TERMS)
         model = StudentWithHeads(student, self.cfg.embed_dim, {n: dims[n] for n in active}) if heads else student
@@ -254,7 +292,7 @@ class AMMKD:
         data = (CachedViews(cache, self.train.targets(), offset=self.cfg.seed) if cache is not None
                 else self._dataset(self.train, self.cfg.data.augment))
         trained = trainer.fit(data, step,
-                              evaluate if len(self.val.images) else None, resume=self.resume)
+                              evaluate if len(self.val) else None, resume=self.resume)
         student = trained.student if isinstance(trained, StudentWithHeads) else trained
         if dist.is_main():
             self._save_student(student, names, tv, STUDENT_FILE if kd else NOKD_FILE, kd)
@@ -312,8 +350,9 @@ class AMMKD:
         largest = max(m["params"] for m in models.values() if m["role"] == "teacher")
         out = {
             "method": "ammkd", "task": self.task, "dataset": self.cfg.data.spec, "image_size": self.size,
-            "split_sizes": {"train": len(self.train.images), "val": len(self.val.images), "test": len(self.test.images)},
+            "split_sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "weighting": self.weighting.mode, "fusion": self.cfg.fusion, "seed": self.cfg.seed,
+            "student_init": self.cfg.student_init,
             "loss_terms": {k: v for k, v in self.cfg.loss.terms.items() if v > 0},
             "student_params_vs_largest_teacher": models["student"]["params"] / largest,
             "models": models,

@@ -1,4 +1,5 @@
-"""AMMKD evaluation: one split as tensors, teacher and student metrics on it, and the end-of-run table."""
+"""AMMKD evaluation: one split (tensors in memory, or a file list streamed from disk), teacher and student metrics
+on it, and the end-of-run table."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdmobile.data import CaptionData, ClassData
+from kdmobile.data import CaptionData, ClassData, ImageFiles
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD, resize_images
 from kdmobile.evaluation import score_captions, score_classes
 from kdmobile.models.clip_teacher import ClipTeacher
 from kdmobile.table import format_table
+from kdmobile.train.image_stream import ordered_batches
 from kdmobile.train.loop import iterate_batches
 
 HEALTH_METRIC = {"classes": "top1", "captions": "i2t_R@5"}
@@ -21,26 +23,34 @@ HEALTH_METRIC = {"classes": "top1", "captions": "i2t_R@5"}
 
 @dataclass
 class Split:
-    """One split as tensors: images (N,3,S,S) uint8 and labels (class data) or caption ownership (captions)."""
+    """One split: images (N,3,S,S) uint8 in memory, or `files` decoded on use; labels (class data) or caption
+    ownership (captions)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor | None
     captions: list[str]
     caption_owner: np.ndarray
+    files: ImageFiles | None = None
+    size: int = 0
+
+    def __len__(self) -> int:
+        return len(self.files) if self.files is not None else int(len(self.images))
 
     def targets(self) -> torch.Tensor:
         """What a training dataset pairs with each image: its label, or its index (captions are picked per step)."""
-        return self.labels if self.labels is not None else torch.arange(len(self.images))
+        return self.labels if self.labels is not None else torch.arange(len(self))
 
 
-def as_split(data: ClassData | CaptionData, size: int) -> Split:
-    """Resize a loaded split once and lay it out as (N,3,S,S) uint8."""
+def as_split(data: ClassData | CaptionData | ImageFiles, size: int) -> Split:
+    """An in-memory split resized once to (N,3,S,S) uint8; a file list stays a file list."""
+    if isinstance(data, ImageFiles):
+        return Split(None, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64), data, size)
     images = torch.from_numpy(resize_images(data.images, size)).permute(0, 3, 1, 2).contiguous()
     if isinstance(data, ClassData):
-        return Split(images, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64))
+        return Split(images, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64), size=size)
     caps = [c for cs in data.captions for c in cs]
     owner = np.concatenate([np.full(len(cs), i) for i, cs in enumerate(data.captions)]).astype(np.int64)
-    return Split(images, None, caps, owner)
+    return Split(images, None, caps, owner, size=size)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +63,11 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def embed(encode: Callable[[torch.Tensor], torch.Tensor], split: Split, device: torch.device,
           batch: int = 256) -> torch.Tensor:
-    """Image embeddings of a whole split, in batches."""
-    out = [encode(normalise(split.images[s].to(device))).float() for s in iterate_batches(len(split.images), batch)]
+    """Image embeddings of a whole split, in batches (a file split decoded by DataLoader workers)."""
+    if split.files is not None:
+        out = [encode(normalise(x.to(device))).float() for x, _ in ordered_batches(split.files, split.size, batch)]
+    else:
+        out = [encode(normalise(split.images[s].to(device))).float() for s in iterate_batches(len(split), batch)]
     return torch.cat(out)
 
 

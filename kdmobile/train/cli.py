@@ -19,6 +19,8 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="student batch size (per process under torchrun)")
     p.add_argument("--lr", type=float, help="student learning rate")
     p.add_argument("--device", help="auto (default: CUDA if available), cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, help="DataLoader processes that decode and augment images (default: one "
+                                               "per core up to 8 for photo folders, 0 for in-memory data)")
     add_settings_flags(p, "teacher_train.epochs=2")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run OUT/NAME where it stopped")
     p.add_argument("--no-progress", action="store_true",
@@ -26,7 +28,7 @@ def _add_common_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print the run plan (data, stages, device, teachers, estimated time) and exit; writes nothing")
     p.add_argument("--teachers-from", metavar="RUN",
-                   help="reuse the trained teachers of an earlier run of this method (RUN/teachers/*.pt) without "
+                   help="reuse the trained teachers of an earlier run of this method (RUN/teachers/*.safetensors) without "
                         "training them again (teacher epochs default to 0)")
 
 
@@ -34,7 +36,8 @@ def _common_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config keys set by the flags every method has (None = not given)."""
     return {"name": args.name, "out": args.out, "seed": args.seed, "teacher_train.epochs": args.teacher_epochs,
             "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.lr": args.lr,
-            "train.device": args.device, "teacher_train.device": args.device}
+            "train.device": args.device, "teacher_train.device": args.device,
+            "train.workers": args.workers, "teacher_train.workers": args.workers}
 
 
 def _teachers_from(args: argparse.Namespace, method: str) -> list[str] | None:
@@ -78,6 +81,7 @@ def _train_ammkd(args: argparse.Namespace) -> int:
         **_common_overrides(args), "data.spec": args.data, "data.max_train": args.max_train,
         "data.max_test": args.max_test, "data.image_size": args.image_size,
         "teachers": reused or (csv_list(args.teachers) if args.teachers else None), "student": args.student,
+        "student_init": args.student_init,
         "fusion": args.fusion,
         "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
         "loss.terms": _loss_terms(args.loss) if args.loss else None,
@@ -174,13 +178,21 @@ def register(sub: Any) -> None:
                     "AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
                     "mobile student with feature fusion and multi-teacher KL weighting. A run plan (data, stages, "
                     "device, teachers, estimated time) is printed before training.", _AMMKD_EXAMPLES)
-    a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH, "
-                                  "captions:PATH")
+    a.add_argument("--data", help="digits (default, embedded), cifar10:PATH, cifar100:PATH, imagefolder:PATH "
+                                  "(DIR/CLASS/* is split here; DIR/train/CLASS/* + DIR/val/... [+ test/] is used as "
+                                  "given; photos stream from disk), captions:PATH")
     a.add_argument("--teachers", help="comma list of open_clip teachers: built-in kd-vit-s,kd-rn-s (default), "
-                                      "NAME:TAG (e.g. ViT-B-32:openai) or NAME:/path/weights.pt")
-    a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are)")
+                                      "NAME:TAG (e.g. ViT-B-32:openai, needs a network or open_clip's cache), "
+                                      "NAME:/path/weights.safetensors, or RUN/teachers/NAME.safetensors")
+    a.add_argument("--teacher-epochs", type=int, help="teacher pre-training epochs (0: use the weights as they are, "
+                   "e.g. a pretrained CLIP's zero-shot class vectors); teachers that start from weights are "
+                   "fine-tuned at teacher_finetune_lr (1e-5), teachers from scratch at teacher_train.lr (5e-4)")
     a.add_argument("--student", help=f"timm backbone of the student (default {DEFAULT_STUDENT}, chosen by "
                    "benchmarks/student_zoo.py at 224 px)")
+    a.add_argument("--student-init", metavar="random|pretrained|FILE",
+                   help="the student's starting weights: random (default), pretrained (timm's ImageNet weights; needs "
+                        "a network or timm's cache) or FILE (a kdmobile student.safetensors, a timm .safetensors or a "
+                        "weights-only .pth checkpoint)")
     a.add_argument("--fusion", choices=["full", "none"], help="feature fusion on (full) or off (ablation)")
     a.add_argument("--weighting", help="how the teachers are combined: confidence (CA-MKD per-sample, default), "
                                        "adaptive (AE-KD), reliable (min-norm x confidence), equal, none (no KD), "

@@ -136,7 +136,14 @@ class Trainer:
             sampler = RandomSampler(dataset, generator=gen)
         drop_last = len(dataset) // max(dist.world_size(), 1) > self.cfg.batch_size
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, drop_last=drop_last,
-                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda")
+                          num_workers=self.workers(dataset), pin_memory=self.device.type == "cuda")
+
+    def workers(self, dataset: Dataset) -> int:
+        """The configured worker count, else what the dataset asks for (photo folders: per core), else 0."""
+        if self.cfg.workers is not None:
+            return self.cfg.workers
+        ask = getattr(dataset, "default_workers", None)
+        return int(ask()) if callable(ask) else 0
 
     def _schedule(self, steps_per_epoch: int) -> Callable[[int], float]:
         total = max(1, self.cfg.epochs * steps_per_epoch)
@@ -244,8 +251,11 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         bar.set_description(f"{self.stage} {epoch + 1}/{self.cfg.epochs}")
-        timed = _first_batches_timer(len(loader), started) if reporter and not self._timed else None
+        timed = WarmStepTimer(len(loader), started) if reporter and not self._timed else None
+        waiting = time.perf_counter()
         for batch in loader:
+            if timed is not None:
+                timed.waited(time.perf_counter() - waiting, _batch_len(batch))
             batch = _to_device(batch, self.device)
             with self.autocast():
                 out = step(model, batch)
@@ -275,12 +285,13 @@ class Trainer:
             bar.update(1)
             bar.set_postfix({k: f"{sums[k] / seen:.3f}" for k in ("loss", "acc") if k in sums})
             if timed is not None and reporter is not None:
-                per_step = timed(time.perf_counter())
-                if per_step is not None:
-                    reporter.steps_timed(self.stage, per_step)
+                result = timed.tick(time.perf_counter())
+                if result is not None:
+                    reporter.steps_timed(self.stage, *result)
                     self._timed, timed = True, None
             for cb in self.callbacks:
                 cb(self)
+            waiting = time.perf_counter()
         totals = dist.all_reduce_sum(torch.tensor([seen, *sums.values()], dtype=torch.float64))
         seen_all = max(totals[0].item(), 1.0)
         record = {"epoch": epoch + 1, **{k: totals[i + 1].item() / seen_all for i, k in enumerate(sums)}}
@@ -300,24 +311,38 @@ def _make_ema(model: nn.Module, decay: float) -> Any:
     return ModelEmaV3(model, decay=decay, use_warmup=True)
 
 
-def _first_batches_timer(steps: int, started: float, timed_steps: int = 3) -> Callable[[float], float | None]:
-    """Call after each step with the time; returns seconds per step once the first batches are timed (the very first
-    step, which pays for warm-up, is left out when the epoch has more than one), else None."""
-    count = 0
-    first_done = started
+class WarmStepTimer:
+    """Times a stage's warm steps for the run estimate: from the end of the first step (which pays for warm-up) until
+    `min_seconds` have passed or the epoch ends, so a loaded machine or a slow first batch cannot set the estimate.
+    It also adds up how long the loop waited for its input, so a user sees when decoding is the bottleneck."""
 
-    def tick(now: float) -> float | None:
-        nonlocal count, first_done
-        count += 1
-        if steps <= 1:
-            return now - started
-        if count == 1:
-            first_done = now
+    def __init__(self, steps: int, started: float, min_seconds: float = 10.0) -> None:
+        self.steps, self.started, self.min_seconds = steps, started, min_seconds
+        self.count = 0
+        self.first_done = started
+        self.wait_s = 0.0
+        self.images = 0
+
+    def waited(self, seconds: float, images: int) -> None:
+        """The loop waited `seconds` for a batch of `images` (counted after the first step only)."""
+        if self.count >= 1:
+            self.wait_s += seconds
+            self.images += images
+
+    def tick(self, now: float) -> tuple[float, float, float] | None:
+        """After each step: (seconds per step, images per second delivered, fraction of time waiting for data) once
+        enough warm steps are timed, else None."""
+        self.count += 1
+        if self.steps <= 1:
+            return now - self.started, 0.0, 0.0
+        if self.count == 1:
+            self.first_done = now
             return None
-        n = min(timed_steps, steps - 1)
-        return (now - first_done) / n if count == n + 1 else None
-
-    return tick
+        elapsed = now - self.first_done
+        if elapsed < self.min_seconds and self.count < self.steps:
+            return None
+        n = self.count - 1
+        return elapsed / n, self.images / max(elapsed, 1e-9), min(1.0, self.wait_s / max(elapsed, 1e-9))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

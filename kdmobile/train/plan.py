@@ -67,7 +67,7 @@ class RunPlan:
             lines.append(f"  {'estimate':<11}~{fmt_duration(total)} of training ({self.probe_note}); refined from "
                          "the first batches of each stage")
         else:
-            lines.append(f"  {'estimate':<11}from the first batches of each stage (printed as they are timed)")
+            lines.append(f"  {'estimate':<11}from >= 10 s of warm steps of each stage (printed as they are timed)")
         return "\n".join(lines)
 
 
@@ -139,12 +139,15 @@ def ammkd_plan(job: Any, probe: bool = True, teachers_from: str | None = None) -
     """The plan of an `AMMKD` job (constructed, not yet run: its data is loaded, nothing is written)."""
     cfg: AMMKDConfig = job.cfg
     plan = RunPlan("ammkd", job.run)
-    n = {k: len(getattr(job, k).images) for k in ("train", "val", "test")}
+    n = {k: len(getattr(job, k)) for k in ("train", "val", "test")}
     what = f"{len(job.classes)} classes" if job.task == "classes" else f"{len(job.train.captions)} train captions"
     limits = "".join(f", --{k.replace('_', '-')} {v}" for k, v in (("max_train", cfg.data.max_train),
                                                                     ("max_test", cfg.data.max_test)) if v)
     plan.facts.append(("data", f"{cfg.data.spec}: {what}; train {n['train']:,} / val {n['val']:,} / test "
                                f"{n['test']:,} images{limits}"))
+    if job.layout:
+        plan.facts.append(("layout", f"{job.layout}; photos decoded from disk by "
+                                     f"{job.loader_workers()} DataLoader worker(s) per process"))
     plan.facts.append(("image size", _why_size(job)))
     threads = torch.get_num_threads()
     world = dist.world_size()
@@ -213,7 +216,7 @@ def probe_ammkd(job: Any) -> dict[str, float]:
         teachers[name] = teacher
         if cfg.teacher_epochs(name) == 0:
             continue
-        bs = min(cfg.teacher_train.batch_size, len(job.train.images))
+        bs = min(cfg.teacher_train.batch_size, len(job.train))
         texts = ([cfg.templates[0].format(c) for c in job.classes] if job.task == "classes"
                  else job.train.captions[:bs])
         opt = torch.optim.AdamW(teacher.parameters(), lr=1e-6)
@@ -232,10 +235,10 @@ def probe_ammkd(job: Any) -> dict[str, float]:
         t.eval().requires_grad_(False)
     if cfg.train.epochs > 0:
         dims = [int(t.embed_dim or cfg.embed_dim) for t in teachers.values()]
-        student = job.build_student(dims).to(device)
+        student = job.build_student(dims, init=False).to(device)  # no download for a plan
         vectors = [F.normalize(torch.randn(max(len(job.classes), 2), d, device=device), dim=-1) for d in dims]
         opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
-        bs = min(cfg.train.batch_size, len(job.train.images))
+        bs = min(cfg.train.batch_size, len(job.train))
         use_kd = job.weighting.mode != "none" and any(w > 0 for k, w in cfg.loss.terms.items() if k != "ce")
 
         def student_step(kd: bool = use_kd) -> None:

@@ -102,15 +102,22 @@ class Reporter:
         s = self._stage(name)
         s.epochs, s.steps_per_epoch, s.done_epochs = epochs, steps_per_epoch, start_epoch
 
-    def steps_timed(self, name: str, seconds_per_step: float) -> None:
-        """The first batches of a stage were timed: print the refined estimate once per stage."""
+    def steps_timed(self, name: str, seconds_per_step: float, images_per_s: float = 0.0,
+                    data_wait: float = 0.0) -> None:
+        """A stage's warm steps were timed (>= 10 s of them, or its first epoch): print the refined estimate once,
+        with the input pipeline's delivered images/s and the share of time the loop waited for it."""
         s = self._stage(name)
         first = s.measured_s is None
         s.measured_s = seconds_per_step
         if first:
             stage_left = s.left_s(self._calibration(), self._eval_ratio()) or 0.0
+            data = ""
+            if images_per_s > 0:
+                data = f"; data {images_per_s:,.0f} img/s, waited for data {data_wait:.0%} of the time"
+                if data_wait > 0.3:
+                    data += " (decoding is the bottleneck: more --workers or a smaller --image-size)"
             self.write(f"estimate  {name}: {fmt_duration(stage_left)} ({seconds_per_step:.3g} s/step x "
-                       f"{(s.epochs - s.done_epochs) * s.steps_per_epoch} steps, timed on its first batches); "
+                       f"{(s.epochs - s.done_epochs) * s.steps_per_epoch} steps, timed on its warm steps{data}); "
                        f"run left {self.left_text()}")
 
     def epoch_end(self, name: str, record: dict[str, Any], epochs: int, wall_s: float) -> None:

@@ -1,0 +1,121 @@
+"""Where a student's weights start: random, timm's pretrained backbone, or a local file (no pickle).
+
+`--student-init FILE` takes a kdmobile student file (`RUN/student.safetensors`: every weight, fusion heads included,
+when the architecture matches) or backbone weights: a timm `.safetensors` (`model.safetensors` of a Hugging Face timm
+repo) or a timm checkpoint (`.pth`/`.pt`/`.bin`, read with `torch.load(weights_only=True)`, so it cannot run code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdmobile.errors import UserError
+from kdmobile.models.weights import load_state
+
+RANDOM, PRETRAINED = "random", "pretrained"
+MIN_MATCHED = 0.5  # backbone weights must fit at least half of the backbone's tensors, or the file is another model
+_PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+
+
+def check_init(init: str) -> str:
+    """`init` if it is `random`, `pretrained` or an existing file; a one-line error otherwise (before any training)."""
+    if init in (RANDOM, PRETRAINED):
+        return init
+    p = Path(init).expanduser()
+    if not p.is_file():
+        raise UserError(f"--student-init {init}: expected random, pretrained or a weights file; no such file")
+    if p.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise UserError(f"--student-init {init}: expected a .safetensors, .pth, .pt or .bin file")
+    return str(p)
+
+
+def apply_init(student: nn.Module, init: str) -> str:
+    """Load the starting weights into `student` in place; returns a one-line description for the plan and log."""
+    if init == RANDOM:
+        return "random initialisation"
+    backbone: nn.Module = student.backbone  # type: ignore[assignment]
+    name = getattr(backbone, "pretrained_cfg", {}).get("architecture", "the backbone")
+    if init == PRETRAINED:
+        return _load_backbone(backbone, _timm_pretrained(student), f"timm's pretrained {name}")
+    path = Path(init)
+    tensors, recipe = _read(path)
+    own_model = getattr(student, "kd_spec", {}).get("model")
+    if recipe is not None and recipe.get("format") == "kdmobile-model" and recipe.get("model") == own_model:
+        try:
+            load_state(student, tensors, path)
+            return f"every weight from {path} (a kdmobile student)"
+        except UserError:  # another backbone width, fusion or teacher set: its backbone may still fit
+            pass
+    return _load_backbone(backbone, tensors, str(path))
+
+
+def _timm_pretrained(student: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights for the student's backbone (downloaded once into timm's / Hugging Face's cache)."""
+    import timm
+
+    arch = student.backbone.pretrained_cfg.get("architecture")  # type: ignore[union-attr]
+    try:
+        model = timm.create_model(arch, pretrained=True, features_only=True)
+    except Exception as e:  # noqa: BLE001 - offline, no such tag, hub errors
+        raise UserError(f"--student-init pretrained: cannot get timm's weights for {arch} (needs a network or "
+                        f"timm's cache; offline, pass a local file) ({' '.join(str(e).split())[:160]})") from None
+    return model.state_dict()
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(tensors, kdmobile recipe or None) of a safetensors file or a weights-only torch checkpoint."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from kdmobile.models.weights import META_KEY, read_weights
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if META_KEY in meta:
+                    recipe, tensors = read_weights(path)
+                    return tensors, recipe
+                return {k: f.get_tensor(k) for k in f.keys()}, None
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"--student-init {path}: not a readable safetensors file "
+                            f"({' '.join(str(e).split())[:160]})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated, not a checkpoint
+        raise UserError(f"--student-init {path}: not a weights-only PyTorch checkpoint "
+                        f"({' '.join(str(e).split())[:160]})") from None
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"--student-init {path}: holds no state dict of tensors")
+    return obj, None
+
+
+def _strip(key: str) -> str:
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _load_backbone(backbone: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> str:
+    """Copy every tensor whose (prefix-stripped) name and shape fit the backbone; refuse a file that mostly does not."""
+    own = backbone.state_dict()
+    fitting = {}
+    for k, v in tensors.items():
+        k = _strip(k)
+        if k in own and own[k].shape == v.shape:
+            fitting[k] = v
+    if len(fitting) < MIN_MATCHED * len(own):
+        raise UserError(f"--student-init {source}: only {len(fitting)} of the backbone's {len(own)} tensors match "
+                        "by name and shape (weights of another architecture?)")
+    backbone.load_state_dict(fitting, strict=False)
+    return f"{len(fitting)}/{len(own)} backbone tensors from {source}"
