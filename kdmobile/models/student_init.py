@@ -54,16 +54,29 @@ def apply_init(student: nn.Module, init: str) -> str:
 
 
 def _timm_pretrained(student: nn.Module) -> dict[str, torch.Tensor]:
-    """timm's pretrained weights for the student's backbone (downloaded once into timm's / Hugging Face's cache)."""
+    """timm's pretrained weights for the student's backbone: from the local Hugging Face cache when they are there
+    (no network touched), else downloaded once (offline, the hub client retries for about a minute, then fails)."""
     import timm
+    from huggingface_hub import constants
 
     arch = student.backbone.pretrained_cfg.get("architecture")  # type: ignore[union-attr]
+    was_offline = constants.HF_HUB_OFFLINE
     try:
-        model = timm.create_model(arch, pretrained=True, features_only=True)
-    except Exception as e:  # noqa: BLE001 - offline, no such tag, hub errors
-        raise UserError(f"--student-init pretrained: cannot get timm's weights for {arch} (needs a network or "
-                        f"timm's cache; offline, pass a local file) ({' '.join(str(e).split())[:160]})") from None
-    return model.state_dict()
+        constants.HF_HUB_OFFLINE = True
+        return timm.create_model(arch, pretrained=True, features_only=True).state_dict()
+    except Exception:  # noqa: BLE001 - not cached: try the network below (unless the user said offline)
+        pass
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
+    error = "HF_HUB_OFFLINE is set"
+    if not was_offline:
+        print(f"kdmobile: downloading timm's pretrained weights for {arch} ...", flush=True)
+        try:
+            return timm.create_model(arch, pretrained=True, features_only=True).state_dict()
+        except Exception as e:  # noqa: BLE001 - offline, no such tag, hub errors
+            error = " ".join(str(e).split())[:160]
+    raise UserError(f"--student-init pretrained: cannot get timm's weights for {arch}: not in the local cache and "
+                    f"not downloadable ({error}); offline, pass a weights file instead")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
