@@ -90,7 +90,7 @@ class AMMKD:
         if cfg.data.views > 0 and self.train.files is not None:
             raise UserError(f"data.views={cfg.data.views}: offline views of a photo folder are not supported yet (this "
                             "version holds every view in memory); use data.views=0 with imagefolder: data")
-        self.run = new_run_dir(cfg.out, cfg.name, resume)
+        self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
         self.log: RunLog | None = None
         self._views: ViewCache | None = None
         self.device = dist.pick_device(cfg.train.device)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from kdmobile.errors import UserError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -43,6 +46,17 @@ def init(device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+
+
+def agree(make: "Callable[[], T]", device: torch.device) -> "T":
+    """`make()` evaluated on rank 0 alone and handed to every rank (e.g. the run directory's name, which another
+    rank could otherwise pick differently once rank 0 has created it); plain `make()` without torchrun."""
+    if world_size() <= 1:
+        return make()
+    init(device)
+    box = [make() if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 def barrier() -> None:

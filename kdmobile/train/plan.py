@@ -3,7 +3,7 @@ size and why, the stages with epochs and steps, device and threads, the teacher 
 
 The AMMKD estimate comes from timing a few real-size training steps of every stage's models up front (a "probe":
 throw-away models, no files, before the run seeds its RNG); the reporter (progress.py) then refines it from the
-first batches of each stage. `--teachers-from RUN` is resolved here too: RUN/teachers/*.safetensors, in the run's order.
+warm steps (>= 10 s) of each stage. `--teachers-from RUN` is resolved here too: RUN/teachers/*.safetensors, in the run's order.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class RunPlan:
         total = self.estimate_s()
         if total is not None:
             lines.append(f"  {'estimate':<11}~{fmt_duration(total)} of training ({self.probe_note}); refined from "
-                         "the first batches of each stage")
+                         ">= 10 s of warm steps of each stage")
         else:
             lines.append(f"  {'estimate':<11}from >= 10 s of warm steps of each stage (printed as they are timed)")
         return "\n".join(lines)

@@ -92,7 +92,7 @@ class SDKD:
         array = load_sequences(self.source)
         check_frames(array, spec, self.source)
         self.splits = make_windows(array, spec)
-        self.run = new_run_dir(cfg.out, cfg.name, resume)
+        self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
         self.log: RunLog | None = None
         self.device = dist.pick_device(cfg.train.device)
 
