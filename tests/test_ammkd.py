@@ -216,3 +216,16 @@ def test_bad_loss_terms_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_teacher_step_encodes_at_most_one_prompt_per_image() -> None:
+    """More classes than images: each distinct class of the batch once, mapped back; else every class (exact CE)."""
+    import torch
+
+    from kdmobile.train.ammkd import class_prompts
+
+    classes = [f"c{i}" for i in range(20)]
+    prompts, index = class_prompts(torch.tensor([7, 3, 7, 19]), classes, "a {}.")
+    assert prompts == ["a c3.", "a c7.", "a c19."] and index.tolist() == [1, 0, 1, 2]
+    prompts, index = class_prompts(torch.tensor([1, 0, 1, 2]), classes[:3], "{}")
+    assert prompts == ["c0", "c1", "c2"] and index.tolist() == [1, 0, 1, 2]

@@ -170,10 +170,11 @@ class AMMKD:
             core = model.module if hasattr(model, "module") else model
             if self.task == "classes":
                 template = templates[int(torch.randint(len(templates), (1,)))]
-                img, txt = model(x, core.tokenize([template.format(c) for c in self.classes]))
+                prompts, index = class_prompts(target, self.classes, template)
+                img, txt = model(x, core.tokenize(prompts))
                 logits = core.logit_scale() * img @ txt.T
-                loss = F.cross_entropy(logits, target, label_smoothing=tcfg.label_smoothing)
-                return StepOutput(loss, {"acc": (logits.argmax(1) == target).float().mean().item() * 100})
+                loss = F.cross_entropy(logits, index, label_smoothing=tcfg.label_smoothing)
+                return StepOutput(loss, {"acc": (logits.argmax(1) == index).float().mean().item() * 100})
             caps = [self.train.captions[_pick_caption(self._owner, int(i))] for i in target.tolist()]
             img, txt = model(x, core.tokenize(caps))
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
@@ -361,6 +362,17 @@ class AMMKD:
             metric = HEALTH_METRIC[self.task]
             out["kd_gain_points"] = models["student"][metric] - models["student_nokd"][metric]
         return out
+
+
+def class_prompts(target: torch.Tensor, classes: list[str], template: str) -> tuple[list[str], torch.Tensor]:
+    """The prompts a teacher step encodes and each image's index into them: every class while there are no more
+    classes than images (the exact softmax over all classes), else each distinct class of the batch once, so a step
+    never runs the text tower on more prompts than it has images (the batch's classes are the negatives, as in CLIP
+    training)."""
+    if len(classes) <= len(target):
+        return [template.format(c) for c in classes], target
+    present, index = torch.unique(target, return_inverse=True)
+    return [template.format(classes[c]) for c in present.tolist()], index
 
 
 def _pick_caption(owner: torch.Tensor, image: int) -> int:
