@@ -78,7 +78,7 @@ def _base(args: argparse.Namespace, ds: dict[str, Any], seed: int) -> dict[str, 
 
 def _views_file(args: argparse.Namespace) -> Path:
     """The cached views + teacher embeddings every student of this ablation shares (rebuilt if the teachers change)."""
-    return Path(args.runs) / f"{args.dataset}-views-{args.views}.safetensors"
+    return Path(args.runs) / f"{args.dataset}-views-{args.views}"
 
 
 def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Records) -> list[str]:
@@ -177,7 +177,7 @@ def run_variants(args: argparse.Namespace, records: Records, todo: list[tuple[st
     jobs = [["--only-student", v, str(s), w] for v, s, w in todo if not records.get(f"{v}/{s}")]
     failed = []
     # The first student builds the shared view cache alone; the others then load it instead of each building it.
-    batches = [jobs[:1], jobs[1:]] if args.views and not _views_file(args).is_file() else [jobs]
+    batches = [jobs[:1], jobs[1:]] if args.views and not (_views_file(args) / "cache.json").is_file() else [jobs]
     for batch in batches:
         for job, out in _children(args, records, batch):
             if out:

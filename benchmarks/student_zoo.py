@@ -51,7 +51,7 @@ def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> d
     over = {"data.spec": f"cifar10:{args.data_root}/cifar10/cifar10_test.npz", "data.val_frac": 0.0,
             "data.test_frac": 0.2, "data.max_train": 8000, "data.max_test": 2000, "data.split_seed": 0,
             "data.image_size": TRAIN_PX, "data.views": args.epochs,
-            "data.view_cache": str(Path(args.runs) / f"cifar10-{TRAIN_PX}px-views-{args.epochs}.safetensors"),
+            "data.view_cache": str(Path(args.runs) / f"cifar10-{TRAIN_PX}px-views-{args.epochs}"),
             "seed": 0, "out": args.runs, "name": f"zoo-{backbone}", "baseline": False, "health.drop_weak": False,
             "student": backbone, "teachers": teachers, "teacher_train.epochs": 0, "train.epochs": args.epochs,
             "train.batch_size": 64}

@@ -74,10 +74,11 @@ class ImageDataConfig(_Strict):
     teacher_augment: Literal["auto", "none", "crop", "crop-flip", "affine", "strong"] = "auto"
     split_seed: int | None = None  # seed of the train/val/test split; None = the run's seed. Fix it to compare seeds.
     # Offline distillation (AMMKD students): 0 = a fresh augmented view every step, teachers run every step; V > 0 =
-    # V views per training image drawn once (seed `view_seed`) with the teachers' embeddings of them, reused by every
-    # epoch (view (epoch + seed) mod V). Distillation then costs about what training alone costs. The file goes to
-    # `view_cache` (default: views.safetensors in the run directory); runs with the same teachers can share it.
-    views: int = Field(0, ge=0)
+    # V views per training image, each kept as the seed that regenerates it plus every teacher's float16 embedding of
+    # it (seeds from `view_seed`), reused by every epoch (view (epoch + seed) mod V). Distillation then costs about
+    # what training alone costs. The cache is a directory of 10,000-image shards at `view_cache` (default:
+    # RUN/views/); runs with the same data, augmentation and teachers can share it.
+    views: int = Field(0, ge=0, le=1000)
     view_seed: int = 0
     view_cache: str | None = None
 

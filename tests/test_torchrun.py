@@ -1,4 +1,5 @@
-"""Two processes under torchrun (gloo on CPU) train one AMMKD run on a streaming photo folder."""
+"""Two processes under torchrun (gloo on CPU) train one AMMKD run on a streaming photo folder, through the teacher
+view cache."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "kdmobile.cli", "train", "ammkd", "--data", f"imagefolder:{root}", "--out", str(tmp_path / "runs"),
            "--name", "ddp", "--image-size", "24", "--set", "teacher_train.epochs=1", "--epochs", "1",
-           "--workers", "1", "--no-progress", "--device", "cpu"]
+           "--workers", "1", "--no-progress", "--device", "cpu", "--set", "data.views=2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
@@ -29,3 +30,4 @@ def test_torchrun_two_processes_write_one_run(tmp_path: Path) -> None:
     epochs = [r for r in log if r.get("event") == "epoch" and r.get("stage") == "student"]
     assert len(epochs) == 1  # written once, by rank 0
     assert done.stdout.count("run plan: ammkd") == 1 and "2 processes" in done.stdout
+    assert (run / "views" / "shard_00000.safetensors").is_file()  # the teacher cache, built once for both ranks

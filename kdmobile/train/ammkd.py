@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdmobile.config import AMMKDConfig, save_config
-from kdmobile.errors import UserError
 from kdmobile.contracts.heldout import HeldOut, write_heldout
 from kdmobile.data import CaptionData, ClassData, ImageFiles, load_dataset, split_dataset
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
@@ -33,11 +32,11 @@ from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_stude
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
 from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
 from kdmobile.train.augment import AugmentedImages, resolve_augment
-from kdmobile.train.image_stream import FileImages, decode_sample, default_workers, train_transform
+from kdmobile.train.image_stream import FileImages, FileViews, decode_sample, default_workers, train_transform
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
-from kdmobile.train.view_cache import CachedViews, ViewCache, load_or_build
+from kdmobile.train.view_cache import CachedViews, SeedCache, TensorViews, ViewSource, load_or_build
 from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
@@ -87,12 +86,9 @@ class AMMKD:
         self.size = cfg.data.image_size
         self.specs = [with_image_size(s, self.size) for s in self.specs]
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
-        if cfg.data.views > 0 and self.train.files is not None:
-            raise UserError(f"data.views={cfg.data.views}: offline views of a photo folder are not supported yet (this "
-                            "version holds every view in memory); use data.views=0 with imagefolder: data")
         self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
         self.log: RunLog | None = None
-        self._views: ViewCache | None = None
+        self._views: SeedCache | None = None
         self.device = dist.pick_device(cfg.train.device)
 
     def _teacher_names(self) -> list[str]:
@@ -275,9 +271,9 @@ class AMMKD:
         cache = self.view_cache(teachers) if self.cfg.data.views > 0 else None
 
         def step(m: nn.Module, batch: Any) -> StepOutput:
-            images, target, *rows = batch
+            images, target, *rest = batch
             x = normalise(images)
-            cached = cache.teacher_embeddings(rows[0], active, x.device) if cache is not None and active else None
+            cached = {n: rest[0][n].float() for n in active} if rest and active else None
             if self.task == "classes":
                 b = Batch(x, target, tv, symmetric=False, teacher_images=cached)
             else:  # one random caption of each image in the batch; targets are the diagonal
@@ -290,8 +286,8 @@ class AMMKD:
             s = m.student if isinstance(m, StudentWithHeads) else m
             return eval_student(s, [vectors[n]["val"] for n in names], self.val)
 
-        data = (CachedViews(cache, self.train.targets(), offset=self.cfg.seed) if cache is not None
-                else self._dataset(self.train, self.cfg.data.augment))
+        data = (CachedViews(cache, self._view_source(), self.train.targets(), offset=self.cfg.seed)
+                if cache is not None else self._dataset(self.train, self.cfg.data.augment))
         trained = trainer.fit(data, step,
                               evaluate if len(self.val) else None, resume=self.resume)
         student = trained.student if isinstance(trained, StudentWithHeads) else trained
@@ -299,18 +295,22 @@ class AMMKD:
             self._save_student(student, names, tv, STUDENT_FILE if kd else NOKD_FILE, kd)
         return student
 
-    def view_cache(self, teachers: dict[str, ClipTeacher]) -> ViewCache:
-        """The cached training views and every teacher's embeddings of them (built once, shared by both stages and
-        by any run pointing data.view_cache at the same file with the same inputs)."""
+    def _view_source(self) -> ViewSource:
+        """What regenerates a training view from its seed: the in-memory images or the photo files."""
+        if self.train.files is not None:
+            return FileViews(self.train.files, self.size, self.cfg.data.augment)
+        return TensorViews(self.train.images, self.cfg.data.augment)  # type: ignore[arg-type]
+
+    def view_cache(self, teachers: dict[str, ClipTeacher]) -> SeedCache:
+        """Every training view's seed and every teacher's embedding of it (built once, shared by both stages and by
+        any run pointing data.view_cache at the same directory with the same inputs; ranks build shards in turn)."""
         if self._views is None:
-            path = Path(self.cfg.data.view_cache) if self.cfg.data.view_cache else self.run / "views.safetensors"
-            args = (path, self.train.images, self.cfg.data.augment, self.cfg.data.views, self.cfg.data.view_seed,
-                    {n: t.to(self.device) for n, t in teachers.items()}, normalise, self.device)
-            if dist.is_main():
-                self._views = load_or_build(*args, progress=self.progress)
-            dist.barrier()
-            if self._views is None:
-                self._views = load_or_build(*args, progress=False)
+            path = Path(self.cfg.data.view_cache) if self.cfg.data.view_cache else self.run / "views"
+            dims = {n: int(t.embed_dim or 0) for n, t in teachers.items()}
+            self._views = load_or_build(path, self._view_source(), self.cfg.data.augment, self.cfg.data.views,
+                                        self.cfg.data.view_seed, {n: t.to(self.device) for n, t in teachers.items()},
+                                        dims, normalise, self.device, self.cfg.train.workers,
+                                        progress=self.progress and dist.is_main())
         return self._views
 
     def _save_student(self, student: nn.Module, names: list[str], tv: dict[str, torch.Tensor], file: str,

@@ -9,6 +9,7 @@ float size (timm's own `use_prefetcher` layout).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -105,3 +106,30 @@ def decode_sample(files: ImageFiles, idx: np.ndarray, size: int) -> np.ndarray:
         out[k:k + len(images)] = images.permute(0, 2, 3, 1).numpy()
         k += len(images)
     return out
+
+
+class FileViews:
+    """Training views of a photo folder regenerated from a seed (the view cache's source for files)."""
+
+    def __init__(self, files: ImageFiles, size: int, level: str) -> None:
+        self.data = FileImages(files, torch.from_numpy(files.labels), train_transform(size, level))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def view(self, i: int, seed: int) -> torch.Tensor:
+        from kdmobile.train.view_cache import seeded
+
+        return seeded(seed, lambda: self.data[i][0])
+
+    def fingerprint(self) -> str:
+        """sha256 of the relative paths with each file's size and modification time (an edited photo changes it)."""
+        files = self.data.files
+        h = hashlib.sha256(str(files.root).encode())
+        for i in range(len(files)):
+            st = os.stat(files.path(i))
+            h.update(bytes(files.files[i]) + b"\0" + f"{st.st_size},{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    def default_workers(self) -> int:
+        return default_workers()

@@ -1,40 +1,80 @@
-"""Offline distillation: every training image's augmented views drawn once, with each teacher's embedding of them.
+"""Offline distillation that scales: per training image and view, the seed that regenerates the augmented view and
+each teacher's float16 embedding of it, in shards of 10,000 images; never the images themselves.
 
 Teachers are frozen while a student distils, so their outputs on a fixed set of views can be computed once and reused
-by every epoch, every weighting and every seed that distils from the same teachers (FKD: Shen & Xing, ECCV 2022).
-Teacher and student still see the same view ("consistent teaching"), and the student a different one each epoch:
-view (epoch + offset) mod V. A distillation epoch then costs about what training the student alone costs. The file
-is safetensors (no pickle) keyed by a hash of the images, the augmentation, V, the seed and the teachers' weights;
-a file made for other inputs is rebuilt, not used.
+by every epoch, weighting and seed that distils from the same teachers (FKD, Shen & Xing 2022; MobileCLIP's dataset
+reinforcement stores augmentation parameters and teacher embeddings the same way). The student's loader regenerates
+view (epoch + offset) mod V of image i from its seed, bit for bit, so teacher and student see the same view. Size on
+disk: N x V x (sum of teacher dims x 2 + 8) bytes (100k images x 10 views x 2 teachers of 512: 2.1 GB).
+
+The cache is a directory: `cache.json` (the key: a hash of the data, augmentation, V, seed and teachers' weights) and
+`shard_NNNNN.safetensors` files, each written atomically, so a killed build resumes at the first missing shard; under
+torchrun each rank builds the shards k with k mod world == rank. Views are drawn in DataLoader workers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import shutil
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kdmobile.errors import UserError
+from kdmobile.errors import ToolError, UserError
 from kdmobile.fileio import atomic_path
-from kdmobile.train.augment import AugmentLevel, build_augment
+from kdmobile.train import distributed as dist
 
-MAX_BYTES = 8 * 2**30  # views held in memory; beyond this a user lowers data.views (or the image size)
-FORMAT = "kdmobile-views/1"
+FORMAT = "kdmobile-views/2"
+SHARD_IMAGES = 10_000
+MAX_VIEWS = 1000
+MANIFEST = "cache.json"
+_SEED_BYTES = 8
 
 
-def cache_key(images: torch.Tensor, level: str, n_views: int, seed: int, teachers: Mapping[str, nn.Module]) -> str:
-    """sha256 of everything the cached views and embeddings depend on."""
+class ViewSource(Protocol):
+    """Regenerates training view `seed` of image i as a uint8 (3,S,S) tensor; identifies its data for the key."""
+
+    def __len__(self) -> int: ...
+    def view(self, i: int, seed: int) -> torch.Tensor: ...
+    def fingerprint(self) -> str: ...
+    def default_workers(self) -> int: ...
+
+
+def seeded(seed: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`make()` with torch's and Python's RNGs seeded by `seed` (timm draws crops from `random`, torchvision from
+    torch); the caller's RNG streams are left as they were."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        out = make()
+    random.setstate(state)
+    return out
+
+
+def view_seeds(start: int, stop: int, n_views: int, base: int) -> np.ndarray:
+    """(stop-start, V) int64 seeds of images [start, stop): distinct per (image, view), fixed by `base`."""
+    i = np.arange(start, stop, dtype=np.int64)[:, None]
+    return (np.int64(base) << np.int64(40)) + i * n_views + np.arange(n_views, dtype=np.int64)[None, :]
+
+
+def estimate_bytes(n: int, n_views: int, dims: Mapping[str, int], shard_images: int = SHARD_IMAGES) -> int:
+    """Bytes on disk of a cache: seeds and float16 embeddings, plus a header per shard."""
+    shards = -(-n // shard_images)
+    return n * n_views * (_SEED_BYTES + 2 * sum(dims.values())) + shards * 512
+
+
+def cache_key(source: ViewSource, level: str, n_views: int, seed: int, teachers: Mapping[str, nn.Module]) -> str:
+    """sha256 of everything the views and embeddings depend on."""
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT, level, n_views, seed, list(images.shape), sorted(teachers)]).encode())
-    h.update(images.contiguous().numpy().tobytes())
+    h.update(json.dumps([FORMAT, level, n_views, seed, len(source), source.fingerprint(), sorted(teachers)]).encode())
     for name in sorted(teachers):
         for k, v in teachers[name].state_dict().items():
             h.update(k.encode())
@@ -42,112 +82,186 @@ def cache_key(images: torch.Tensor, level: str, n_views: int, seed: int, teacher
     return h.hexdigest()
 
 
-class ViewCache:
-    """V augmented views of N images (uint8) and each teacher's (V, N, D) float16 image embeddings of them."""
+class _Rows(Dataset):
+    """Every (image, view) of one shard, regenerated from its seed (in DataLoader workers)."""
 
-    def __init__(self, views: torch.Tensor, embeddings: dict[str, torch.Tensor], key: str) -> None:
-        self.views = views
-        self.embeddings = embeddings
-        self.key = key
+    def __init__(self, source: ViewSource, start: int, seeds: np.ndarray) -> None:
+        self.source, self.start, self.seeds = source, start, seeds
 
-    @property
-    def n_views(self) -> int:
-        """V: how many views each image has."""
-        return int(self.views.shape[0])
+    def __len__(self) -> int:
+        return int(self.seeds.size)
 
-    def teacher_embeddings(self, rows: torch.Tensor, names: list[str], device: torch.device) -> dict[str, torch.Tensor]:
-        """Float32 embeddings of the flat rows (view * N + image) for the named teachers, on `device`."""
-        rows = rows.cpu()
-        return {n: self.embeddings[n].flatten(0, 1)[rows].to(device).float() for n in names}
+    def __getitem__(self, j: int) -> torch.Tensor:
+        i, v = divmod(j, self.seeds.shape[1])
+        return self.source.view(self.start + i, int(self.seeds[i, v]))
 
-    def save(self, path: Path) -> None:
-        """Atomically: an interrupted write leaves no file under `path`."""
-        tensors = {"views": self.views.contiguous(), **{f"emb.{n}": e.contiguous() for n, e in self.embeddings.items()}}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": FORMAT, "key": self.key})
 
-    @classmethod
-    def load(cls, path: Path, key: str) -> "ViewCache | None":
-        """The cache at `path` if it was made for `key`; None when absent, unreadable or made for other inputs.
-        A readable safetensors file that is not a view cache (someone's weights) is refused, never overwritten."""
-        if path.suffix != ".safetensors" or path.is_dir():
-            raise UserError(f"data.view_cache={path}: give a file path ending in .safetensors")
-        if not path.is_file():
-            return None
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception:  # noqa: BLE001 - a truncated or foreign file is rebuilt, never trusted
-            return None
+class SeedCache:
+    """A built cache: `lookup(i, v)` -> (seed, {teacher: float16 (D,)}), shards opened lazily in each process."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = path, meta
+        self.n, self.n_views, self.shard_images = int(meta["n"]), int(meta["views"]), int(meta["shard_images"])
+        self.names: list[str] = list(meta["dims"])
+        self._open: dict[int, Any] = {}
+
+    def shard_path(self, k: int) -> Path:
+        return self.path / f"shard_{k:05d}.safetensors"
+
+    def _shard(self, k: int) -> Any:
+        if k not in self._open:
+            from safetensors import safe_open
+
+            self._open[k] = safe_open(str(self.shard_path(k)), framework="pt", device="cpu")
+        return self._open[k]
+
+    def lookup(self, i: int, v: int) -> tuple[int, dict[str, torch.Tensor]]:
+        """The seed of view v of image i and every teacher's embedding of that view."""
+        k, j = divmod(i, self.shard_images)
+        f = self._shard(k)
+        seed = int(f.get_slice("seeds")[j:j + 1, v:v + 1].reshape(-1)[0])
+        return seed, {n: f.get_slice(f"emb.{n}")[j:j + 1, v:v + 1].reshape(-1) for n in self.names}
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": {}}
+
+
+def _check_dir(path: Path) -> dict[str, Any] | None:
+    """The manifest of an existing cache directory, None for a new or empty one; refuses anything else."""
+    if path.is_file() or path.suffix == ".safetensors":
+        raise UserError(f"data.view_cache={path}: give a directory (the cache is a folder of shards)")
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    manifest = path / MANIFEST
+    try:
+        meta = json.loads(manifest.read_text())
         if meta.get("format") != FORMAT:
-            raise UserError(f"data.view_cache={path}: not a kdmobile view cache (refusing to overwrite it)")
-        if meta.get("key") != key:
-            return None
-        try:
-            tensors = load_file(str(path))
-        except Exception:  # noqa: BLE001
-            return None
-        emb = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("emb.")}
-        return cls(tensors["views"], emb, key)
+            raise ValueError
+    except (OSError, ValueError):
+        raise UserError(f"data.view_cache={path}: a directory that is not a kdmobile view cache "
+                        "(refusing to write into it)") from None
+    return meta
+
+
+def _shard_ok(path: Path, key: str, start: int, stop: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            m = f.metadata() or {}
+        return m.get("key") == key and m.get("start") == str(start) and m.get("stop") == str(stop)
+    except Exception:  # noqa: BLE001 - truncated or foreign: rebuilt
+        return False
 
 
 @torch.no_grad()
-def build_views(images: torch.Tensor, level: AugmentLevel, n_views: int, seed: int,
-                teachers: Mapping[str, nn.Module], prepare: Callable[[torch.Tensor], torch.Tensor],
-                device: torch.device, batch_size: int = 256, progress: bool = True) -> ViewCache:
-    """Draw V views of every image (seeded per view; the global torch RNG is left as it was) and embed them with
-    every teacher; `prepare` turns a uint8 batch into the teachers' input (normalisation)."""
-    n = int(images.shape[0])
-    needed = n_views * images[0].numel() * n
-    if needed > MAX_BYTES:
-        raise UserError(f"data.views={n_views}: {needed / 2**30:.1f} GiB of views for {n} images at "
-                        f"{images.shape[-1]} px (limit {MAX_BYTES / 2**30:.0f} GiB); lower data.views")
-    transform = build_augment(level, int(images.shape[-1]))
-    views = torch.empty((n_views, *images.shape), dtype=torch.uint8)
-    with torch.random.fork_rng(devices=[]):
-        for v in tqdm(range(n_views), desc="views", disable=not progress, leave=False):
-            torch.manual_seed(seed * 100_003 + v)
-            for i in range(n):
-                views[v, i] = transform(images[i]) if transform is not None else images[i]
-    embeddings: dict[str, torch.Tensor] = {}
-    flat = views.flatten(0, 1)
-    for name, teacher in teachers.items():
-        teacher.eval()
-        out = [teacher.encode_image(prepare(flat[s:s + batch_size].to(device))).float().cpu().half()
-               for s in tqdm(range(0, len(flat), batch_size), desc=f"teacher {name} on views", disable=not progress,
-                             leave=False)]
-        embeddings[name] = torch.cat(out).view(n_views, n, -1)
-    return ViewCache(views, embeddings, cache_key(images, level, n_views, seed, teachers))
+def _build_shard(out: Path, source: ViewSource, start: int, stop: int, meta: dict[str, Any],
+                 teachers: Mapping[str, nn.Module], prepare: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device, workers: int, batch_size: int, progress: bool) -> None:
+    from safetensors.torch import save_file
+
+    V = int(meta["views"])
+    seeds = view_seeds(start, stop, V, int(meta["seed"]))
+    loader = DataLoader(_Rows(source, start, seeds), batch_size=batch_size, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))  # its base seed must not consume the caller's RNG
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in teachers}
+    for x in tqdm(loader, desc=f"teacher views {start:,}-{stop:,}", disable=not progress, leave=False):
+        x = prepare(x.to(device))
+        for name, teacher in teachers.items():
+            parts[name].append(teacher.encode_image(x).float().cpu().half())
+    tensors = {"seeds": torch.from_numpy(seeds)}
+    tensors.update({f"emb.{n}": torch.cat(p).view(stop - start, V, -1).contiguous() for n, p in parts.items()})
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "key": meta["key"], "start": str(start),
+                                               "stop": str(stop)})
+
+
+def load_or_build(path: Path, source: ViewSource, level: str, n_views: int, seed: int,
+                  teachers: Mapping[str, nn.Module], dims: Mapping[str, int],
+                  prepare: Callable[[torch.Tensor], torch.Tensor], device: torch.device, workers: int | None = None,
+                  progress: bool = True, shard_images: int = SHARD_IMAGES, batch_size: int = 256) -> SeedCache:
+    """The cache at `path` for exactly these inputs: complete shards are kept, missing ones built (this rank's share);
+    a cache made for other inputs is replaced."""
+    if not 1 <= n_views <= MAX_VIEWS:
+        raise UserError(f"data.views={n_views}: must be between 1 and {MAX_VIEWS}")
+    path = Path(path).expanduser()
+    n = len(source)
+    key = cache_key(source, level, n_views, seed, teachers)
+    meta = {"format": FORMAT, "key": key, "n": n, "views": n_views, "seed": seed, "shard_images": shard_images,
+            "dims": dict(dims)}
+    if dist.is_main():  # only rank 0 looks at and writes the directory: another rank could see it half-made
+        old = _check_dir(path)
+        if old is not None and old != meta:  # other inputs: its shards are stale
+            for f in path.glob("shard_*.safetensors"):
+                f.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        need = estimate_bytes(n, n_views, dims, shard_images)
+        free = shutil.disk_usage(path).free
+        if old != meta and need > free:
+            raise ToolError(f"data.view_cache={path}: the cache needs about {need / 2**30:.1f} GiB, "
+                            f"{free / 2**30:.1f} GiB free")
+        with atomic_path(path / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(meta))
+    dist.barrier()
+    cache = SeedCache(path, meta)
+    mine = [k for k in range(-(-n // shard_images)) if k % dist.world_size() == dist.rank()]
+    todo = [k for k in mine if not _shard_ok(cache.shard_path(k), key, k * shard_images,
+                                             min(n, (k + 1) * shard_images))]
+    workers = source.default_workers() if workers is None else workers
+    for t in teachers.values():
+        t.eval()
+    for k in tqdm(todo, desc="view cache shards", disable=not progress or len(todo) < 2, leave=False):
+        start, stop = k * shard_images, min(n, (k + 1) * shard_images)
+        _build_shard(cache.shard_path(k), source, start, stop, meta, teachers, prepare, device, workers, batch_size,
+                     progress)
+    dist.barrier()
+    return cache
 
 
 class CachedViews(Dataset):
-    """The training set as cached views: item i of epoch e is view (e + offset) mod V of image i, with its flat row
-    into the cache so the step can look up the teachers' embeddings of exactly that view."""
+    """The training set for distillation: item i of epoch e is view (e + offset) mod V of image i, regenerated from its
+    seed, with the cached embeddings of every teacher for exactly that view."""
 
-    def __init__(self, cache: ViewCache, targets: torch.Tensor, offset: int = 0) -> None:
-        self.cache = cache
-        self.targets = targets
-        self.offset = offset
+    def __init__(self, cache: SeedCache, source: ViewSource, targets: torch.Tensor, offset: int = 0) -> None:
+        self.cache, self.source, self.targets, self.offset = cache, source, targets, offset
         self.view = offset % cache.n_views
+
+    def default_workers(self) -> int:
+        """As many workers as regenerating this source's views asks for (photos: per core; in-memory: none)."""
+        return self.source.default_workers()
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the training loop before each epoch's loader is built."""
         self.view = (epoch + self.offset) % self.cache.n_views
 
     def __len__(self) -> int:
-        return int(self.cache.views.shape[1])
+        return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.cache.views[self.view, i], self.targets[i], torch.tensor(self.view * len(self) + i)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        seed, emb = self.cache.lookup(int(i), self.view)
+        return self.source.view(int(i), seed), self.targets[i], emb
 
 
-def load_or_build(path: Path, images: torch.Tensor, level: AugmentLevel, n_views: int, seed: int,
-                  teachers: Mapping[str, nn.Module], prepare: Callable[[torch.Tensor], torch.Tensor],
-                  device: torch.device, progress: bool = True) -> ViewCache:
-    """The cache at `path` when it was made for exactly these inputs, else a new one, saved there."""
-    key = cache_key(images, level, n_views, seed, teachers)
-    cache = ViewCache.load(path, key)
-    if cache is None:
-        cache = build_views(images, level, n_views, seed, teachers, prepare, device, progress=progress)
-        cache.save(path)
-    return cache
+class TensorViews:
+    """Views of in-memory (N,3,S,S) uint8 images with the torchvision augmentation of `level`."""
+
+    def __init__(self, images: torch.Tensor, level: str) -> None:
+        from kdmobile.train.augment import build_augment
+
+        self.images = images
+        self.transform = build_augment(level, int(images.shape[-1]))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def view(self, i: int, seed: int) -> torch.Tensor:
+        img = self.images[i]
+        return img.clone() if self.transform is None else seeded(seed, lambda: self.transform(img))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.images.contiguous().numpy().tobytes()).hexdigest()
+
+    def default_workers(self) -> int:
+        return 0
