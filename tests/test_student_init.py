@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kdmobile.cli import main
 from kdmobile.errors import KDError
 from kdmobile.models import create_model
-from kdmobile.models.student_init import apply_init, check_init
+from kdmobile.models.student_init import apply_init, resolve_init
 from tests.conftest import TINY_AMMKD
 
 BACKBONE = "mobilenetv3_small_050"
@@ -54,7 +54,7 @@ def test_timm_backbone_safetensors_loads_by_name_and_shape(tmp_path: Path) -> No
     source = timm.create_model(BACKBONE)  # a classifier checkpoint, as timm publishes it
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
     student = _student()
-    said = apply_init(student, check_init(str(tmp_path / "model.safetensors")))
+    said = apply_init(student, resolve_init(str(tmp_path / "model.safetensors"), BACKBONE))
     own = student.backbone.state_dict()
     assert said.startswith(f"{len(own)}/{len(own)} backbone tensors")
     assert torch.equal(own["conv_stem.weight"], source.state_dict()["conv_stem.weight"])
@@ -65,7 +65,7 @@ def test_weights_only_checkpoint_with_prefix(tmp_path: Path) -> None:
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3},
                tmp_path / "ckpt.pth")
     student = _student()
-    apply_init(student, check_init(str(tmp_path / "ckpt.pth")))
+    apply_init(student, resolve_init(str(tmp_path / "ckpt.pth"), BACKBONE))
     assert torch.equal(student.backbone.state_dict()["conv_stem.weight"], source.state_dict()["conv_stem.weight"])
 
 
@@ -87,7 +87,7 @@ def test_bad_init_files_are_one_line_errors(tmp_path: Path, case: str) -> None:
     if case == "missing":
         path = tmp_path / "nope.pth"
     with pytest.raises(KDError) as err:
-        apply_init(_student(), check_init(str(path)))
+        apply_init(_student(), resolve_init(str(path), BACKBONE))
     assert "\n" not in str(err.value) and "--student-init" in str(err.value)
 
 
@@ -97,7 +97,7 @@ def test_pretrained_offline_is_one_line(monkeypatch) -> None:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # this machine has no network; say so up front
     monkeypatch.setenv("HF_HOME", "/nonexistent-kdmobile-cache")
     with pytest.raises(KDError, match="cannot get timm's weights for mobilenetv3_small_050"):
-        apply_init(_student(), "pretrained")
+        resolve_init("pretrained", BACKBONE)
 
 
 def test_bad_student_init_flag_writes_nothing(tmp_path: Path, capsys) -> None:

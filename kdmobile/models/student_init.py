@@ -7,6 +7,7 @@ repo) or a timm checkpoint (`.pth`/`.pt`/`.bin`, read with `torch.load(weights_o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,62 +22,69 @@ MIN_MATCHED = 0.5  # backbone weights must fit at least half of the backbone's t
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
 
 
-def check_init(init: str) -> str:
-    """`init` if it is `random`, `pretrained` or an existing file; a one-line error otherwise (before any training)."""
-    if init in (RANDOM, PRETRAINED):
-        return init
+@dataclass
+class InitWeights:
+    """Starting weights read (or downloaded) before any training, so a bad file or no network fails in one line at
+    the start of a run, not after hours of teacher training."""
+
+    source: str
+    tensors: dict[str, torch.Tensor]
+    recipe: dict[str, Any] | None = None
+
+
+def resolve_init(init: str, backbone: str) -> InitWeights | None:
+    """None for `random`; timm's pretrained weights of `backbone`, or a file's tensors; one-line errors otherwise."""
+    if init == RANDOM:
+        return None
+    if init == PRETRAINED:
+        return InitWeights(f"timm's pretrained {backbone}", _timm_pretrained(backbone))
     p = Path(init).expanduser()
     if not p.is_file():
         raise UserError(f"--student-init {init}: expected random, pretrained or a weights file; no such file")
     if p.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise UserError(f"--student-init {init}: expected a .safetensors, .pth, .pt or .bin file")
-    return str(p)
+    tensors, recipe = _read(p)
+    return InitWeights(str(p), tensors, recipe)
 
 
-def apply_init(student: nn.Module, init: str) -> str:
+def apply_init(student: nn.Module, weights: InitWeights | None) -> str:
     """Load the starting weights into `student` in place; returns a one-line description for the plan and log."""
-    if init == RANDOM:
+    if weights is None:
         return "random initialisation"
-    backbone: nn.Module = student.backbone  # type: ignore[assignment]
-    name = getattr(backbone, "pretrained_cfg", {}).get("architecture", "the backbone")
-    if init == PRETRAINED:
-        return _load_backbone(backbone, _timm_pretrained(student), f"timm's pretrained {name}")
-    path = Path(init)
-    tensors, recipe = _read(path)
+    recipe = weights.recipe
     own_model = getattr(student, "kd_spec", {}).get("model")
     if recipe is not None and recipe.get("format") == "kdmobile-model" and recipe.get("model") == own_model:
         try:
-            load_state(student, tensors, path)
-            return f"every weight from {path} (a kdmobile student)"
+            load_state(student, weights.tensors, weights.source)
+            return f"every weight from {weights.source} (a kdmobile student)"
         except UserError:  # another backbone width, fusion or teacher set: its backbone may still fit
             pass
-    return _load_backbone(backbone, tensors, str(path))
+    return _load_backbone(student.backbone, weights.tensors, weights.source)  # type: ignore[arg-type]
 
 
-def _timm_pretrained(student: nn.Module) -> dict[str, torch.Tensor]:
-    """timm's pretrained weights for the student's backbone: from the local Hugging Face cache when they are there
-    (no network touched), else downloaded once (offline, the hub client retries for about a minute, then fails)."""
+def _timm_pretrained(backbone: str) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights for `backbone`: from the local Hugging Face cache when they are there (no network
+    touched), else downloaded once (offline, the hub client retries for about a minute, then fails)."""
     import timm
     from huggingface_hub import constants
 
-    arch = student.backbone.pretrained_cfg.get("architecture")  # type: ignore[union-attr]
     was_offline = constants.HF_HUB_OFFLINE
     try:
         constants.HF_HUB_OFFLINE = True
-        return timm.create_model(arch, pretrained=True, features_only=True).state_dict()
+        return timm.create_model(backbone, pretrained=True, features_only=True).state_dict()
     except Exception:  # noqa: BLE001 - not cached: try the network below (unless the user said offline)
         pass
     finally:
         constants.HF_HUB_OFFLINE = was_offline
     error = "HF_HUB_OFFLINE is set"
     if not was_offline:
-        print(f"kdmobile: downloading timm's pretrained weights for {arch} ...", flush=True)
+        print(f"kdmobile: downloading timm's pretrained weights for {backbone} ...", flush=True)
         try:
-            return timm.create_model(arch, pretrained=True, features_only=True).state_dict()
+            return timm.create_model(backbone, pretrained=True, features_only=True).state_dict()
         except Exception as e:  # noqa: BLE001 - offline, no such tag, hub errors
             error = " ".join(str(e).split())[:160]
-    raise UserError(f"--student-init pretrained: cannot get timm's weights for {arch}: not in the local cache and "
-                    f"not downloadable ({error}); offline, pass a weights file instead")
+    raise UserError(f"--student-init pretrained: cannot get timm's weights for {backbone}: not in the local cache "
+                    f"and not downloadable ({error}); offline, pass a weights file instead")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -25,7 +25,7 @@ from kdmobile.models import create_model, save_model
 from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teacher, save_teacher, with_image_size
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
-from kdmobile.models.student_init import apply_init, check_init
+from kdmobile.models.student_init import apply_init, resolve_init
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
@@ -65,7 +65,7 @@ class AMMKD:
         # Everything that can fail on user input is checked before the run directory exists.
         self.specs = [parse_teacher(t) for t in cfg.teachers]
         check_backbone(cfg.student)
-        cfg.student_init = check_init(cfg.student_init)
+        self._init_weights = resolve_init(cfg.student_init, cfg.student)  # read or fetched now: fails before training
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
         self.task = "captions" if isinstance(data, CaptionData) else "classes"
@@ -244,7 +244,7 @@ class AMMKD:
         student = create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
                                teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
         if init:
-            self.student_init = apply_init(student, self.cfg.student_init)
+            self.student_init = apply_init(student, self._init_weights)
         return student
 
     def distil(self, teachers: dict[str, ClipTeacher], vectors: dict[str, dict[str, torch.Tensor]], kd: bool,
