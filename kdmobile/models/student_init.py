@@ -40,7 +40,8 @@ def resolve_init(init: str, backbone: str) -> InitWeights | None:
         return InitWeights(f"timm's pretrained {backbone}", _timm_pretrained(backbone))
     p = Path(init).expanduser()
     if not p.is_file():
-        raise UserError(f"--student-init {init}: expected random, pretrained or a weights file; no such file")
+        what = "a directory" if p.is_dir() else "no such file"
+        raise UserError(f"--student-init {init}: expected random, pretrained or a weights file; {what}")
     if p.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise UserError(f"--student-init {init}: expected a .safetensors, .pth, .pt or .bin file")
     tensors, recipe = _read(p)

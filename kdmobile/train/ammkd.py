@@ -36,7 +36,8 @@ from kdmobile.train.image_stream import FileImages, FileViews, decode_sample, de
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
-from kdmobile.train.view_cache import CachedViews, SeedCache, TensorViews, ViewSource, load_or_build
+from kdmobile.train.view_cache import (CachedViews, SeedCache, TensorViews, ViewSource, check_cache_dir,
+                                       load_or_build)
 from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
@@ -86,6 +87,8 @@ class AMMKD:
         self.size = cfg.data.image_size
         self.specs = [with_image_size(s, self.size) for s in self.specs]
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
+        if cfg.data.views > 0 and cfg.data.view_cache:
+            check_cache_dir(Path(cfg.data.view_cache).expanduser())
         self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
         self.log: RunLog | None = None
         self._views: SeedCache | None = None

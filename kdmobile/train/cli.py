@@ -158,8 +158,11 @@ examples:
   kdmobile train ammkd --dry-run                          the plan and an estimated duration; writes nothing
   kdmobile train ammkd --data imagefolder:photos/ --image-size 64 --name photos
   kdmobile train ammkd --teachers-from runs/photos --weighting none --name photos-nokd
-                                                          reuse runs/photos/teachers/*.pt: trains only a student
+                                                          reuse runs/photos/teachers/*.safetensors: trains only a student
   kdmobile train ammkd --teachers ViT-B-32:openai,RN50:openai --teacher-epochs 2   (needs a network)
+  kdmobile train ammkd --data imagefolder:photos/ --image-size 224 --student-init pretrained
+      --teachers ViT-B-32:openai,RN50:openai --teacher-epochs 0 --set data.views=10
+                                                          zero-shot CLIP teachers, pretrained student, cached views
 """
 
 _SDKD_EXAMPLES = """\

@@ -126,8 +126,9 @@ class SeedCache:
         return {**self.__dict__, "_open": {}}
 
 
-def _check_dir(path: Path) -> dict[str, Any] | None:
-    """The manifest of an existing cache directory, None for a new or empty one; refuses anything else."""
+def check_cache_dir(path: Path) -> dict[str, Any] | None:
+    """The manifest of an existing cache directory, None for a new or empty one; refuses anything else (a file, a
+    directory of someone's files) in one line. Runs check it before training, so a bad path fails at once."""
     if path.is_file() or path.suffix == ".safetensors":
         raise UserError(f"data.view_cache={path}: give a directory (the cache is a folder of shards)")
     if not path.is_dir() or not any(path.iterdir()):
@@ -192,7 +193,7 @@ def load_or_build(path: Path, source: ViewSource, level: str, n_views: int, seed
     meta = {"format": FORMAT, "key": key, "n": n, "views": n_views, "seed": seed, "shard_images": shard_images,
             "dims": dict(dims)}
     if dist.is_main():  # only rank 0 looks at and writes the directory: another rank could see it half-made
-        old = _check_dir(path)
+        old = check_cache_dir(path)
         if old is not None and old != meta:  # other inputs: its shards are stale
             for f in path.glob("shard_*.safetensors"):
                 f.unlink()
