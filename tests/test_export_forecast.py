@@ -87,6 +87,11 @@ def test_top1_threshold_with_strict(ammkd_run, tmp_path, monkeypatch, capsys):
     assert main(["export", ammkd_run, "--out", tmp_path, "--strict"]) == 1
     assert "top1 -2.50 pts (limit -1)" in capsys.readouterr().err
     assert main(["export", ammkd_run, "--out", tmp_path, "--strict", "--threshold-top1", "3"]) == 0
+    # strict set in a config file or with --set gates the same way as the flag (it used to be read from the flag only)
+    (tmp_path / "strict.yaml").write_text("strict: true\n")
+    assert main(["export", ammkd_run, "--out", tmp_path, "--config", tmp_path / "strict.yaml"]) == 1
+    assert main(["export", ammkd_run, "--out", tmp_path, "--set", "strict=true"]) == 1
+    assert main(["export", ammkd_run, "--out", tmp_path, "--set", "strict=false"]) == 0
 
 
 # ------------------------------------------------------------------------------------- atomicity

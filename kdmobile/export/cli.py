@@ -160,6 +160,7 @@ def handler(args: argparse.Namespace) -> int:
 
         th = Thresholds(**_given(top1=args.threshold_top1, mse=args.threshold_mse))
         report = verify_existing(args.verify, th, args.verify_run)
+        strict = bool(args.strict)
     else:
         if args.verify_run is not None:
             raise UserError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
@@ -178,6 +179,7 @@ def handler(args: argparse.Namespace) -> int:
         if opts.classes_file is not None and read_method(args.run) != "ammkd":
             raise UserError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                           f"{read_method(args.run)} run")
+        strict = opts.strict  # the loaded setting: --config and --set may turn it on, not only the flag
         report = export_run(args.run, opts)
         _record(args.run, [a.bundle for a in report.artifacts if a.bundle is not None and a.error is None])
     print(report.render(wide=args.wide))
@@ -197,6 +199,6 @@ def handler(args: argparse.Namespace) -> int:
         print(f"kdmobile: error: {len(failed)} of {len(report.artifacts)} artifact(s) failed: {causes}",
               file=sys.stderr)
         return 1
-    if flagged and args.strict:
+    if flagged and strict:
         return 1
     return 0
