@@ -250,9 +250,11 @@ def test_karpathy_json(tmp_path: Path) -> None:
         {"filename": "missing_but_uncaptioned.jpg", "sentences": []},
     ], "dataset": "coco"}
     (tmp_path / "dataset_coco.json").write_text(json.dumps(obj))
-    d = load_dataset(f"captions:{tmp_path / 'dataset_coco.json'}", size=16)
-    assert d.images.shape == (2, 16, 16, 3) and d.captions == [["A man.", "two men"], ["A bird."]]
-    assert load_captions(tmp_path / "dataset_coco.json").images.shape == (2, 64, 64, 3)
+    d = load_dataset(f"captions:{tmp_path / 'dataset_coco.json'}")
+    assert isinstance(d, ImageFiles) and d.captions == [["A man.", "two men"], ["A bird."]]  # a file list
+    assert [d.path(i).relative_to(tmp_path).as_posix() for i in range(len(d))] == ["val2014/a.jpg", "b.png"]
+    train, _, test = split_dataset(d, 0, 0.0, 0.5)  # split like any caption set, not stratified by image
+    assert len(train) == 1 and len(test) == 1 and train.captions != test.captions
 
 
 def test_coco_json(tmp_path: Path) -> None:
@@ -262,8 +264,8 @@ def test_coco_json(tmp_path: Path) -> None:
                            {"image_id": 9, "caption": "why two"}]}
     j = tmp_path / "captions_val.json"
     j.write_text(json.dumps(obj))
-    d = load_captions(j, size=12, image_root=tmp_path / "imgs")
-    assert d.captions == [["ex"], ["why", "why two"]] and d.images.shape == (2, 12, 12, 3)
+    d = load_captions(j, image_root=tmp_path / "imgs")
+    assert d.captions == [["ex"], ["why", "why two"]] and d.path(1) == tmp_path / "imgs" / "y.jpg"
     _raises(load_captions, j, mention="x.jpg")  # images not beside the JSON
     obj["annotations"].append({"image_id": 3, "caption": "?"})
     j.write_text(json.dumps(obj))

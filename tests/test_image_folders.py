@@ -144,3 +144,29 @@ def test_ammkd_on_a_split_folder(tmp_path: Path) -> None:
     assert metrics["split_sizes"]["test"] == 9 and metrics["student_init"] == "random"
     with np.load(run / "heldout.npz") as z:
         assert z["images_test"].shape == (9, 24, 24, 3) and z["images_calib"].shape[1:] == (24, 24, 3)
+
+
+def test_caption_json_streams_and_exports(tmp_path: Path) -> None:
+    """Karpathy-style captions: photos decoded by workers at the run's size; heldout.npz keeps each kept image's
+    captions with owners renumbered; the run exports and verifies."""
+    from kdmobile.cli import main
+
+    items = []
+    for i in range(24):
+        name = list(COLOURS)[i % 3]
+        a = np.clip(RNG.normal(0, 30, (30 + i, 40, 3)) + COLOURS[name], 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(tmp_path / f"{i}.jpg")
+        items.append({"filename": f"{i}.jpg", "sentences": [{"raw": f"a {name} photo"}, {"raw": f"{name} {i}"}]})
+    (tmp_path / "dataset.json").write_text(json.dumps({"images": items}))
+    out = tmp_path / "runs"
+    assert main(["train", "ammkd", "--data", f"captions:{tmp_path / 'dataset.json'}", "--out", str(out), "--name",
+                 "c", "--no-progress", "--image-size", "16", "--workers", "1", "--teachers", "kd-vit-tiny,kd-rn-tiny",
+                 "--set", "teacher_train.epochs=1", "--epochs", "1", "--set", "health.drop_weak=false"]) == 0
+    metrics = json.loads((out / "c" / "metrics.json").read_text())
+    assert metrics["task"] == "captions" and "i2t_R@1" in metrics["models"]["student"]
+    with np.load(out / "c" / "heldout.npz") as z:
+        n = len(z["images_test"])
+        assert z["images_test"].shape[1:] == (16, 16, 3) and set(z["caption_owner_test"].tolist()) == set(range(n))
+        assert len(z["captions_test"]) == 2 * n
+    assert main(["export", str(out / "c"), "--target", "onnx", "--precision", "fp32", "--out",
+                 str(tmp_path / "bundles")]) == 0

@@ -39,7 +39,8 @@ def load_dataset(spec: str, **kw: Any) -> ClassData | CaptionData | ImageFiles:
     if scheme in ("cifar10", "cifar100"):
         kw.setdefault("name", scheme)
     data = _PATH_LOADERS[scheme](Path(os.path.expanduser(rest)), **kw)
-    if isinstance(data, (ClassData, ImageFiles)) and len(np.unique(data.labels)) < 2:
+    if (isinstance(data, ClassData) or (isinstance(data, ImageFiles) and data.captions is None)) \
+            and len(np.unique(data.labels)) < 2:
         raise UserError(f"dataset {spec!r}: only one class has images; classifying or retrieving over a single class "
                       "is meaningless (give at least two)")
     return data
@@ -130,7 +131,8 @@ def split_dataset(
     """(train, val, test) subsets: stratified for labelled data, plain for CaptionData; max_* cut deterministically.
     A folder already split as train/val[/test] keeps its splits; without test/, its val/ is the test split and the
     validation split is drawn from train/ (val_frac of it)."""
-    labels = data.labels if isinstance(data, (ClassData, ImageFiles)) else None
+    labelled = isinstance(data, ClassData) or (isinstance(data, ImageFiles) and data.captions is None)
+    labels = data.labels if labelled else None
     if isinstance(data, ImageFiles) and data.given:
         train = data.given["train"]
         test = data.given.get("test", data.given.get("val"))

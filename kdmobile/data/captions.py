@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kdmobile.data.images import Samples, as_index, check_images, existing, read_image, read_npz, short
+from kdmobile.data.folders import ImageFiles, caption_files
+from kdmobile.data.images import Samples, as_index, check_images, existing, read_npz, short
 from kdmobile.errors import UserError
 
-DEFAULT_SIZE = 64
 
 
 @dataclass
@@ -39,12 +39,12 @@ def load_captions(
     size: int | None = None,
     image_root: str | os.PathLike | None = None,
     limit: int | None = None,
-) -> CaptionData:
-    """Caption data from a Flickr-style .npz (or its directory) or a Karpathy/COCO JSON with images beside it.
+) -> CaptionData | ImageFiles:
+    """Caption data from a Flickr-style .npz (or its directory, in memory) or a Karpathy/COCO JSON with images beside
+    it (a file list: photos are decoded where they are used, at the run's size, like an image folder's).
 
-    JSON images are center-cropped and resized to `size` (default 64); .npz images are kept unless `size`
-    is given. `image_root` overrides the JSON's directory as the image base; `limit` keeps the first N images.
-    Images with no captions in a JSON file are skipped.
+    .npz images are kept unless `size` is given (center square crop, bicubic). `image_root` overrides the JSON's
+    directory as the image base; `limit` keeps the first N images. Images with no captions in a JSON file are skipped.
     """
     p = existing(path, "captions")
     if size is not None and (not isinstance(size, (int, np.integer)) or size <= 0):
@@ -57,7 +57,7 @@ def load_captions(
     if suffix == ".npz":
         return _load_npz(p, size, limit)
     if suffix == ".json":
-        return _load_json(p, size or DEFAULT_SIZE, image_root, limit)
+        return _load_json(p, image_root, limit)
     raise UserError(f"captions: {p}: expected a .npz, a Karpathy/COCO .json, or a directory holding one .npz")
 
 
@@ -112,8 +112,9 @@ def _check_captions(caps: Any, n: int, src: Path) -> list[list[str]]:
     return [list(c) for c in caps]
 
 
-def _load_json(p: Path, size: int, image_root: str | os.PathLike | None, limit: int | None) -> CaptionData:
-    """Karpathy dataset_*.json or COCO captions_*.json; images resolved against `image_root` or the JSON's folder."""
+def _load_json(p: Path, image_root: str | os.PathLike | None, limit: int | None) -> ImageFiles:
+    """Karpathy dataset_*.json or COCO captions_*.json as a file list (images are decoded where they are used);
+    images resolved against `image_root` or the JSON's folder."""
     try:
         obj = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -128,13 +129,10 @@ def _load_json(p: Path, size: int, image_root: str | os.PathLike | None, limit: 
     if not entries:
         raise UserError(f"{p}: dataset is empty (no images with captions)")
     root = Path(os.path.expanduser(os.fspath(image_root))) if image_root is not None else p.parent
-    images = np.empty((len(entries), size, size, 3), np.uint8)
-    for i, (rel, _) in enumerate(entries):
-        f = root / rel
-        if not f.is_file():
-            raise UserError(f"{p}: image file {f} not found (images are resolved relative to {root})")
-        images[i] = np.asarray(square(read_image(f), size), dtype=np.uint8)
-    return CaptionData(images, [caps for _, caps in entries], p.stem)
+    for rel, _ in entries:  # a stat per image: a wrong root fails now, not in a DataLoader worker later
+        if not (root / rel).is_file():
+            raise UserError(f"{p}: image file {root / rel} not found (images are resolved relative to {root})")
+    return caption_files(root, [rel for rel, _ in entries], [caps for _, caps in entries], p.stem)
 
 
 def _karpathy_entries(items: list[Any], p: Path) -> list[tuple[str, list[str]]]:

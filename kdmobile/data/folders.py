@@ -35,6 +35,7 @@ class ImageFiles:
     name: str
     layout: str = "CLASS/ folders, split here"
     given: dict[str, np.ndarray] = field(default_factory=dict)  # split name -> indices, when the folder was split
+    captions: list[list[str]] | None = None  # caption data (Karpathy / COCO JSON): each image's captions, no classes
 
     def __post_init__(self) -> None:
         if len(self.files) != len(self.labels):
@@ -50,7 +51,9 @@ class ImageFiles:
     def subset(self, idx: np.ndarray) -> ImageFiles:
         """The files at `idx` (integer indices or a boolean mask); the split layout is not carried over."""
         i = as_index(idx)
-        return ImageFiles(self.root, self.files[i], self.labels[i], list(self.classes), self.name, self.layout)
+        caps = [list(self.captions[j]) for j in i.tolist()] if self.captions is not None else None
+        return ImageFiles(self.root, self.files[i], self.labels[i], list(self.classes), self.name, self.layout,
+                          captions=caps)
 
     def native_size(self) -> tuple[int, int]:
         """(height, width) of the first image, read from its header only."""
@@ -160,6 +163,12 @@ def scan_imagefolder(path: str | os.PathLike) -> ImageFiles:
         else " (validation drawn from train/)")
     layout = f"{found} used as given{use}"
     return ImageFiles(root, _as_bytes(files), np.asarray(labels, np.int64), classes, root.name, layout, given)
+
+
+def caption_files(root: Path, rel: list[str], captions: list[list[str]], name: str) -> ImageFiles:
+    """Captioned images (Karpathy / COCO JSON) as a file list: each image its own target, no classes."""
+    return ImageFiles(root, _as_bytes(rel), np.arange(len(rel), dtype=np.int64), [], name, "captions JSON",
+                      captions=captions)
 
 
 def _as_bytes(files: list[str]) -> np.ndarray:

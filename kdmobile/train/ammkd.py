@@ -69,8 +69,9 @@ class AMMKD:
         self._init_weights = resolve_init(cfg.student_init, cfg.student)  # read or fetched now: fails before training
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
-        self.task = "captions" if isinstance(data, CaptionData) else "classes"
-        self.classes = [] if isinstance(data, CaptionData) else list(data.classes)
+        captioned = isinstance(data, CaptionData) or getattr(data, "captions", None) is not None
+        self.task = "captions" if captioned else "classes"
+        self.classes = [] if captioned else list(data.classes)
         self.layout = getattr(data, "layout", None)
         split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
         train, val, test = split_dataset(data, split_seed, cfg.data.val_frac, cfg.data.test_frac,
@@ -200,23 +201,23 @@ class AMMKD:
     def save_heldout(self, vectors: dict[str, dict[str, torch.Tensor]], calib: int = 256) -> None:
         """heldout.npz: test images (+labels or caption vectors) and calibration images, so export and bench
         can verify and quantize from the run directory alone, without the original dataset."""
+        keep = np.arange(len(self.test))
         if self.test.files is not None:  # a bounded, evenly spaced sample of the test split, decoded once
-            test_idx = np.unique(np.linspace(0, len(self.test) - 1, min(len(self.test), HELDOUT_MAX)).round()
-                                 .astype(np.int64))
-            images = {"images_test": decode_sample(self.test.files, test_idx, self.size),
+            keep = np.unique(np.linspace(0, len(self.test) - 1, min(len(self.test), HELDOUT_MAX)).round()
+                             .astype(np.int64))
+            images = {"images_test": decode_sample(self.test.files, keep, self.size),
                       "images_calib": decode_sample(self.train.files, np.arange(min(calib, len(self.train))),
                                                     self.size)}
-            labels = self.test.labels.numpy()[test_idx]
         else:
             images = {"images_test": self.test.images.permute(0, 2, 3, 1).numpy(),
                       "images_calib": self.train.images[:calib].permute(0, 2, 3, 1).numpy()}
-            labels = self.test.labels.numpy() if self.test.labels is not None else None
         if self.task == "classes":
-            held = HeldOut(**images, labels_test=labels)
-        else:
-            held = HeldOut(**images, caption_owner_test=self.test.caption_owner,
-                           captions_test=np.asarray(self.test.captions),
-                           textvec_test={n: v["test"].cpu().numpy() for n, v in vectors.items()})
+            held = HeldOut(**images, labels_test=self.test.labels.numpy()[keep])
+        else:  # the kept images' captions, with owners renumbered to the kept images
+            rows = np.flatnonzero(np.isin(self.test.caption_owner, keep))
+            held = HeldOut(**images, caption_owner_test=np.searchsorted(keep, self.test.caption_owner[rows]),
+                           captions_test=np.asarray(self.test.captions)[rows],
+                           textvec_test={n: v["test"].cpu().numpy()[rows] for n, v in vectors.items()})
         write_heldout(self.run, held)
 
     # ---------------------------------------------------------------- health

@@ -43,14 +43,23 @@ class Split:
 
 def as_split(data: ClassData | CaptionData | ImageFiles, size: int) -> Split:
     """An in-memory split resized once to (N,3,S,S) uint8; a file list stays a file list."""
-    if isinstance(data, ImageFiles):
+    if isinstance(data, ImageFiles) and data.captions is None:
         return Split(None, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64), data, size)
+    if isinstance(data, ImageFiles):
+        caps, owner = _flat_captions(data.captions or [])
+        return Split(None, None, caps, owner, data, size)
     images = torch.from_numpy(resize_images(data.images, size)).permute(0, 3, 1, 2).contiguous()
     if isinstance(data, ClassData):
         return Split(images, torch.from_numpy(data.labels.astype(np.int64)), [], np.zeros(0, np.int64), size=size)
-    caps = [c for cs in data.captions for c in cs]
-    owner = np.concatenate([np.full(len(cs), i) for i, cs in enumerate(data.captions)]).astype(np.int64)
+    caps, owner = _flat_captions(data.captions)
     return Split(images, None, caps, owner, size=size)
+
+
+def _flat_captions(captions: list[list[str]]) -> tuple[list[str], np.ndarray]:
+    """Every caption in one list, and the index of the image each belongs to."""
+    caps = [c for cs in captions for c in cs]
+    owner = np.concatenate([np.full(len(cs), i) for i, cs in enumerate(captions)]).astype(np.int64)
+    return caps, owner
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
