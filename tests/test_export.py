@@ -254,8 +254,9 @@ def test_tflite_bundles(other_bundles, precision):
     assert b.manifest["model_file"] == "model.tflite" and v["status"] == "ok", v
     assert v["parity"]["mean_cosine"] > (0.9999 if precision == "fp32" else 0.99)
     assert v["metric"]["name"] == "top1" and b.manifest["quantization"]["format"]
-    if precision == "fp32":
-        assert b.model_path.stat().st_size > 2.5 * (out / "tiny-tflite-int8" / "model.tflite").stat().st_size
+    if precision == "fp32":  # int8 pays in size whichever recipe auto's timing picks (static 2.2x, dynamic 2.5x
+        # smaller on this tiny student; the two tie on speed here, so a loaded machine may pick either)
+        assert b.model_path.stat().st_size > 2.0 * (out / "tiny-tflite-int8" / "model.tflite").stat().st_size
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
