@@ -330,8 +330,8 @@ class WarmStepTimer:
             self.images += images
 
     def tick(self, now: float) -> tuple[float, float, float] | None:
-        """After each step: (seconds per step, images per second delivered, fraction of time waiting for data) once
-        enough warm steps are timed, else None."""
+        """After each step: (seconds per step, images per second through the loop, fraction of time waiting for
+        data) once enough warm steps are timed, else None."""
         self.count += 1
         if self.steps <= 1:
             return now - self.started, 0.0, 0.0

@@ -105,7 +105,7 @@ class Reporter:
     def steps_timed(self, name: str, seconds_per_step: float, images_per_s: float = 0.0,
                     data_wait: float = 0.0) -> None:
         """A stage's warm steps were timed (>= 10 s of them, or its first epoch): print the refined estimate once,
-        with the input pipeline's delivered images/s and the share of time the loop waited for it."""
+        with the images/s the loop trained on and the share of time it waited for the input pipeline."""
         s = self._stage(name)
         first = s.measured_s is None
         s.measured_s = seconds_per_step
@@ -113,7 +113,7 @@ class Reporter:
             stage_left = s.left_s(self._calibration(), self._eval_ratio()) or 0.0
             data = ""
             if images_per_s > 0:
-                data = f"; data {images_per_s:,.0f} img/s, waited for data {data_wait:.0%} of the time"
+                data = f"; {images_per_s:,.0f} img/s through the loop, waited for data {data_wait:.0%} of the time"
                 if data_wait > 0.3:
                     data += " (decoding is the bottleneck: more --workers or a smaller --image-size)"
             self.write(f"estimate  {name}: {fmt_duration(stage_left)} ({seconds_per_step:.3g} s/step x "
