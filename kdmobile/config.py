@@ -190,20 +190,61 @@ def _one_line(err: ValidationError) -> str:
     return f"config {where}: {first['msg']}{more}"
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; 1 MiB is generous and refuses a 50 MB file unparsed
+MAX_SET_CHARS = 64 * 1024
+
+
+def _read_config(p: Path) -> str:
+    """A config file's text: size-limited before reading, UTF-8 or a one-line error."""
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{p}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit of a config file (refused unread)")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{p}: unreadable ({exc.strerror or exc})") from None
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """safe_load (imported when a config is read, not when the CLI starts) with every failure as one line: syntax
+    errors, tags (safe_load refuses them), too deep nesting, and aliases (refused: `*a` repeated through nested
+    lists expands exponentially once the settings are walked; a config never needs them)."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not allowed in kdmobile settings")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise UserError(f"{where}: YAML nested too deeply") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file read under the config limits (size, UTF-8, no tags or aliases, depth); one-line errors."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    return _parse_yaml(_read_config(p), str(p))
+
+
 def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] | None = None) -> M:
     """Defaults <- YAML file <- `--set a.b=v` strings <- explicit flag overrides (None values are ignored)."""
-    import yaml  # imported when a config is read, not when the CLI starts
-
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
             raise UserError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = read_yaml(p)
         if loaded is not None and not isinstance(loaded, dict):
             raise UserError(f"{p}: a config file must be a YAML mapping")
         tree = loaded or {}
@@ -211,7 +252,9 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
         key, eq, raw = item.partition("=")
         if not eq or not key:
             raise UserError(f"--set {item}: expected KEY=VALUE")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        if len(raw) > MAX_SET_CHARS:
+            raise UserError(f"--set {key.strip()}: value of {len(raw)} characters, over the {MAX_SET_CHARS} limit")
+        _set_dotted(tree, key.strip(), _parse_yaml(raw, f"--set {key.strip()}"))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
@@ -232,13 +275,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_config(path: str | os.PathLike, cfg: BaseModel) -> None:
-    """Write the resolved config as YAML (atomically), so the run can be repeated."""
+    """Write the resolved config as YAML (atomically), so the run can be repeated; never with aliases, which
+    `load_config` refuses (a value object shared by two settings would otherwise be written as `&id001` / `*id001`)."""
     import yaml
 
     from kdmobile.fileio import atomic_path
 
+    class NoAliases(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        tmp.write_text(yaml.dump(cfg.model_dump(mode="json"), Dumper=NoAliases, sort_keys=False))
 
 
 class SequenceDataConfig(_Strict):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from kdmobile.config import AMMKDConfig, SDKDConfig
+from kdmobile.config import AMMKDConfig, SDKDConfig, read_yaml
 from kdmobile.console import fmt_duration
 from kdmobile.errors import KDError, UserError
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_json, read_method, teacher_file
@@ -102,10 +102,10 @@ def source_mismatch(run: str | Path, cfg: AMMKDConfig) -> str | None:
     """A warning when the reused teachers were trained on other data or another split than this run's test split."""
     try:
         src = read_json(Path(run).expanduser() / "metrics.json")
-        import yaml
-
-        src_cfg = yaml.safe_load((Path(run).expanduser() / "config.yaml").read_text()) or {}
+        src_cfg = read_yaml(Path(run).expanduser() / "config.yaml") or {}
     except (KDError, OSError):
+        return None
+    if not isinstance(src, dict) or not isinstance(src_cfg, dict) or not isinstance(src_cfg.get("data", {}), dict):
         return None
     data = src_cfg.get("data", {})
     split = lambda d, seed: d.get("split_seed") if d.get("split_seed") is not None else seed  # noqa: E731
