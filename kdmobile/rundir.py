@@ -21,7 +21,7 @@ from typing import Any
 from kdmobile import __version__
 from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.heldout import HeldOut, read_heldout
-from kdmobile.errors import KDError, UserError
+from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.fileio import check_writable, clean_stale, write_json
 from kdmobile.untrusted import MAX_LABELS_BYTES
 from kdmobile.untrusted import read_json as untrusted_json
@@ -55,6 +55,27 @@ def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False
             i += 1
         path = root / f"{name}{i}"
     return path
+
+
+MAX_RUN_SUFFIX = 10_000
+
+
+def claim_run_dir(picked: Path, name: str, resume: bool) -> Path:
+    """Create the run directory atomically (mkdir without exist_ok) when training starts: `picked` (new_run_dir's
+    choice, shown in the plan), or NAME2, NAME3... if another run claimed it since. Two trainings started with one
+    --name so get two directories instead of sharing one."""
+    if resume:
+        return picked
+    picked.parent.mkdir(parents=True, exist_ok=True)
+    candidates = [picked, *(picked.parent / f"{name}{i}" for i in range(2, MAX_RUN_SUFFIX))]
+    for cand in candidates:
+        try:
+            cand.mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise ToolError(f"{picked.parent}: {name}, {name}2 ... {name}{MAX_RUN_SUFFIX - 1} are all taken; "
+                    "choose another --name")
 
 
 def write_method(run: Path, method: str) -> None:

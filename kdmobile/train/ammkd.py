@@ -26,7 +26,7 @@ from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teache
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
-from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
+from kdmobile.rundir import claim_run_dir, NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
@@ -116,9 +116,17 @@ class AMMKD:
         return self.val if len(self.val) else self.test
 
     # ------------------------------------------------------------------ driver
+    def claim_run(self) -> None:
+        """Create the run directory now (rank 0; every rank learns the name): another run may have taken it."""
+        picked = self.run
+        self.run = dist.agree(lambda: claim_run_dir(picked, self.cfg.name, self.resume), self.device)
+        if self.run != picked and dist.is_main():
+            print(f"kdmobile: {picked} was taken by another run meanwhile; writing to {self.run}", flush=True)
+
     def run_all(self) -> dict[str, Any]:
         """Teachers, class vectors, baseline + health check, distillation, evaluation; returns metrics.json's dict."""
         seed_everything(self.cfg.seed)
+        self.claim_run()
         if dist.is_main():
             write_method(self.run, "ammkd")
             save_config(self.run / "config.yaml", self.cfg)
