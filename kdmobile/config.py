@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from kdmobile.errors import UserError
+from kdmobile.untrusted import MAX_CONFIG_BYTES, MAX_SET_CHARS, parse_yaml, read_yaml  # noqa: F401
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -190,52 +191,6 @@ def _one_line(err: ValidationError) -> str:
     return f"config {where}: {first['msg']}{more}"
 
 
-MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; 1 MiB is generous and refuses a 50 MB file unparsed
-MAX_SET_CHARS = 64 * 1024
-
-
-def _read_config(p: Path) -> str:
-    """A config file's text: size-limited before reading, UTF-8 or a one-line error."""
-    size = p.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise UserError(f"{p}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit of a config file (refused unread)")
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{p}: unreadable ({exc.strerror or exc})") from None
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    """safe_load (imported when a config is read, not when the CLI starts) with every failure as one line: syntax
-    errors, tags (safe_load refuses them), too deep nesting, and aliases (refused: `*a` repeated through nested
-    lists expands exponentially once the settings are walked; a config never needs them)."""
-    import yaml
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                raise yaml.YAMLError("aliases (*name) are not allowed in kdmobile settings")
-            return super().compose_node(parent, index)
-
-    try:
-        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{where}: not valid YAML ({first})") from None
-    except RecursionError:
-        raise UserError(f"{where}: YAML nested too deeply") from None
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file read under the config limits (size, UTF-8, no tags or aliases, depth); one-line errors."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"{p}: no such file")
-    return _parse_yaml(_read_config(p), str(p))
-
-
 def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] | None = None) -> M:
     """Defaults <- YAML file <- `--set a.b=v` strings <- explicit flag overrides (None values are ignored)."""
@@ -254,7 +209,7 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
             raise UserError(f"--set {item}: expected KEY=VALUE")
         if len(raw) > MAX_SET_CHARS:
             raise UserError(f"--set {key.strip()}: value of {len(raw)} characters, over the {MAX_SET_CHARS} limit")
-        _set_dotted(tree, key.strip(), _parse_yaml(raw, f"--set {key.strip()}"))
+        _set_dotted(tree, key.strip(), parse_yaml(raw, f"--set {key.strip()}"))
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)

@@ -25,6 +25,7 @@ from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.fileio import check_writable, clean_stale, write_json
 from kdmobile.untrusted import MAX_LABELS_BYTES
 from kdmobile.untrusted import read_json as untrusted_json
+from kdmobile.untrusted import read_yaml
 
 STUDENT_FILE = "student.safetensors"
 NOKD_FILE = "student_nokd.safetensors"  # the same student trained without distillation (baseline)
@@ -76,6 +77,39 @@ def claim_run_dir(picked: Path, name: str, resume: bool) -> Path:
             continue
     raise ToolError(f"{picked.parent}: {name}, {name}2 ... {name}{MAX_RUN_SUFFIX - 1} are all taken; "
                     "choose another --name")
+
+
+RESUME_FREE = ("train.device", "teacher_train.device", "train.workers", "teacher_train.workers")
+
+
+def check_resume(run: Path, settings: dict[str, Any]) -> None:
+    """Before --resume writes anything: refuse a finished run, and settings that differ from the run's saved
+    config.yaml (naming the keys), so a resumed student never mixes two configurations. Device and worker counts
+    may change between the two halves of a run."""
+    if (run / "metrics.json").is_file():
+        raise UserError(f"--resume: {run} has finished (metrics.json is there); start a new run instead")
+    saved_file = run / "config.yaml"
+    if not saved_file.is_file():  # killed before its config was written: nothing to compare with
+        return
+    saved = read_yaml(saved_file)
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: {saved_file} is not a settings mapping")
+    now, before = _flat(settings), _flat(saved)
+    differ = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k) and k not in RESUME_FREE)
+    if differ:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise UserError(f"--resume: settings differ from {saved_file}: {shown}{more}; resume with the run's own "
+                        "settings (--config of that file) or start a new run")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
 
 
 def write_method(run: Path, method: str) -> None:

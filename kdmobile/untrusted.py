@@ -119,3 +119,50 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "corrupt"
         raise UserError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
+# ---------------------------------------------------------------- YAML (settings files, --set values)
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; 1 MiB is generous and refuses a 50 MB file unparsed
+MAX_SET_CHARS = 64 * 1024
+
+
+def _read_config(p: Path) -> str:
+    """A config file's text: size-limited before reading, UTF-8 or a one-line error."""
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"{p}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit of a config file (refused unread)")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{p}: unreadable ({exc.strerror or exc})") from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """safe_load (imported when a config is read, not when the CLI starts) with every failure as one line: syntax
+    errors, tags (safe_load refuses them), too deep nesting, and aliases (refused: `*a` repeated through nested
+    lists expands exponentially once the settings are walked; a config never needs them)."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not allowed in kdmobile settings")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: not valid YAML ({first})") from None
+    except RecursionError:
+        raise UserError(f"{where}: YAML nested too deeply") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file read under the config limits (size, UTF-8, no tags or aliases, depth); one-line errors."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    return parse_yaml(_read_config(p), str(p))

@@ -34,3 +34,31 @@ def test_two_concurrent_trainings_with_one_name(tmp_path: Path) -> None:
         log = [json.loads(line) for line in (out / run / "log.jsonl").read_text().splitlines()]
         assert sum(1 for r in log if r.get("event") == "metrics") == 1  # one run's records, not two interleaved
         assert (out / run / "metrics.json").is_file() and not (out / run / "INCOMPLETE").exists()
+
+
+def _tree_hash(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_a_finished_run_and_other_settings_before_writing(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from kdmobile.cli import main
+
+    out = tmp_path / "runs"
+    args = ["train", "ammkd", *TINY_AMMKD, "--epochs", "1", "--out", str(out)]
+    assert main([*args, "--name", "done"]) == 0
+    done = out / "done"
+    before = _tree_hash(done)
+    capsys.readouterr()
+    assert main([*args, "--name", "done", "--resume"]) == 2
+    assert "has finished" in capsys.readouterr().err and _tree_hash(done) == before
+    cut = out / "cut"  # a run whose training stopped before metrics.json
+    shutil.copytree(done, cut)
+    (cut / "metrics.json").unlink()
+    before = _tree_hash(cut)
+    assert main([*args[:-2], "--epochs", "3", "--out", str(out), "--name", "cut", "--resume",
+                 "--set", "temperature=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.epochs (1 -> 3)" in err and "temperature (4.0 -> 2.0)" in err and len(err.splitlines()) == 1
+    assert _tree_hash(cut) == before  # nothing rewritten: not config.yaml, not heldout.npz, no INCOMPLETE marker

@@ -26,7 +26,8 @@ from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teache
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
-from kdmobile.rundir import claim_run_dir, NOKD_FILE, STUDENT_FILE, new_run_dir, teacher_file, write_method, write_metrics
+from kdmobile.rundir import (NOKD_FILE, STUDENT_FILE, check_resume, claim_run_dir, new_run_dir, teacher_file,
+                             write_method, write_metrics)
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
@@ -36,8 +37,7 @@ from kdmobile.train.image_stream import FileImages, FileViews, decode_sample, de
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, seed_everything
 from kdmobile.train.losses import clip_contrastive
-from kdmobile.train.view_cache import (CachedViews, SeedCache, TensorViews, ViewSource, check_cache_dir,
-                                       load_or_build)
+from kdmobile.train.view_cache import CachedViews, SeedCache, TensorViews, ViewSource, check_cache_dir, load_or_build
 from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
@@ -91,6 +91,8 @@ class AMMKD:
         if cfg.data.views > 0 and cfg.data.view_cache:
             check_cache_dir(Path(cfg.data.view_cache).expanduser())
         self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
+        if resume:  # before anything is written: a finished run, or other settings, are refused
+            check_resume(self.run, cfg.model_dump(mode="json"))
         self.log: RunLog | None = None
         self._views: SeedCache | None = None
         self.device = dist.pick_device(cfg.train.device)

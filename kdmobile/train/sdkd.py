@@ -26,7 +26,8 @@ from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssi
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import claim_run_dir, WEIGHTS_SUFFIX, new_run_dir, teacher_file, write_method, write_metrics
+from kdmobile.rundir import (WEIGHTS_SUFFIX, check_resume, claim_run_dir, new_run_dir, teacher_file, write_method,
+                             write_metrics)
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
@@ -93,6 +94,8 @@ class SDKD:
         check_frames(array, spec, self.source)
         self.splits = make_windows(array, spec)
         self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
+        if resume:  # before anything is written: a finished run, or other settings, are refused
+            check_resume(self.run, cfg.model_dump(mode="json"))
         self.log: RunLog | None = None
         self.device = dist.pick_device(cfg.train.device)
 
