@@ -131,3 +131,15 @@ def cache_dir() -> Path:
     """Where kdmobile caches what it can rebuild (generated datasets, bench reference towers): $KDMOBILE_CACHE or
     ~/.cache/kdmobile."""
     return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

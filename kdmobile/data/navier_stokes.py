@@ -99,6 +99,48 @@ def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: i
         raise UserError(f"--threads must be a positive integer, got {cpu_threads!r}")
 
 
+MAX_RES = 4096            # FNO's finest solve is 256^2; 4096^2 is already 64 MB per float32 frame
+MAX_RECORDS = 100_000     # snapshots per trajectory
+MAX_STEPS = 10_000_000    # solver steps per trajectory (FNO's T = 50 at dt 1e-4 is 5e5)
+MAX_THREADS = 256
+MAX_BATCH = 100_000
+
+
+def _check_sizes(n: int, res: int, n_rec: int, t_final: float, dt: float | None, batch: int,
+                 threads: int | None, itemsize: int) -> None:
+    """Every size the user controls against a stated limit, and the data set against free memory, before anything
+    is allocated or written (a careless --n, --res or --t-final must not take the machine)."""
+    from kdmobile.fileio import available_memory
+
+    for flag, value, limit in (("--res", res, MAX_RES), ("--t-final / --record-every", n_rec, MAX_RECORDS),
+                               ("--batch-size", batch, MAX_BATCH), ("--threads", threads or 1, MAX_THREADS)):
+        if value > limit:
+            raise UserError(f"{flag}: {value} is over the limit of {limit}")
+    steps = t_final / (dt or 1e-3)
+    if steps > MAX_STEPS:
+        raise UserError(f"--t-final {t_final:g}: at least {steps:.3g} solver steps per trajectory (dt <= "
+                        f"{dt or 1e-3:g}), over the limit of {MAX_STEPS:,}")
+    frame = res * res * itemsize
+    chunk = min(n, batch) * (n_rec + 40) * frame * 2  # one chunk's frames plus the solver's spectral work arrays
+    memory = available_memory()
+    if memory is not None and chunk > memory // 2:
+        raise UserError(f"--batch-size {batch}: one chunk needs about {chunk / 2**30:.1f} GiB of memory, "
+                        f"{memory / 2**30:.1f} GiB available; lower --batch-size or --res")
+
+
+def _check_disk(runner: "_Runner", path: Path) -> None:
+    """The data set (and its chunks, kept until the end) against the free disk where it goes, before writing."""
+    import shutil
+
+    frame = runner.res * runner.res * np.dtype(runner.np_dtype).itemsize
+    total = 2 * runner.n * (runner.n_rec + 1) * frame  # the chunks, then the final file beside them
+    parent = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    free = shutil.disk_usage(parent).free
+    if total > free:
+        raise UserError(f"--n {runner.n} x {runner.n_rec} frames of {runner.res}^2: writing the data set needs "
+                        f"{total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free in {parent}")
+
+
 def dataset_key(n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0,
                 dt: float | None = None, forcing: str | None = "fno", dt_record: float = 1.0,
                 dtype: torch.dtype | str = torch.float32) -> dict[str, Any]:
@@ -128,6 +170,8 @@ class _Runner:
         self.n_rec = num_records(self.t_final, self.dt_record)
         self.dtype = _dtype(dtype)
         self.np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        _check_sizes(self.n, self.res, self.n_rec, self.t_final, dt, batch_size, cpu_threads,
+                     np.dtype(self.np_dtype).itemsize)
         self.forcing = _forcing_name(forcing)
         self.device = resolve_device(device)
         self.cpu = self.device.type == "cpu"
@@ -257,6 +301,7 @@ def generate_to_file(
     """
     runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads)
     path = check_output_path(out)
+    _check_disk(runner, path)
     key = runner.key()
     store = ChunkStore(path, key, batch_size, restart)
     ranges = store.ranges()

@@ -54,10 +54,25 @@ def register(sub: Any) -> None:
     p.set_defaults(func=handler)
 
 
+MAX_THREADS = 256     # inference threads; more than any phone or server core count
+MAX_STEPS = 10_000    # autoregressive forecast steps (each feeds the next; the output grows with every step)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when two paths name the same file (or would: a path compared after resolving links and `..`)."""
+    import os
+
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b) or \
+            os.path.realpath(a) == os.path.realpath(b)
+    except OSError:
+        return False
+
+
 def _check_args(args: argparse.Namespace, task: str) -> None:
     """One-line errors for values and flags that do not fit the bundle's task."""
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
     if task == "retrieval":
         if args.top_k < 1:
             raise UserError(f"--top-k must be >= 1, got {args.top_k}")
@@ -65,10 +80,12 @@ def _check_args(args: argparse.Namespace, task: str) -> None:
             flag = "--out" if args.out is not None else "--steps"
             raise UserError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
     else:
-        if args.steps < 1:
-            raise UserError(f"--steps must be >= 1, got {args.steps}")
+        if not 1 <= args.steps <= MAX_STEPS:
+            raise UserError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
         if args.out is not None and len(args.inputs) != 1:
             raise UserError(f"--out names one output file but {len(args.inputs)} inputs were given")
+        if args.out is not None and any(_same_file(args.out, i) for i in [*args.inputs, args.bundle]):
+            raise UserError(f"--out {args.out}: that is an input of this command; the forecast would replace it")
 
 
 def _softmax_rows(z: Any) -> Any:
