@@ -14,6 +14,7 @@ runs/NAME/
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,13 @@ def write_method(run: Path, method: str) -> None:
 
 
 def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
-    """Write metrics.json, the last file of a run, and only then drop the INCOMPLETE marker."""
+    """Write metrics.json, the last file of a run, and only then drop the INCOMPLETE marker. Non-finite numbers are
+    an error of the run (training diverged), never written as NaN / Infinity into JSON."""
+    bad = [k for k, v in _flat(metrics).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise UserError(f"{run}: training produced non-finite metrics ({', '.join(bad[:4])}"
+                        f"{' ...' if len(bad) > 4 else ''}): it diverged or the data hold extreme values; the run "
+                        "stays INCOMPLETE (lower --lr, or check the data's scale)")
     write_json(run / "metrics.json", metrics)
     (run / INCOMPLETE).unlink(missing_ok=True)
 

@@ -110,3 +110,18 @@ def test_sdkd_records_the_teacher_health_check(tmp_path):
     for c in health["teachers"]:
         assert c["metric"] == "val mse" and c["healthy"] == (c["teacher_value"] <= 0.9 * c["student_value"])
     assert health["excluded_from_kd"] == health["weak"]
+
+
+def test_non_finite_metrics_are_an_error_not_nan_in_json(tmp_path, capsys):
+    """Finite data near 1e30: the normalised loss trains, the physical-unit MSE overflows; the run must fail in one
+    line and stay INCOMPLETE instead of writing Infinity into metrics.json (issue 21 class 4)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "huge.npy"
+    np.save(path, (rng.standard_normal((6, 22, 8, 8)) * 1e30).astype(np.float32))
+    args = TINY[4:6] + TINY[6:9] + TINY[11:]  # TINY without its generator settings (--n, --res, data.t_final)
+    assert "--n" not in args and "data.t_final=21" not in args and args[0] == "--epochs"
+    code = main(["train", "sdkd", "--data", str(path), *args, "--out", str(tmp_path / "runs"), "--name", "huge"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "non-finite metrics" in err[0], err
+    run = tmp_path / "runs" / "huge"
+    assert not (run / "metrics.json").exists() and (run / "INCOMPLETE").exists()

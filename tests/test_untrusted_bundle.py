@@ -277,3 +277,21 @@ def test_fuzz_sealed_bundle_loads_or_refuses_in_one_line(rt_bundle, path, value)
             RetrievalPredictor(bundle).topk([np.zeros((16, 16, 3), np.uint8)])
         except KDError as e:
             assert "\n" not in str(e)
+
+
+IMPOSSIBLE = [
+    ("negative logit scale", lambda m: m["retrieval"].update(logit_scale=-14.3), "logit_scale must be a finite"),
+    ("zero logit scale", lambda m: m["retrieval"].update(logit_scale=0), "logit_scale must be a finite number > 0"),
+    ("zero std", lambda m: m["input"].update(std=[0.0, 0.26, 0.27]), "std finite numbers > 0"),
+    ("NaN mean", lambda m: m["input"].update(mean=[float("nan"), 0.4, 0.4]), "mean must be finite"),
+    ("infinite logit scale", lambda m: m["retrieval"].update(logit_scale=float("inf")), "logit_scale"),
+    ("inverted value range", lambda m: m["input"].update(value_range=[255, 0]), "value_range"),
+]
+
+
+@pytest.mark.parametrize("what,change,needle", IMPOSSIBLE, ids=[c[0] for c in IMPOSSIBLE])
+def test_resealed_impossible_values_are_refused(rt_bundle, image, tmp_path, capsys, what, change, needle):
+    """Issue 21 class 4: a re-sealed manifest with values no export writes is refused, not run (a negative scale
+    inverted the ranking; a zero std printed every probability as nan with exit 0)."""
+    b = _edit(_copy(rt_bundle, tmp_path / "b"), change, seal=True)
+    _refused_everywhere(b, image, tmp_path, capsys, needle)

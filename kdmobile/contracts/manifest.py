@@ -6,10 +6,12 @@ Validation errors become one `VerificationError` line listing every problem, as 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError,
+                      model_validator)
 
 from kdmobile.errors import VerificationError
 from kdmobile.targets import PRECISIONS, TARGET_NAMES
@@ -24,6 +26,10 @@ class _Part(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 class InputSpec(_Part):
     name: StrictStr
     shape: list[Any]
@@ -32,6 +38,17 @@ class InputSpec(_Part):
     value_range: list[Any]
     mean: list[Any]
     std: list[Any]
+
+    @model_validator(mode="after")
+    def _values(self) -> "InputSpec":
+        """Impossible preprocessing is refused: a zero or negative std divides by nothing (every probability printed
+        as nan), a non-finite mean or range poisons every input."""
+        if not all(_finite(v) for v in self.mean) or not all(_finite(v) and v > 0 for v in self.std):
+            raise ValueError("mean must be finite numbers and std finite numbers > 0")
+        vr = self.value_range
+        if len(vr) != 2 or not all(_finite(v) for v in vr) or not vr[0] < vr[1]:
+            raise ValueError("value_range must be two finite numbers, low < high")
+        return self
 
 
 class ClassVectorsSpec(_Part):
@@ -47,12 +64,25 @@ class RetrievalSpec(_Part):
     labels_file: StrictStr
     prompt_templates: list[Any]
 
+    @model_validator(mode="after")
+    def _scale(self) -> "RetrievalSpec":
+        """A logit scale <= 0 inverts (or flattens) the ranking: refused."""
+        if not (_finite(self.logit_scale) and self.logit_scale > 0):
+            raise ValueError("logit_scale must be a finite number > 0")
+        return self
+
 
 class ForecastSpec(_Part):
     frames_in: StrictInt
     frames_out: StrictInt
     mean: Number
     std: Number
+
+    @model_validator(mode="after")
+    def _norm(self) -> "ForecastSpec":
+        if not (_finite(self.mean) and _finite(self.std) and self.std > 0):
+            raise ValueError("mean must be finite and std a finite number > 0")
+        return self
 
 
 class _Manifest(_Part):
@@ -104,6 +134,8 @@ def _problem(err: dict[str, Any], task: str | None) -> str:
     if parts[-1] in ("int", "float"):
         return f"{'.'.join(parts[:-1])} should be a number"
     where = ".".join(parts)
+    if err["type"] == "value_error":
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
     if err["type"] == "literal_error":
         expected = [e.strip(" '") for e in err["ctx"]["expected"].replace(" or ", ", ").split(",")]
         return f"{where}={err['input']!r} (expected one of {', '.join(expected)})"
