@@ -133,13 +133,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KDMOBILE_CACHE", Path.home() / ".cache" / "kdmobile")).expanduser()
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux MemAvailable), or None where it cannot be read."""
+def proc_field_bytes(path: str, key: str) -> int | None:
+    """A `Key:  N kB` field of a Linux /proc file (/proc/meminfo, /proc/self/status) in bytes; None where absent."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None where it cannot be read."""
+    return proc_field_bytes("/proc/meminfo", "MemAvailable")

@@ -63,14 +63,9 @@ def _reset_hwm() -> bool:
 
 def _hwm_bytes() -> int:
     """Kernel peak RSS since the last reset (VmHWM), in bytes; 0 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    from kdmobile.fileio import proc_field_bytes
+
+    return proc_field_bytes("/proc/self/status", "VmHWM") or 0
 
 
 def measure_peak_rss(fn: Callable[[], Any], interval_s: float = 0.001) -> int:
