@@ -108,7 +108,9 @@ def test_first_hour_in_a_120_column_terminal(tmp_path):
             assert not [line for line in lines_ if NOISE.search(line)], "\n".join(lines_)
         ex, be = "\n".join(ex_lines), "\n".join(be_lines)
         onnx_int8 = re.search(r"int8 \((w8a32|u8s8|s8s8|dynamic)\)", ex)  # `auto` measures: any of the four
-        assert onnx_int8 and "int8 (dynamic)" in ex  # the export table names the int8 format
+        # the export table names the int8 format; TFLite's is auto's timing choice, and static and dynamic tie on this
+        # tiny student (a loaded machine picks either), so either name is right
+        assert onnx_int8 and re.search(r"tflite +int8 \((dynamic|static)\)", ex)
         assert be.count("demo-") >= 2 and "torch eager" not in be and "WARNING" not in be  # found the bundles
         assert f"int8 ({onnx_int8.group(1)})" in be and (tmp_path / "out" / "bench" / "latency_vs_accuracy.png").is_file()
     finally:
