@@ -18,7 +18,7 @@ from torch import nn
 
 from kdmobile.config import AMMKDConfig, save_config
 from kdmobile.contracts.heldout import HeldOut, write_heldout
-from kdmobile.data import CaptionData, ClassData, ImageFiles, load_dataset, split_dataset
+from kdmobile.data import CaptionData, load_dataset, split_dataset
 from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.models import create_model, save_model
@@ -31,6 +31,7 @@ from kdmobile.rundir import (NOKD_FILE, STUDENT_FILE, check_resume, claim_run_di
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
+from kdmobile.train.ammkd_inputs import auto_image_size, class_prompts, native_size, pick_caption
 from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
 from kdmobile.train.augment import AugmentedImages, resolve_augment
 from kdmobile.train.image_stream import FileImages, FileViews, decode_sample, default_workers, train_transform
@@ -42,18 +43,6 @@ from kdmobile.train.weighting import TeacherWeighting
 
 NOT_FLIP_INVARIANT = ("digits",)  # datasets whose meaning a horizontal flip changes
 HELDOUT_MAX = 2000  # test images of a photo folder kept in heldout.npz (export verifies on 1,000 of them)
-
-
-def native_size(data: ClassData | CaptionData | ImageFiles) -> int:
-    """The shorter side of the data's images (of the first photo for a folder)."""
-    return int(min(data.native_size() if isinstance(data, ImageFiles) else data.images.shape[1:3]))
-
-
-def auto_image_size(data: ClassData | CaptionData | ImageFiles) -> int:
-    """The default input size from the data: 32 px for small images (digits, CIFAR), else the native size up to
-    96 px (photos: enough detail to learn from, still trainable on a CPU; deploy sizes take --image-size)."""
-    native = native_size(data)
-    return 32 if native <= 32 else min(native, 96)
 
 
 class AMMKD:
@@ -78,8 +67,8 @@ class AMMKD:
                                          cfg.data.max_train, cfg.data.max_test)
         self.size_reason = "set by --image-size / the config"
         if cfg.data.image_size is None:
-            cfg.data.image_size = auto_image_size(data)
-            native = native_size(data)
+            native = native_size(data)  # one header read (a photo folder's first image)
+            cfg.data.image_size = auto_image_size(native)
             self.size_reason = (f"from the data ({native} px images; 32 px for small images, else up to 96 px; "
                                 "--image-size changes it)")
         flip_ok = cfg.data.spec.split(":", 1)[0] not in NOT_FLIP_INVARIANT
@@ -185,7 +174,7 @@ class AMMKD:
                 logits = core.logit_scale() * img @ txt.T
                 loss = F.cross_entropy(logits, index, label_smoothing=tcfg.label_smoothing)
                 return StepOutput(loss, {"acc": (logits.argmax(1) == index).float().mean().item() * 100})
-            caps = [self.train.captions[_pick_caption(self._owner, int(i))] for i in target.tolist()]
+            caps = [self.train.captions[pick_caption(self._owner, int(i))] for i in target.tolist()]
             img, txt = model(x, core.tokenize(caps))
             return StepOutput(clip_contrastive(img, txt, core.logit_scale()), {})
 
@@ -291,7 +280,7 @@ class AMMKD:
             if self.task == "classes":
                 b = Batch(x, target, tv, symmetric=False, teacher_images=cached)
             else:  # one random caption of each image in the batch; targets are the diagonal
-                picks = torch.tensor([_pick_caption(self._owner, int(i)) for i in target.tolist()])
+                picks = torch.tensor([pick_caption(self._owner, int(i)) for i in target.tolist()])
                 b = Batch(x, torch.arange(len(target), device=x.device),
                           {n: v[picks.to(v.device)] for n, v in tv.items()}, symmetric=True, teacher_images=cached)
             return StepOutput(*loss_fn(m, teachers, b))
@@ -376,23 +365,6 @@ class AMMKD:
             metric = HEALTH_METRIC[self.task]
             out["kd_gain_points"] = models["student"][metric] - models["student_nokd"][metric]
         return out
-
-
-def class_prompts(target: torch.Tensor, classes: list[str], template: str) -> tuple[list[str], torch.Tensor]:
-    """The prompts a teacher step encodes and each image's index into them: every class while there are no more
-    classes than images (the exact softmax over all classes), else each distinct class of the batch once, so a step
-    never runs the text tower on more prompts than it has images (the batch's classes are the negatives, as in CLIP
-    training)."""
-    if len(classes) <= len(target):
-        return [template.format(c) for c in classes], target
-    present, index = torch.unique(target, return_inverse=True)
-    return [template.format(classes[c]) for c in present.tolist()], index
-
-
-def _pick_caption(owner: torch.Tensor, image: int) -> int:
-    """A random caption index belonging to `image` (torch RNG, so resume reproduces it)."""
-    idx = torch.nonzero(owner == image).flatten()
-    return int(idx[torch.randint(len(idx), (1,))])
 
 
 def run_ammkd(cfg: AMMKDConfig, resume: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
