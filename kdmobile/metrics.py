@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from kdmobile.errors import UserError
+
+
+def _in_range(index: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Integer indices in [0, n), or a one-line error: an out-of-range label would silently score as a miss."""
+    index = np.asarray(index)
+    if index.size and (index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= n):
+        raise UserError(f"{what} outside 0..{n - 1} (the held-out data does not belong to these {n} entries)")
+    return index
+
 
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracy (percent) of (N,K) scores against integer labels; k is capped at K."""
+    labels = _in_range(labels, scores.shape[1], "class labels")
     order = np.argsort(-scores, axis=1)
     out = {}
     for k in ks:
@@ -18,6 +29,7 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = 
 def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, text_owner: np.ndarray,
                      ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
     """Recall@K (percent) image->text and text->image; `text_owner[j]` is the image index caption j describes."""
+    text_owner = _in_range(text_owner, len(image_emb), "caption owners")
     sims = image_emb @ text_emb.T
     out = {}
     i2t = np.argsort(-sims, axis=1)

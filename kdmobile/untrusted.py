@@ -21,6 +21,7 @@ MAX_JSON_BYTES = 1 << 20          # a manifest is a few KB; 1 MiB leaves room an
 MAX_LABELS_BYTES = 64 << 20       # labels.json of a caption gallery can be large
 MAX_JSON_DEPTH = 32               # a manifest nests 4 levels
 MAX_PIXELS = 64 * 1024 * 1024     # 64 Mpx: more than any phone photo, far less than a decompression bomb
+MAX_CLASSES = 100_000             # classes of a labelled set or a bundle (folders, CIFAR meta, labels, class vectors)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -112,6 +113,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: missing (was the run finished?)")
+    check_array_file(p)
     try:
         with np.load(p, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
@@ -119,6 +121,72 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "corrupt"
         raise UserError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+
+
+# ---------------------------------------------------------------- array files (.npy, .npz, .mat)
+MEMORY_SHARE = 0.5         # a file's arrays may take at most half the memory available when it is read
+FALLBACK_BUDGET = 8 << 30  # where /proc/meminfo cannot be read
+
+
+def array_budget() -> int:
+    """Bytes an input file's arrays may occupy once read: MEMORY_SHARE of the memory available now."""
+    from kdmobile.fileio import available_memory
+
+    avail = available_memory()
+    return int(avail * MEMORY_SHARE) if avail else FALLBACK_BUDGET
+
+
+def check_array_bytes(where: str | os.PathLike, declared: int) -> None:
+    """Refuse, before reading, arrays whose declared shapes need more than `array_budget()` bytes (a compressed .npz
+    member or a shared-reference pickle is small on disk and huge in memory)."""
+    budget = array_budget()
+    if declared > budget:
+        raise UserError(f"{where}: its arrays declare {declared / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB "
+                        f"limit (half the memory available now; refused before reading)")
+
+
+def _npy_header_bytes(f: Any, name: str) -> int:
+    """Bytes the array of one .npy stream declares (its header only; the data is not read)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{name}: unsupported .npy version {version}")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count * max(dtype.itemsize, 1)
+
+
+def declared_array_bytes(path: str | os.PathLike) -> int:
+    """Bytes the arrays of an .npy or .npz file declare in their headers, read without decompressing any data."""
+    import zipfile
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            f.seek(0)
+            return _npy_header_bytes(f, p.name)
+    total = 0
+    with zipfile.ZipFile(p) as z:
+        for info in z.infolist():
+            if info.filename.endswith(".npy"):
+                with z.open(info) as f:
+                    total += _npy_header_bytes(f, info.filename)
+    return total
+
+
+def check_array_file(path: str | os.PathLike) -> None:
+    """The size rule for an .npy/.npz someone else wrote: declared bytes within `array_budget()`; a header that cannot
+    be read is left to the loader's own one-line error."""
+    try:
+        declared = declared_array_bytes(path)
+    except Exception:  # noqa: BLE001 - a corrupt file: np.load reports it in the caller's words
+        return
+    check_array_bytes(path, declared)
 
 
 # ---------------------------------------------------------------- YAML (settings files, --set values)

@@ -66,7 +66,7 @@ def test_heldout_round_trip_and_refusals(tmp_path: Path) -> None:
     assert back.kind == "classes" and np.array_equal(back.labels_test, np.arange(4))
     assert np.array_equal(back.calibration(), images[:2])
     np.savez(tmp_path / "heldout.npz", images_test=images, labels_test=np.arange(3))
-    with pytest.raises(KDError, match="labels_test should be 1-D with 4 entries"):
+    with pytest.raises(KDError, match="labels_test should be 4 integers in 0..99999"):
         read_heldout(tmp_path)
     np.savez(tmp_path / "heldout.npz", x_test=np.zeros((2, 3, 4, 4), np.float32))
     with pytest.raises(KDError, match="y_test"):

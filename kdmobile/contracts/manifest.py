@@ -15,9 +15,19 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stri
 
 from kdmobile.errors import VerificationError
 from kdmobile.targets import PRECISIONS, TARGET_NAMES
+from kdmobile.untrusted import MAX_CLASSES
 
 Number = Union[StrictInt, StrictFloat]
 TASKS = ("retrieval", "forecast")
+
+# Limits every reader (Python here, Java and JS through manifest.schema.json) applies before allocating anything a
+# manifest declares: a re-sealed manifest claiming a 60000x60000 input must not make a phone or `export --verify`
+# allocate 40 GiB.
+MAX_DIM = 16_384                   # any one input dimension (side, channels, frames)
+MAX_INPUT_ELEMENTS = 1 << 26       # values in one input sample (256 MiB as float32)
+MAX_EMBED_DIM = 65_536
+MAX_CLASS_VECTOR_ELEMENTS = 1 << 28  # 1 GiB of float32
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
 
 class _Part(BaseModel):
@@ -30,19 +40,34 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _dims(shape: list[Any], limits: list[int], max_elements: int) -> bool:
+    """Whether `shape` holds len(limits) integers, each in 1..its limit, whose product is at most `max_elements`."""
+    if len(shape) != len(limits) or not all(type(d) is int and 1 <= d <= hi for d, hi in zip(shape, limits)):
+        return False
+    return math.prod(shape) <= max_elements
+
+
 class InputSpec(_Part):
     name: StrictStr
-    shape: list[Any]
+    shape: list[Any] = Field(json_schema_extra={
+        "minItems": 4, "maxItems": 4, "items": {"type": "integer", "minimum": 1, "maximum": MAX_DIM},
+        "x-kdmobile-max-elements": MAX_INPUT_ELEMENTS})
     dtype: Literal["float32"]
     layout: Literal["NCHW", "NTHW"]
     value_range: list[Any]
-    mean: list[Any]
-    std: list[Any]
+    mean: list[Any] = Field(json_schema_extra={"minItems": 1, "items": {"type": "number"}})
+    std: list[Any] = Field(json_schema_extra={"minItems": 1, "items": _POSITIVE})
 
     @model_validator(mode="after")
     def _values(self) -> "InputSpec":
         """Impossible preprocessing is refused: a zero or negative std divides by nothing (every probability printed
-        as nan), a non-finite mean or range poisons every input."""
+        as nan), a non-finite mean or range poisons every input, a shape over the limits would be allocated."""
+        if not _dims(self.shape, [MAX_DIM] * 4, MAX_INPUT_ELEMENTS):
+            raise ValueError(f"shape must be 4 integers in 1..{MAX_DIM} with at most {MAX_INPUT_ELEMENTS} values "
+                             f"per sample, got {str(self.shape)[:80]}")
+        if not self.mean or len(self.mean) != len(self.std) or (self.layout == "NCHW"
+                                                                 and len(self.mean) != self.shape[1]):
+            raise ValueError("mean and std must have one entry per channel")
         if not all(_finite(v) for v in self.mean) or not all(_finite(v) and v > 0 for v in self.std):
             raise ValueError("mean must be finite numbers and std finite numbers > 0")
         vr = self.value_range
@@ -53,14 +78,25 @@ class InputSpec(_Part):
 
 class ClassVectorsSpec(_Part):
     file: StrictStr
-    shape: list[Any]
+    shape: list[Any] = Field(json_schema_extra={
+        "minItems": 2, "maxItems": 2,
+        "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_CLASSES},
+                        {"type": "integer", "minimum": 1, "maximum": MAX_EMBED_DIM}],
+        "x-kdmobile-max-elements": MAX_CLASS_VECTOR_ELEMENTS})
     dtype: Literal["float32"]
     byte_order: Literal["little"]
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ClassVectorsSpec":
+        if not _dims(self.shape, [MAX_CLASSES, MAX_EMBED_DIM], MAX_CLASS_VECTOR_ELEMENTS):
+            raise ValueError(f"shape must be [classes 1..{MAX_CLASSES}, dimension 1..{MAX_EMBED_DIM}] with at most "
+                             f"{MAX_CLASS_VECTOR_ELEMENTS} values, got {str(self.shape)[:80]}")
+        return self
 
 
 class RetrievalSpec(_Part):
     class_vectors: ClassVectorsSpec
-    logit_scale: Number
+    logit_scale: Number = Field(json_schema_extra=_POSITIVE)
     labels_file: StrictStr
     prompt_templates: list[Any]
 
@@ -73,13 +109,15 @@ class RetrievalSpec(_Part):
 
 
 class ForecastSpec(_Part):
-    frames_in: StrictInt
-    frames_out: StrictInt
+    frames_in: StrictInt = Field(json_schema_extra={"minimum": 1, "maximum": MAX_DIM})
+    frames_out: StrictInt = Field(json_schema_extra={"minimum": 1, "maximum": MAX_DIM})
     mean: Number
-    std: Number
+    std: Number = Field(json_schema_extra=_POSITIVE)
 
     @model_validator(mode="after")
     def _norm(self) -> "ForecastSpec":
+        if not all(1 <= n <= MAX_DIM for n in (self.frames_in, self.frames_out)):
+            raise ValueError(f"frames_in and frames_out must be in 1..{MAX_DIM}")
         if not (_finite(self.mean) and _finite(self.std) and self.std > 0):
             raise ValueError("mean must be finite and std a finite number > 0")
         return self

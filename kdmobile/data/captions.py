@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,13 @@ import numpy as np
 from PIL import Image
 
 from kdmobile.data.folders import ImageFiles, caption_files
-from kdmobile.data.images import Samples, as_index, check_images, existing, read_npz, short
+from kdmobile.data.images import Samples, as_index, check_images, existing, read_npz
 from kdmobile.errors import UserError
+from kdmobile.untrusted import parse_json, read_limited
+
+# A caption file is read whole: Karpathy's dataset_coco.json is 145 MB; 512 MiB is room for any such file and still
+# refuses a stray multi-GB one unread.
+MAX_CAPTIONS_JSON_BYTES = 512 << 20
 
 
 
@@ -88,10 +92,7 @@ def _load_npz(p: Path, size: int | None, limit: int | None) -> CaptionData:
     if raw.ndim != 0 or raw.dtype.kind not in "US":
         raise UserError(f"{p}: 'captions' must be a 0-d string holding a JSON list of caption lists, got {raw.dtype} {raw.shape}")
     text = raw.item()
-    try:
-        caps = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: 'captions' is not valid JSON ({short(e)})") from None
+    caps = parse_json(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"), f"{p}: 'captions'")
     captions = _check_captions(caps, len(images), p)
     if limit is not None:
         images, captions = images[:limit], captions[:limit]
@@ -115,12 +116,7 @@ def _check_captions(caps: Any, n: int, src: Path) -> list[list[str]]:
 def _load_json(p: Path, image_root: str | os.PathLike | None, limit: int | None) -> ImageFiles:
     """Karpathy dataset_*.json or COCO captions_*.json as a file list (images are decoded where they are used);
     images resolved against `image_root` or the JSON's folder."""
-    try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{p}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {p}: {short(e)}") from None
+    obj = parse_json(read_limited(p, str(p), MAX_CAPTIONS_JSON_BYTES), str(p))
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
         raise UserError(f"{p}: expected a JSON object with an 'images' list (Karpathy dataset_*.json or COCO captions_*.json)")
     entries = _coco_entries(obj, p) if "annotations" in obj else _karpathy_entries(obj["images"], p)

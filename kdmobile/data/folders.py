@@ -15,11 +15,11 @@ import numpy as np
 
 from kdmobile.data.images import IMAGE_EXTS, as_index, existing
 from kdmobile.errors import UserError
+from kdmobile.untrusted import MAX_CLASSES
 
 # A file list costs ~40 bytes per image here (relative path bytes + label): 20 M images is under 1 GB. Above it a user
 # splits the folder (or raises the limit with KDMOBILE_MAX_FILES) rather than finding out when memory runs out.
 MAX_FILES = int(os.environ.get("KDMOBILE_MAX_FILES", 20_000_000))
-MAX_CLASSES = 100_000
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 

@@ -14,6 +14,9 @@ import numpy as np
 from PIL import Image
 
 from kdmobile.errors import KDError, UserError
+from kdmobile.untrusted import MAX_CLASSES, check_array_file
+
+MAX_NAME_CHARS = 256
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DIGIT_CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -89,7 +92,8 @@ def existing(path: str | os.PathLike, what: str) -> Path:
 
 
 def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Read the named arrays of an .npz (no pickles); KDError if unreadable or a required key is missing."""
+    """Read the named arrays of an .npz (no pickles); KDError if unreadable, too large or a required key is missing."""
+    check_array_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
@@ -210,9 +214,11 @@ def _load_cifar_pickles(d: Path, name: str | None) -> ClassData:
         raise UserError(f"{d}: missing CIFAR file(s) {', '.join(missing)}")
     meta = _unpickle_dict(meta_file, (names_key,))
     raw_names = meta[names_key]
-    if not isinstance(raw_names, (list, tuple)) or not raw_names:
-        raise UserError(f"{meta_file}: '{names_key}' must be a non-empty list of names")
-    classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw_names]
+    if (not isinstance(raw_names, (list, tuple)) or not 0 < len(raw_names) <= MAX_CLASSES
+            or not all(isinstance(c, (bytes, str)) and len(c) <= MAX_NAME_CHARS for c in raw_names)):
+        raise UserError(f"{meta_file}: '{names_key}' must be a list of 1 to {MAX_CLASSES} names (strings of at most "
+                        f"{MAX_NAME_CHARS} characters)")
+    classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else c for c in raw_names]
     images, labels = [], []
     for f in files:
         batch = _unpickle_dict(d / f, ("data", labels_key))
@@ -220,16 +226,24 @@ def _load_cifar_pickles(d: Path, name: str | None) -> ClassData:
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
             raise UserError(f"{d / f}: 'data' must be a uint8 array of shape (N, 3072), got {got}")
-        try:
-            lab = np.asarray(batch[labels_key])
-        except Exception as e:
-            raise UserError(f"{d / f}: '{labels_key}' is not a list of integers ({short(e)})") from None
+        lab = _flat_labels(batch[labels_key], len(data), d / f, labels_key)
         labels.append(check_labels(lab, len(data), len(classes), d / f))
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     all_images = np.concatenate(images)
     if len(all_images) == 0:
         raise UserError(f"{d}: dataset is empty (0 images)")
     return ClassData(all_images, np.concatenate(labels), classes, name or default)
+
+
+def _flat_labels(raw: Any, n: int, src: Path, key: str) -> np.ndarray:
+    """A batch's labels as a 1-D array, checked element by element *before* numpy sees them: a pickle of shared
+    nested lists is a few KB on disk and expands without bound in np.asarray."""
+    if isinstance(raw, np.ndarray) and raw.ndim == 1 and raw.dtype.kind in "iu" and len(raw) == n:
+        return raw
+    if isinstance(raw, (list, tuple)) and len(raw) == n and all(type(v) is int for v in raw):
+        return np.asarray(raw, dtype=np.int64)
+    got = f"{len(raw)} entries" if isinstance(raw, (list, tuple, np.ndarray)) else type(raw).__name__
+    raise UserError(f"{src}: '{key}' must be a flat list of {n} integers (one per image), got {got}")
 
 
 _PICKLE_GLOBALS = {

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kdmobile.errors import KDError, UserError
+from kdmobile.untrusted import check_array_bytes, check_array_file
 
 SEQUENCE_SUFFIXES = (".npy", ".npz", ".mat")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -53,6 +54,7 @@ def _is_hdf5(path: Path) -> bool:
 
 def _read_npy(path: Path) -> np.ndarray:
     """An array from a .npy file (no pickles)."""
+    check_array_file(path)
     arr = np.load(path, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
         raise UserError(f"{path}: not a .npy array")
@@ -61,6 +63,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_npz(path: Path) -> np.ndarray:
     """Key `u` from a .npz, or its only array."""
+    check_array_file(path)
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):  # a .npy saved under a .npz name
         return loaded
@@ -98,6 +101,11 @@ def _read_mat_v5(path: Path) -> np.ndarray:
     """Variable `u` (or the only variable) from a MATLAB v4/v5/v7 file via scipy."""
     import scipy.io
 
+    try:
+        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
+    except Exception:  # noqa: BLE001 - loadmat below reports a corrupt file in its own words
+        shapes = {}
+    check_array_bytes(path, 8 * sum(math.prod(s) for s in shapes.values()))  # float64, the widest MATLAB number
     data = scipy.io.loadmat(path)
     arr = data[_pick_variable([k for k in data if not k.startswith("__")], path)]
     if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.names is not None:
@@ -113,6 +121,7 @@ def _read_mat_v73(path: Path) -> np.ndarray:
         obj = f[_pick_variable([k for k in f.keys() if not k.startswith("#")], path)]
         if not isinstance(obj, h5py.Dataset) or obj.dtype.names is not None or obj.dtype.kind not in "biuf":
             raise UserError(f"{path}: variable 'u' is not a numeric array")
+        check_array_bytes(path, math.prod(obj.shape) * obj.dtype.itemsize)
         arr = obj[()]
     # MATLAB is column-major: reversing the axes restores MATLAB's (N, H, W, T) / (H, W, T).
     return _mat_to_ntHW(np.transpose(arr), path)

@@ -118,6 +118,8 @@ def load_frames(path: str | Path) -> Any:
     """A numeric array from a .npy file (or an .npz holding exactly one array); one-line KDError otherwise."""
     import numpy as np
 
+    from kdmobile.untrusted import check_array_file
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such file")
@@ -125,6 +127,7 @@ def load_frames(path: str | Path) -> Any:
         magic = f.read(6)
     if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
         raise UserError(f"{p}: not a .npy array (a forecast bundle takes NumPy .npy frame arrays)")
+    check_array_file(p)
     try:
         loaded = np.load(p, allow_pickle=False)
         if isinstance(loaded, np.lib.npyio.NpzFile):
