@@ -39,3 +39,11 @@ def add_settings_flags(p: argparse.ArgumentParser, example: str) -> None:
 def csv_list(text: str) -> list[str]:
     """`a, b,,c` -> ["a", "b", "c"]."""
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_trust_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--trust PUBKEY (repeatable): the bundle must carry a signature by one of these keys (kdmobile.signing)."""
+    p.add_argument("--trust", action="append", default=[], metavar="PUBKEY",
+                   help=f"{prefix}refuse a bundle unless its bundle.sig is a valid signature by this public key "
+                        "(a .pub file from `kdmobile keygen`; repeat for several keys). Without --trust a bundle's "
+                        "seal is checked and a signature is not required")

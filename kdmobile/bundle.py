@@ -29,6 +29,7 @@ from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_lim
 SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
 MANIFEST = "manifest.json"
 SEAL = "bundle.sha256"
+SIGNATURE = "bundle.sig"  # kdmobile.signing: optional, beside the seal, signs its bytes
 MAX_FILES = 10_000
 NORM_TOL = 1e-3  # max |‖row‖₂ − 1| accepted for class vectors
 
@@ -103,7 +104,7 @@ def _bundle_files(root: Path) -> dict[str, str]:
     files = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in (MANIFEST, SEAL):
+        if p.is_file() and rel not in (MANIFEST, SEAL, SIGNATURE):
             files[rel] = sha256_file(p)
     return files
 
@@ -144,18 +145,20 @@ def write_bundle(
     manifest: Mapping[str, Any],
     files: Mapping[str, FileSource],
     verify: Callable[["Bundle"], Mapping[str, Any]] | None = None,
+    sign: str | os.PathLike | None = None,
 ) -> Path:
     """Stage `files` (name -> writer/source), checksum them, write manifest.json and rename into place atomically.
 
     Fills schema_version, kdmobile_version, created and files. `verify`, if given, is called with the staged,
-    loaded Bundle before the rename; its result is merged into manifest["verification"]. Any exception (in a
-    writer, validation or verify) leaves nothing under `out_dir`.
+    loaded Bundle before the rename; its result is merged into manifest["verification"]. `sign`, a PEM private key,
+    signs the final seal (bundle.sig). Any exception (in a writer, validation, verify or signing) leaves nothing
+    under `out_dir`.
     """
     out = Path(out_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for rel, source in files.items():
-            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST, SEAL):
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or rel in (MANIFEST, SEAL, SIGNATURE):
                 raise ValueError(f"cannot stage {rel!r} in a bundle")
             _stage(tmp / rel, source)
         created = manifest.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -171,6 +174,10 @@ def write_bundle(
             m["verification"] = {**m.get("verification", {}), **dict(result)}
             _write_manifest(tmp / MANIFEST, m)
             seal_bundle(tmp)
+        if sign is not None:
+            from kdmobile.signing import sign_seal
+
+            (tmp / SIGNATURE).write_bytes(sign_seal((tmp / SEAL).read_bytes(), sign))
     return out
 
 
@@ -283,8 +290,8 @@ def _walk(root: Path, where: str) -> set[str]:
     return found
 
 
-def _read_seal(root: Path, where: str) -> dict[str, str]:
-    """bundle.sha256 as {relative path: hex digest}; KDError if missing or malformed."""
+def _read_seal(root: Path, where: str) -> tuple[bytes, dict[str, str]]:
+    """bundle.sha256's bytes and its {relative path: hex digest}; KDError if missing or malformed."""
     raw = read_limited(root / SEAL, f"{where}: {SEAL}", 4 << 20)
     seal: dict[str, str] = {}
     for line in raw.decode("utf-8", errors="replace").splitlines():
@@ -294,7 +301,7 @@ def _read_seal(root: Path, where: str) -> dict[str, str]:
         seal[rel] = digest
     if MANIFEST not in seal:
         raise VerificationError(f"{where}: {SEAL} does not cover {MANIFEST}")
-    return seal
+    return raw, seal
 
 
 def _old_schema(mpath: Path, where: str) -> None:
@@ -308,10 +315,11 @@ def _old_schema(mpath: Path, where: str) -> None:
                       f"(re-export the bundle with this kdmobile version)")
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
+def load_bundle(path: str | os.PathLike, trust: Mapping[str, Any] | None = None) -> Bundle:
     """Open a bundle, refusing it with one line unless the seal, manifest, schema version and every file check out.
 
-    Order: no links or special files; the seal; the manifest's digest against the seal (before parsing it); size
+    Order: no links or special files; the seal; with `trust` (kdmobile.signing.trusted_keys), bundle.sig must be a
+    signature of the seal by one of those keys; the manifest's digest against the seal (before parsing it); size
     and depth limits; schema and fields; the listed files are exactly the files present; every file's digest.
     """
     root = Path(path)
@@ -327,7 +335,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if SEAL not in present:
         _old_schema(mpath, where)
         raise VerificationError(f"{where}: {SEAL} missing (the bundle is not sealed; re-export it with this kdmobile version)")
-    seal = _read_seal(root, where)
+    seal_bytes, seal = _read_seal(root, where)
+    if trust is not None:
+        from kdmobile.signing import verify_signature
+
+        verify_signature(root, seal_bytes, dict(trust), where)
     raw = read_limited(mpath, f"{where}: {MANIFEST}")
     if hashlib.sha256(raw).hexdigest() != seal[MANIFEST]:
         raise VerificationError(f"{where}: {MANIFEST} changed after export (its digest does not match {SEAL})")
@@ -343,7 +355,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     missing = sorted(set(listed) - present)
     if missing:
         raise VerificationError(f"{where}: listed file {missing[0]} missing")
-    unlisted = sorted(present - set(listed) - {MANIFEST, SEAL})
+    unlisted = sorted(present - set(listed) - {MANIFEST, SEAL, SIGNATURE})
     if unlisted:
         raise VerificationError(f"{where}: {unlisted[0]} is not listed in the manifest (a sealed bundle holds only its own "
                       "files; remove it or re-export)")

@@ -1,4 +1,4 @@
-"""The `kdmobile` command: train, export, bench, predict, data, doctor.
+"""The `kdmobile` command: train, export, bench, predict, data, keygen, doctor.
 
 Heavy imports (torch, open_clip, converters) happen inside each verb, and the export, predict and bench verbs are
 defined in their stage's module, imported only when that verb runs: `--help` stays fast and `predict` / `bench
@@ -68,6 +68,24 @@ def _add_data(sub: Any) -> None:
     ns.set_defaults(func=_data_navier_stokes)
 
 
+_KEYGEN_HELP = """\
+An ECDSA P-256 key pair. Sign bundles with the private key (`kdmobile export RUN --sign NAME.key`); give the public
+key to whoever runs them (`kdmobile predict BUNDLE IMAGE --trust NAME.pub`, bench and export --verify alike, the
+Android core's BundleSignature, the web page's ?trust=URL): a bundle changed or re-sealed after signing, or signed
+by another key, is then refused. Existing files are never overwritten; keep NAME.key out of version control.
+"""
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from kdmobile.signing import keygen
+
+    private, public, kid = keygen(args.prefix)
+    print(f"wrote {private} (private: keep it secret; kdmobile export RUN --sign {private})")
+    print(f"wrote {public} (public: give it to those who run your bundles; --trust {public})")
+    print(f"key id {kid}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- main
 # Verbs defined next to their stage: (name, module with register(sub), extra it needs, one-line help for `--help`).
 # A module is imported only when its verb runs (or by build_parser() for the whole tree); until then, and when its
@@ -83,7 +101,7 @@ _LAZY_VERBS: tuple[tuple[str, str, str, str], ...] = (
 
 # Top-level modules of each extra (what a ModuleNotFoundError names), to turn one into "install the [extra]".
 _EXTRA_MODULES: dict[str, frozenset[str]] = {
-    "runtime": frozenset({"onnxruntime", "ai_edge_litert", "psutil"}),
+    "runtime": frozenset({"onnxruntime", "ai_edge_litert", "psutil", "cryptography"}),
     "plot": frozenset({"matplotlib"}),  # also in [train], which `kdmobile train` names instead
     "train": frozenset({"torch", "torchvision", "timm", "open_clip", "sklearn", "scipy", "h5py", "safetensors"}),
     "export": frozenset({"onnx", "onnxscript", "onnx_ir", "litert_torch", "ai_edge_quantizer", "coremltools",
@@ -152,6 +170,9 @@ def build_parser(load: str | None = "*") -> argparse.ArgumentParser:
     _add_lazy_verbs(sub, load)
     for register in _EXTRA_VERBS:
         register(sub)
+    k = add_command(sub, "keygen", "make a key pair for signing bundles (export --sign, --trust)", _KEYGEN_HELP)
+    k.add_argument("prefix", metavar="NAME", help="writes NAME.key (private, mode 0600) and NAME.pub (public)")
+    k.set_defaults(func=_keygen)
     d = sub.add_parser("doctor", help="show which backends and extras are installed")
     d.set_defaults(func=run_doctor)
     return parser

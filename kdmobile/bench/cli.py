@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from kdmobile.argparsing import add_command, add_settings_flags
+from kdmobile.argparsing import add_command, add_settings_flags, add_trust_flag
 from kdmobile.bench.settings import DEVICES, Settings
 from kdmobile.config import load_config
 from kdmobile.bench.timing import MIN_RUNS
@@ -81,6 +81,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-latency-ms", type=float, metavar="Y",
                    help="gate: every student's p50 latency at batch 1 must be <= Y ms")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_flag(p)
     p.add_argument("--wide", action="store_true",
                    help="print every column (default: a table that fits 120 columns; report.md has them all)")
     add_settings_flags(p, "runs=50")
@@ -120,7 +121,9 @@ def handler(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    p = plan(args.paths, args.bundles, settings)
+    from kdmobile.signing import trust_from
+
+    p = plan(args.paths, args.bundles, settings, trust_from(args.trust))
     out = out or _default_out(p.runs, p.subjects)
     created = not out.exists()
     check_writable(out, "--out")  # a read-only or full disk fails now, not after the measurements

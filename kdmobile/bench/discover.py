@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 
 from kdmobile.bench.settings import Settings
@@ -36,7 +36,8 @@ def _same_dir(a: str | Path, b: Path) -> bool:
         return False
 
 
-def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str]) -> list[Bundle]:
+def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str],
+                 trust: dict[str, Any] | None = None) -> list[Bundle]:
     """This run's bundles (checked): with bundles_dir None, those RUN/exports.json records (where `kdmobile export`
     wrote them), else or then RUNNAME-TARGET-PRECISION under the default `bundles/`; with a bundles_dir, those in it."""
     candidates: list[Path] = []
@@ -49,7 +50,7 @@ def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str]) 
     for d in candidates:
         if not d.is_dir():
             continue
-        bundle = load_bundle(d)  # refuses a changed bundle (checksums) in one line
+        bundle = load_bundle(d, trust)  # refuses a changed (or, with trust, unsigned) bundle in one line
         src = (bundle.manifest.get("source") or {}).get("run_dir")
         if src and Path(src).expanduser().is_dir() and not _same_dir(src, run.path):
             notes.append(f"{d} was exported from {src}, not {run.path}: skipped")
@@ -138,8 +139,10 @@ def _reference_subjects(p: Plan, names: list[str]) -> list[Subject]:
     return reference_subjects(names, int(sizes[0]))
 
 
-def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings) -> Plan:
-    """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers."""
+def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settings,
+         trust: dict[str, Any] | None = None) -> Plan:
+    """Resolve RUN and BUNDLE paths into subjects: bundles first, then the runs' teachers; with `trust`
+    (kdmobile.signing.trusted_keys) every bundle must be signed by one of those keys."""
     out = Plan()
     bundles: list[tuple[Bundle, RunDir | None]] = []
     torch_students: list[RunDir] = []
@@ -157,7 +160,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
         if not p.exists():
             raise UserError(f"{p}: no such bundle or run directory")
         if p.is_dir() and (p / "manifest.json").is_file():
-            bundle = load_bundle(p)
+            bundle = load_bundle(p, trust)
             src = (bundle.manifest.get("source") or {}).get("run_dir")
             run = None
             if src and (Path(src) / "method.json").is_file():
@@ -168,7 +171,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
             bundles.append((bundle, run))
         elif p.is_dir() and (p / "method.json").is_file():
             run = add_run(p)
-            found = find_bundles(run, bundles_dir, out.notes)
+            found = find_bundles(run, bundles_dir, out.notes, trust)
             if not found:
                 where = (f"{run.path / 'exports.json'} or {DEFAULT_BUNDLES}/{run.name}-*" if bundles_dir is None
                          else f"{Path(bundles_dir)}/{run.name}-*")

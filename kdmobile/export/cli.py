@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdmobile.argparsing import add_command, add_settings_flags
+from kdmobile.argparsing import add_command, add_settings_flags, add_trust_flag
 from kdmobile.config import load_config
 from kdmobile.errors import UserError
+from kdmobile.signing import trust_from
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
@@ -92,6 +93,10 @@ def register(sub: Any) -> None:
     p.add_argument("--android-assets", metavar="DIR",
                    help="also copy each exported ONNX bundle into the Android demo's assets "
                         "(e.g. android_demo/app/assets) and update its bundles/index.json")
+    p.add_argument("--sign", metavar="KEY",
+                   help="sign each bundle with this PEM private key (`kdmobile keygen`): bundle.sig, an ECDSA P-256 "
+                        "signature of bundle.sha256 that predict/bench/export --verify check with --trust PUBKEY")
+    add_trust_flag(p, "with --verify: ")
     add_settings_flags(p, "thresholds.top1=0.5")
     p.set_defaults(func=handler)
 
@@ -133,6 +138,7 @@ def _check_verify_args(args: argparse.Namespace) -> None:
                                   ("--int8-format", args.int8_format), ("--int8-for", args.int8_for),
                                   ("--tflite-recipe", args.tflite_recipe),
                                   ("--android-assets", args.android_assets), ("--config", args.config),
+                                  ("--sign", args.sign),
                                   ("--set", args.set or None))
              if v is not None]
     if given:
@@ -159,13 +165,15 @@ def handler(args: argparse.Namespace) -> int:
         from kdmobile.export.exporter import verify_existing
 
         th = Thresholds(**_given(top1=args.threshold_top1, mse=args.threshold_mse))
-        report = verify_existing(args.verify, th, args.verify_run)
+        report = verify_existing(args.verify, th, args.verify_run, trust_from(args.trust))
         strict = bool(args.strict)
     else:
         if args.verify_run is not None:
             raise UserError("--run DIR goes with --verify BUNDLE; to export, give the run directory as RUN")
         if not args.run:
             raise UserError("give a run directory to export (kdmobile export RUN) or --verify BUNDLE")
+        if args.trust:
+            raise UserError("--trust checks an existing bundle's signature: use it with --verify BUNDLE")
         from kdmobile.export.exporter import export_run
         from kdmobile.rundir import read_method
 
@@ -173,7 +181,7 @@ def handler(args: argparse.Namespace) -> int:
                  "precisions": _expand(args.precision, PRECISIONS, "--precision"), "out": args.out or None,
                  "calibration_samples": args.calibration_samples, "classes_file": args.classes or None,
                  "int8_format": args.int8_format, "int8_for": args.int8_for, "tflite_recipe": args.tflite_recipe,
-                 "model": args.model, "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
+                 "model": args.model, "sign": args.sign, "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
                  "thresholds.mse": args.threshold_mse}
         opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags
         if opts.classes_file is not None and read_method(args.run) != "ammkd":

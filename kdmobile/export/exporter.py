@@ -281,7 +281,7 @@ class Exporter:
                 art.verification = result
                 return result
 
-            art.bundle = write_bundle(out / name, manifest, files, verify=verify)
+            art.bundle = write_bundle(out / name, manifest, files, verify=verify, sign=self.opts.sign)
         art.size = file_size(art.bundle / MODEL_FILE[target])
         return art
 
@@ -327,7 +327,8 @@ def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], No
     run = load_run(run_dir, opts.model)
     out = Path(opts.out).expanduser()
     created = not out.exists()
-    opts.prepare_out()
+    for stale in opts.prepare_out():
+        log(f"removed {stale.name}: staging left in {out} by an export that was killed")
     try:
         report = Exporter(run, opts, log).export_all()
     except BaseException:
@@ -340,13 +341,14 @@ def export_run(run_dir: str | Path, opts: ExportOptions, log: Callable[[str], No
 
 
 # ------------------------------------------------------------------------------------------------ --verify BUNDLE
-def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: str | Path | None = None) -> ExportReport:
+def verify_existing(bundle_path: str | Path, thresholds: Thresholds, run_dir: str | Path | None = None,
+                    trust: dict[str, Any] | None = None) -> ExportReport:
     """Re-verify a bundle: its seal, then parity/metric against `run_dir` when given, else random inputs.
 
     The manifest's `source.run_dir` is never followed: a bundle names whatever it likes, and only a run directory
     the user points at (--run DIR) is opened.
     """
-    bundle = load_bundle(bundle_path)  # refuses a broken seal, unlisted files, bad checksums or schema
+    bundle = load_bundle(bundle_path, trust)  # refuses a broken seal or signature, unlisted files, bad checksums
     source = bundle.manifest.get("source") or {}
     art = Artifact(bundle.target, bundle.precision, bundle=bundle.path, size=file_size(bundle.model_path))
     ref: Reference | None = None

@@ -66,6 +66,7 @@ class ExportOptions(_Settings):
     int8_for: str | None = None
     tflite_recipe: str = "auto"
     model: str = "student"  # or a forecast run's teacher (export/run.py load_run)
+    sign: Path | None = None  # a PEM private key (kdmobile keygen): each bundle gets bundle.sig
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
     @model_validator(mode="after")
@@ -88,17 +89,21 @@ class ExportOptions(_Settings):
             raise UserError("--calibration-samples 0 with int8: static int8 needs at least 1 calibration sample")
         if self.classes_file is not None:
             read_classes_file(self.classes_file)
+        if self.sign is not None:
+            from kdmobile.signing import check_private_key
+
+            check_private_key(self.sign)  # a missing or wrong key fails now, not after the conversions
         out = Path(self.out).expanduser()
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {out}: exists and is not a directory")
         return self
 
-    def prepare_out(self) -> Path:
-        """Prove --out is writable with free space (before any conversion) and remove temporaries of killed exports."""
+    def prepare_out(self) -> list[Path]:
+        """Prove --out is writable with free space (before any conversion) and remove temporaries of killed exports;
+        returns what was removed (export says so)."""
         out = check_writable(self.out, "--out")
         out.mkdir(parents=True, exist_ok=True)  # removed again by export_run if nothing lands in it
-        clean_stale(out)
-        return out
+        return clean_stale(out)
 
 
 def default(name: str, model: type[BaseModel] = ExportOptions) -> Any:

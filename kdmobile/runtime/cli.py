@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdmobile.argparsing import add_command
+from kdmobile.argparsing import add_command, add_trust_flag
 from kdmobile.errors import KDError, UserError
 
 _DESCRIPTION = """\
@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
                    help="retrieval: number of labels per image (default 5; capped at the number of classes)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="inference threads (default 1)")
+    add_trust_flag(p)
     p.add_argument("--out", metavar="FILE.npy",
                    help="forecast: where to write the forecast (one INPUT only; default INPUT stem + .forecast.npy)")
     p.add_argument("--steps", type=int, default=1, metavar="N",
@@ -195,8 +196,9 @@ def _print_text(bundle: Any, task: str, results: list[dict[str, Any]]) -> None:
 def handler(args: argparse.Namespace) -> int:
     """Run `kdmobile predict`; KDError -> one line and exit 2 via kdmobile.cli.main."""
     from kdmobile.bundle import load_bundle
+    from kdmobile.signing import trust_from
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle, trust_from(args.trust))
     task = bundle.task
     _check_args(args, task)
     if task == "retrieval":
