@@ -26,9 +26,12 @@ def chromium() -> str:
     raise FileNotFoundError("chromium is not installed: run `make android-tools`")
 
 
-def run_page(server: Any, bundle: str, cases: str, runs: int = 20, timeout: float = 180.0) -> dict[str, Any]:
-    """Open index.html?bundle=...&auto=... in a fresh headless Chromium profile; return the page's report."""
-    query = urllib.parse.urlencode({"bundle": bundle, "auto": cases, "report": "/report", "runs": runs})
+def run_page(server: Any, bundle: str, cases: str, runs: int = 20, timeout: float = 180.0,
+             trust: str | None = None) -> dict[str, Any]:
+    """Open index.html?bundle=...&auto=...[&trust=...] in a fresh headless Chromium profile; return the page's
+    report."""
+    params = {"bundle": bundle, "auto": cases, "report": "/report", "runs": runs, **({"trust": trust} if trust else {})}
+    query = urllib.parse.urlencode(params)
     url = f"{server.url}index.html?{query}"
     while not server.reports.empty():
         server.reports.get_nowait()

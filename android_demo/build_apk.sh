@@ -34,7 +34,7 @@ mkdir -p "$WORK/classes" "$WORK/assets/ort" "$(dirname "$OUT")" "$HERE/build"
 
 # 1. assets: the page, the three ONNX Runtime Web files it loads, and the bundles (+ forecast samples).
 cp -r "$ASSETS"/. "$WORK/assets/"
-cp "$HERE"/web/{index.html,app.js,kdcore.js,style.css} "$WORK/assets/"
+cp "$HERE"/web/{index.html,app.js,kdcore.js,kdsign.js,style.css} "$WORK/assets/"
 cp "$ORT"/{ort.wasm.min.mjs,ort-wasm-simd-threaded.mjs,ort-wasm-simd-threaded.wasm} "$WORK/assets/ort/"
 
 # 2. Java 8 bytecode against android.jar (its org.json and java.* are the app's), then dex.

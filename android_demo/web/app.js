@@ -1,10 +1,12 @@
 // app.js: the demo page. Loads a bundle (checksums verified first), runs it with ONNX Runtime Web and shows top-k
 // labels or a forecast next to the truth, with a latency readout. ?bundle=URL picks a bundle; ?auto=CASES.json runs
 // a fixed set of images (tests), writes the results into #report and POSTs them to ?report=URL when given.
+// ?trust=URL[,URL] names public keys (kdmobile keygen's NAME.pub): a bundle must then be signed by one of them.
 import * as ort from './ort/ort.wasm.min.mjs';
 import {
-  BundleError, denormaliseFrames, imageTensor, latencyStats, littleEndianFloats, loadBundle, normaliseFrames, topK,
+  BundleError, denormaliseFrames, imageTensor, latencyStats, loadBundle, normaliseFrames, retrievalHead, topK,
 } from './kdcore.js';
+import { trustKeys } from './kdsign.js';
 
 ort.env.wasm.wasmPaths = new URL('./ort/', window.location.href).href;
 ort.env.wasm.numThreads = 1; // no cross-origin isolation in a WebView: single-threaded wasm SIMD
@@ -38,15 +40,27 @@ async function decode(blob) {
   return { rgba: ctx.getImageData(0, 0, bmp.width, bmp.height).data, width: bmp.width, height: bmp.height, bmp };
 }
 
+let trusted = null; // Map of trusted public keys from ?trust=, loaded once
+
+async function trustedKeys() {
+  if (trusted === null && params.get('trust')) {
+    const pems = [];
+    for (const u of params.get('trust').split(',')) {
+      const res = await fetch(u, { cache: 'no-store' });
+      if (!res.ok) throw new BundleError(`trust key ${u}: HTTP ${res.status}`);
+      pems.push(await res.text());
+    }
+    trusted = await trustKeys(pems);
+  }
+  return trusted;
+}
+
 async function openBundle(url) {
-  const { manifest, files } = await loadBundle(url);
+  const { manifest, files } = await loadBundle(url, fetch, await trustedKeys());
   const session = await ort.InferenceSession.create(new Uint8Array(files[manifest.model_file]),
     { executionProviders: ['wasm'] });
   const b = { manifest, session };
-  if (manifest.task === 'retrieval') {
-    b.classVectors = littleEndianFloats(files[manifest.retrieval.class_vectors.file]);
-    b.labels = JSON.parse(new TextDecoder().decode(files[manifest.retrieval.labels_file]));
-  }
+  if (manifest.task === 'retrieval') Object.assign(b, retrievalHead(manifest, files));
   return b;
 }
 
@@ -127,7 +141,7 @@ async function select(url, sampleUrl) {
   const m = current.manifest;
   $('retrieval').hidden = m.task !== 'retrieval';
   $('forecast').hidden = m.task !== 'forecast';
-  status(`${url}: ${m.task}, ${m.target} ${m.precision}; checksums verified`);
+  status(`${url}: ${m.task}, ${m.target} ${m.precision}; checksums${trusted ? ' and signature' : ''} verified`);
   const shape = m.input.shape;
   const latency = await measure(current, new Float32Array(shape.reduce((a, b) => a * b, 1)));
   let sample = null;

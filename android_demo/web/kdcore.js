@@ -3,6 +3,8 @@
 // with kdmobile.runtime.predictors (Pillow bilinear resize, no centre crop), cosine top-k and forecast
 // (de)normalisation. Shared by the web demo, the Android WebView and the tests.
 
+import { verifySignature } from './kdsign.js';
+
 export const SCHEMA_VERSION = 2; // 2: sealed by bundle.sha256 (kdmobile/bundle.py)
 export const MANIFEST = 'manifest.json';
 export const SEAL = 'bundle.sha256';
@@ -10,6 +12,11 @@ const MAX_SEAL_BYTES = 4 << 20; // kdmobile.bundle._read_seal
 const MAX_JSON_BYTES = 1 << 20; // kdmobile.untrusted.MAX_JSON_BYTES
 const MAX_JSON_DEPTH = 32; // kdmobile.untrusted.MAX_JSON_DEPTH
 const PRECISION_BITS = 22; // Pillow's 8-bit resampling: 32 - 8 - 2
+/** kdmobile.contracts.manifest's limits, as manifest.schema.json states them (a test compares the two). */
+export const LIMITS = Object.freeze({
+  MAX_DIM: 16384, MAX_INPUT_ELEMENTS: 2 ** 26, MAX_CLASSES: 100000, MAX_EMBED_DIM: 65536,
+  MAX_CLASS_VECTOR_ELEMENTS: 2 ** 28,
+});
 
 /** A bundle problem (bad manifest, changed or missing file): shown to the user, reported by the tests. */
 export class BundleError extends Error {}
@@ -26,18 +33,59 @@ export function checkManifest(m) {
     need(typeof digest === 'string' && digest.length === 64, `files entry ${rel} should map to a sha256 hex digest`);
   }
   const inp = m.input || {};
-  need(Array.isArray(inp.shape) && inp.shape.length === 4, 'input.shape should have 4 entries');
+  const L = LIMITS;
+  need(dimsOk(inp.shape, [L.MAX_DIM, L.MAX_DIM, L.MAX_DIM, L.MAX_DIM], L.MAX_INPUT_ELEMENTS),
+    `input.shape must be 4 integers in 1..${L.MAX_DIM} with at most ${L.MAX_INPUT_ELEMENTS} values`);
+  const vr = inp.value_range;
+  need(Array.isArray(vr) && vr.length === 2 && vr.every(finite) && vr[0] < vr[1],
+    'input.value_range must be two finite numbers, low < high');
+  need(Array.isArray(inp.mean) && inp.mean.length > 0 && inp.mean.every(finite),
+    'input.mean must be finite numbers');
+  need(Array.isArray(inp.std) && inp.std.length === inp.mean.length && inp.std.every((v) => finite(v) && v > 0),
+    'input.std must be finite numbers > 0, one per mean');
   if (m.task === 'retrieval') {
     const cv = m.retrieval.class_vectors;
+    need(finite(m.retrieval.logit_scale) && m.retrieval.logit_scale > 0,
+      'retrieval.logit_scale must be a finite number > 0');
+    need(dimsOk(cv.shape, [L.MAX_CLASSES, L.MAX_EMBED_DIM], L.MAX_CLASS_VECTOR_ELEMENTS),
+      `retrieval.class_vectors.shape must be [1..${L.MAX_CLASSES}, 1..${L.MAX_EMBED_DIM}] within the limits`);
     need(inp.layout === 'NCHW' && inp.mean.length === inp.shape[1] && inp.std.length === inp.shape[1],
       'a retrieval input must be NCHW with one mean/std per channel');
     need((inp.resize || 'bilinear') === 'bilinear', `input.resize ${inp.resize} is not supported (bilinear)`);
     need(cv.dtype === 'float32' && cv.byte_order === 'little', 'class vectors must be little-endian float32');
     need(m.files[cv.file] && m.files[m.retrieval.labels_file], 'class vectors and labels must be listed in files');
   } else {
-    need(m.task === 'forecast' && m.forecast && m.forecast.std > 0, `unknown task ${m.task}`);
+    const fc = m.forecast;
+    need(m.task === 'forecast' && fc, `unknown task ${m.task}`);
+    need(dimsOk([fc.frames_in], [L.MAX_DIM], L.MAX_DIM) && dimsOk([fc.frames_out], [L.MAX_DIM], L.MAX_DIM),
+      `forecast.frames_in and frames_out must be integers in 1..${L.MAX_DIM}`);
+    need(finite(fc.mean) && finite(fc.std) && fc.std > 0, 'forecast.mean must be finite and std a finite number > 0');
   }
   return m;
+}
+
+const finite = (v) => typeof v === 'number' && Number.isFinite(v);
+
+/** Whether `shape` holds limits.length integers, each in 1..its limit, with at most maxElements values in all. */
+function dimsOk(shape, limits, maxElements) {
+  if (!Array.isArray(shape) || shape.length !== limits.length) return false;
+  if (!shape.every((d, i) => Number.isInteger(d) && d >= 1 && d <= limits[i])) return false;
+  return shape.reduce((a, b) => a * b, 1) <= maxElements;
+}
+
+/** A retrieval bundle's class vectors and labels, checked against the manifest's shape (BundleError otherwise). */
+export function retrievalHead(manifest, files) {
+  const r = manifest.retrieval;
+  const [k, d] = r.class_vectors.shape;
+  const raw = files[r.class_vectors.file];
+  if (raw.byteLength !== 4 * k * d) {
+    throw new BundleError(`${r.class_vectors.file} holds ${raw.byteLength} bytes, expected ${4 * k * d}`);
+  }
+  const labels = parseJson(files[r.labels_file], r.labels_file);
+  if (!Array.isArray(labels) || labels.length !== k || !labels.every((s) => typeof s === 'string')) {
+    throw new BundleError(`${r.labels_file} should list ${k} class names`);
+  }
+  return { classVectors: littleEndianFloats(raw), labels };
 }
 
 /** Lower-case hex sha256 of an ArrayBuffer (WebCrypto; needs a secure context: https or 127.0.0.1). */
@@ -137,8 +185,10 @@ async function oldSchema(fetchFn, base) {
  * Fetch a sealed bundle and verify it before use, in kdmobile.bundle.load_bundle's order: bundle.sha256; the
  * manifest's digest against the seal (before parsing it); size/depth limits; the manifest's fields; the seal and
  * the manifest list the same files with the same digests; every file's bytes. Returns {manifest, files}.
+ * With `trusted` keys (kdsign.js trustKeys), bundle.sig must be a signature of the seal by one of them, checked
+ * right after the seal is read.
  */
-export async function loadBundle(baseUrl, fetchFn = fetch) {
+export async function loadBundle(baseUrl, fetchFn = fetch, trusted = null) {
   const base = baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`;
   const sealRes = await fetchFn(`${base}${SEAL}`, { cache: 'no-store' });
   if (!sealRes.ok) {
@@ -151,6 +201,7 @@ export async function loadBundle(baseUrl, fetchFn = fetch) {
     throw new BundleError(`${SEAL}: ${sealBuf.byteLength} bytes, over the ${MAX_SEAL_BYTES}-byte limit`);
   }
   const seal = parseSeal(new TextDecoder('utf-8').decode(sealBuf));
+  if (trusted) await verifySignature(fetchFn, base, sealBuf, trusted);
   const raw = await fetchBytes(fetchFn, base, MANIFEST, MAX_JSON_BYTES);
   if (await sha256Hex(raw) !== seal.get(MANIFEST)) {
     throw new BundleError(`${MANIFEST} changed after export (its digest does not match ${SEAL})`);

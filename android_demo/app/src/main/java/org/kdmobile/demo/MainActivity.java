@@ -11,21 +11,26 @@ import android.webkit.WebSettings;
 import android.webkit.WebView;
 
 import java.io.IOException;
+import java.security.PublicKey;
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 
 import org.json.JSONArray;
 import org.json.JSONException;
 import org.kdmobile.core.BundleException;
 import org.kdmobile.core.BundleManifest;
+import org.kdmobile.core.BundleSignature;
 import org.kdmobile.core.Bytes;
 import org.kdmobile.core.Checksums;
 
 /**
  * One WebView showing the bundled page. Before the page loads, every bundle in assets/bundles/index.json is
  * checksum-verified here in Java (the shared core); a refused bundle is named on screen and its files are not served.
+ * When the APK carries public keys in assets/trust/ (NAME.pub from `kdmobile keygen`), every bundle must also be
+ * signed by one of them (bundle.sig, `kdmobile export --sign`).
  * Photos come from the system picker (or camera, where the picker offers one) through onShowFileChooser.
  */
 public class MainActivity extends Activity {
@@ -71,9 +76,28 @@ public class MainActivity extends Activity {
         }
     }
 
-    /** Checksums of every bundle the page may load; returns one message per refused bundle (naming the file). */
+    /** The public keys in assets/trust/*.pub, by key id; null when there are none (no signature required). */
+    private Map<String, PublicKey> trustedKeys() throws IOException, BundleException {
+        String[] names = getAssets().list("trust");
+        List<String> pems = new ArrayList<String>();
+        for (String n : names == null ? new String[0] : names) {
+            if (n.endsWith(".pub")) {
+                pems.add(new String(Bytes.readAll(getAssets().open("trust/" + n)), Bytes.UTF8));
+            }
+        }
+        return pems.isEmpty() ? null : BundleSignature.trust(pems.toArray(new String[0]));
+    }
+
+    /** Checksums (and, with trust keys, signatures) of every bundle the page may load; one message per refusal. */
     private List<String> verifyBundles(Set<String> refused) {
         List<String> problems = new ArrayList<String>();
+        Map<String, PublicKey> trusted;
+        try {
+            trusted = trustedKeys();
+        } catch (IOException | BundleException e) {
+            problems.add("assets/trust: " + e.getMessage());
+            return problems;
+        }
         JSONArray index;
         try {
             index = new JSONArray(new String(Bytes.readAll(getAssets().open("bundles/index.json")), Bytes.UTF8));
@@ -91,7 +115,7 @@ public class MainActivity extends Activity {
             }
             AssetSource src = new AssetSource(getAssets(), "bundles/" + name);
             try {
-                Checksums.verify(BundleManifest.read(src), src);
+                Checksums.verify(BundleManifest.read(src, trusted), src);
             } catch (BundleException e) {
                 refused.add(name);
                 problems.add(name + ": " + e.getMessage());

@@ -21,6 +21,12 @@ public final class BundleManifest {
     /** kdmobile.untrusted.MAX_JSON_BYTES and MAX_JSON_DEPTH. */
     public static final int MAX_JSON_BYTES = 1 << 20;
     public static final int MAX_JSON_DEPTH = 32;
+    /** Limits of kdmobile.contracts.manifest (shipped in manifest.schema.json; a test compares them). */
+    public static final int MAX_DIM = 16384;
+    public static final long MAX_INPUT_ELEMENTS = 1L << 26;
+    public static final int MAX_CLASSES = 100000;
+    public static final int MAX_EMBED_DIM = 65536;
+    public static final long MAX_CLASS_VECTOR_ELEMENTS = 1L << 28;
 
     public final String task;
     public final String target;
@@ -58,11 +64,23 @@ public final class BundleManifest {
         modelFile = m.getString("model_file");
         JSONObject in = m.getJSONObject("input");
         inputName = in.getString("name");
-        inputShape = ints(in.getJSONArray("shape"));
+        inputShape = dims(in.getJSONArray("shape"), new int[] {MAX_DIM, MAX_DIM, MAX_DIM, MAX_DIM},
+                MAX_INPUT_ELEMENTS, "input.shape");
         layout = in.getString("layout");
-        valueRange = floats(in.getJSONArray("value_range"));
-        mean = floats(in.getJSONArray("mean"));
-        std = floats(in.getJSONArray("std"));
+        valueRange = floats(in.getJSONArray("value_range"), "input.value_range");
+        mean = floats(in.getJSONArray("mean"), "input.mean");
+        std = floats(in.getJSONArray("std"), "input.std");
+        if (valueRange.length != 2 || !(valueRange[0] < valueRange[1])) {
+            throw new BundleException("manifest.json: input.value_range must be two finite numbers, low < high");
+        }
+        if (mean.length == 0 || mean.length != std.length) {
+            throw new BundleException("manifest.json: input.mean and std must have one entry per channel");
+        }
+        for (int c = 0; c < std.length; c++) {
+            if (!(std[c] > 0)) {
+                throw new BundleException("manifest.json: input.std must be finite numbers > 0");
+            }
+        }
         resize = in.optString("resize", "bilinear");
         JSONObject f = m.getJSONObject("files");
         Map<String, String> listed = new LinkedHashMap<String, String>();
@@ -89,13 +107,17 @@ public final class BundleManifest {
             JSONObject r = m.getJSONObject("retrieval");
             JSONObject cv = r.getJSONObject("class_vectors");
             classVectorsFile = cv.getString("file");
-            int[] cvShape = ints(cv.getJSONArray("shape"));
+            int[] cvShape = dims(cv.getJSONArray("shape"), new int[] {MAX_CLASSES, MAX_EMBED_DIM},
+                    MAX_CLASS_VECTOR_ELEMENTS, "retrieval.class_vectors.shape");
             numClasses = cvShape[0];
             embedDim = cvShape[1];
             if (!"little".equals(cv.getString("byte_order")) || !"float32".equals(cv.getString("dtype"))) {
                 throw new BundleException("manifest.json: class vectors must be little-endian float32");
             }
-            logitScale = r.getDouble("logit_scale");
+            logitScale = number(r.get("logit_scale"), "retrieval.logit_scale");
+            if (!(logitScale > 0)) {
+                throw new BundleException("manifest.json: retrieval.logit_scale must be a finite number > 0");
+            }
             labelsFile = r.getString("labels_file");
             if (!"NCHW".equals(layout) || mean.length != inputShape[1] || std.length != inputShape[1]) {
                 throw new BundleException(
@@ -109,10 +131,13 @@ public final class BundleManifest {
             forecastStd = 1.0;
         } else if ("forecast".equals(task)) {
             JSONObject fc = m.getJSONObject("forecast");
-            framesIn = fc.getInt("frames_in");
-            framesOut = fc.getInt("frames_out");
-            forecastMean = fc.getDouble("mean");
-            forecastStd = fc.getDouble("std");
+            framesIn = dim(fc.get("frames_in"), MAX_DIM, "forecast.frames_in");
+            framesOut = dim(fc.get("frames_out"), MAX_DIM, "forecast.frames_out");
+            forecastMean = number(fc.get("mean"), "forecast.mean");
+            forecastStd = number(fc.get("std"), "forecast.std");
+            if (!(forecastStd > 0)) {
+                throw new BundleException("manifest.json: forecast.std must be a finite number > 0");
+            }
             classVectorsFile = labelsFile = null;
             numClasses = embedDim = 0;
             logitScale = 1.0;
@@ -134,6 +159,15 @@ public final class BundleManifest {
      * Checksums.verify then checks the files themselves.
      */
     public static BundleManifest read(FileSource source) throws BundleException {
+        return read(source, null);
+    }
+
+    /**
+     * As read(source), and with `trusted` keys (BundleSignature.trust) the bundle must carry a bundle.sig by one of
+     * them, checked right after the seal is read and before the manifest is (null: no signature required).
+     */
+    public static BundleManifest read(FileSource source, Map<String, java.security.PublicKey> trusted)
+            throws BundleException {
         Set<String> present = Checksums.present(source);
         if (!present.contains(Seal.MANIFEST)) {
             throw new BundleException("bundle has no manifest.json");
@@ -143,7 +177,16 @@ public final class BundleManifest {
             throw new BundleException(Seal.FILE + " missing (the bundle is not sealed; re-export it with this "
                     + "kdmobile version)");
         }
-        Map<String, String> seal = Seal.read(source);
+        byte[] sealBytes;
+        try {
+            sealBytes = Bytes.readLimited(source, Seal.FILE, Seal.MAX_BYTES);
+        } catch (IOException e) {
+            throw new BundleException(Seal.FILE + " is unreadable (" + e.getMessage() + ")");
+        }
+        Map<String, String> seal = Seal.parse(new String(sealBytes, Bytes.UTF8));
+        if (trusted != null) {
+            BundleSignature.verify(source, sealBytes, trusted);
+        }
         byte[] raw = manifestBytes(source);
         if (!Bytes.sha256(raw).equals(seal.get(Seal.MANIFEST))) {
             throw new BundleException("manifest.json changed after export (its digest does not match "
@@ -214,18 +257,50 @@ public final class BundleManifest {
         return deepest;
     }
 
-    private static int[] ints(JSONArray a) throws JSONException {
-        int[] out = new int[a.length()];
+    /** A JSON integer in 1..max (a fraction, a string or a huge number is refused, not truncated as getInt would). */
+    private static int dim(Object v, int max, String what) throws BundleException {
+        if (!(v instanceof Integer) || (Integer) v < 1 || (Integer) v > max) {
+            throw new BundleException("manifest.json: " + what + " must be an integer in 1.." + max + ", got " + v);
+        }
+        return (Integer) v;
+    }
+
+    /** A shape of limits.length integers, each in 1..its limit, with at most maxElements values in all. */
+    private static int[] dims(JSONArray a, int[] limits, long maxElements, String what) throws JSONException,
+            BundleException {
+        if (a.length() != limits.length) {
+            throw new BundleException("manifest.json: " + what + " should have " + limits.length + " entries");
+        }
+        int[] out = new int[limits.length];
+        long elements = 1;
         for (int i = 0; i < out.length; i++) {
-            out[i] = a.getInt(i);
+            out[i] = dim(a.get(i), limits[i], what + "[" + i + "]");
+            elements *= out[i];
+        }
+        if (elements > maxElements) {
+            throw new BundleException("manifest.json: " + what + " declares " + elements + " values, over the limit of "
+                    + maxElements);
         }
         return out;
     }
 
-    private static float[] floats(JSONArray a) throws JSONException {
+    /** A finite JSON number (org.json reads NaN and Infinity as numbers; kdmobile refuses them). */
+    private static double number(Object v, String what) throws BundleException {
+        if (!(v instanceof Number) || Double.isNaN(((Number) v).doubleValue())
+                || Double.isInfinite(((Number) v).doubleValue())) {
+            throw new BundleException("manifest.json: " + what + " must be a finite number, got " + v);
+        }
+        return ((Number) v).doubleValue();
+    }
+
+    private static float[] floats(JSONArray a, String what) throws JSONException, BundleException {
         float[] out = new float[a.length()];
         for (int i = 0; i < out.length; i++) {
-            out[i] = (float) a.getDouble(i);
+            double v = number(a.get(i), what + "[" + i + "]");
+            if (Math.abs(v) > Float.MAX_VALUE) {
+                throw new BundleException("manifest.json: " + v + " does not fit a float32");
+            }
+            out[i] = (float) v;
         }
         return out;
     }

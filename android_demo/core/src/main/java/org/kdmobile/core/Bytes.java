@@ -14,6 +14,34 @@ public final class Bytes {
     private Bytes() {
     }
 
+    private static final String B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /** Strict standard base64 (with padding) to bytes; IllegalArgumentException for anything else. */
+    public static byte[] base64(String text) {
+        int n = text.length();
+        if (n % 4 != 0) {
+            throw new IllegalArgumentException("base64 length " + n + " is not a multiple of 4");
+        }
+        int pad = n == 0 ? 0 : (text.endsWith("==") ? 2 : text.endsWith("=") ? 1 : 0);
+        byte[] out = new byte[n / 4 * 3 - pad];
+        int o = 0;
+        for (int i = 0; i < n; i += 4) {
+            int v = 0;
+            for (int j = 0; j < 4; j++) {
+                char c = text.charAt(i + j);
+                int d = c == '=' && i + j >= n - pad ? 0 : B64.indexOf(c);
+                if (d < 0) {
+                    throw new IllegalArgumentException("not base64: " + c);
+                }
+                v = (v << 6) | d;
+            }
+            for (int j = 2; j >= 0 && o < out.length; j--) {
+                out[o++] = (byte) (v >> (8 * j));
+            }
+        }
+        return out;
+    }
+
     /** Every byte of a stream, which is closed afterwards. */
     public static byte[] readAll(InputStream in) throws IOException {
         return readUpTo(in, Integer.MAX_VALUE, "stream");

@@ -60,6 +60,7 @@ public final class Checksums {
         unlisted.removeAll(manifest.files.keySet());
         unlisted.remove(Seal.MANIFEST);
         unlisted.remove(Seal.FILE);
+        unlisted.remove(BundleSignature.FILE);
         if (!unlisted.isEmpty()) {
             throw new BundleException(unlisted.iterator().next() + " is not listed in the manifest (a sealed bundle "
                     + "holds only its own files; remove it or re-export)");

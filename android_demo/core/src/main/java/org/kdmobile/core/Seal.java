@@ -1,6 +1,5 @@
 package org.kdmobile.core;
 
-import java.io.IOException;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.Map;
@@ -40,16 +39,5 @@ public final class Seal {
             throw new BundleException(FILE + " does not cover " + MANIFEST);
         }
         return Collections.unmodifiableMap(seal);
-    }
-
-    /** Read (size-limited) and parse a bundle's seal. */
-    public static Map<String, String> read(FileSource source) throws BundleException {
-        byte[] raw;
-        try {
-            raw = Bytes.readLimited(source, FILE, MAX_BYTES);
-        } catch (IOException e) {
-            throw new BundleException(FILE + " is unreadable (" + e.getMessage() + ")");
-        }
-        return parse(new String(raw, Bytes.UTF8));
     }
 }
