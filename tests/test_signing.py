@@ -99,3 +99,13 @@ def test_signing_flags_are_checked_before_work(signed, tmp_path, capsys) -> None
         assert main(argv) == 2, argv
         assert fragment in one_line_err(capsys), argv
     assert not (tmp_path / "o").exists()
+
+
+def test_export_says_which_stale_staging_it_removed(signed, tmp_path, capsys) -> None:
+    """kill -9 during an export leaves .NAME.work.PID.* (issue 21 class 5): the next export removes it and says so."""
+    out = tmp_path / "bundles"
+    stale = out / ".fc-onnx-fp32.work.999999999.abcd"
+    (stale / "inner").mkdir(parents=True)
+    assert main(["export", signed["root"] / "fc", "--out", out]) == 0
+    assert not stale.exists()
+    assert f"removed {stale.name}: staging left in {out} by an export that was killed" in capsys.readouterr().out
