@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
+from kdmobile.contracts.manifest import MAX_EMBED_DIM  # a bundle's class-vector width
 from kdmobile.errors import UserError
 from kdmobile.untrusted import MAX_CONFIG_BYTES, MAX_SET_CHARS, parse_yaml, read_yaml  # noqa: F401
 
@@ -29,6 +30,16 @@ DEFAULT_STUDENT = "mobilenetv3_small_050"
 DEFAULT_LOSS_TERMS: dict[str, float] = {"ce": 1.0, "kl": 10.0, "fd": 0.0, "icl": 0.0}
 
 
+# Limits of settings that size an allocation or a loop (one careless value must not take the machine): far above any
+# real use; the message names the limit.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_IMAGE_SIZE = 4096
+
+MAX_GRID = 4096              # Navier-Stokes grid (data.navier_stokes.MAX_RES)
+MAX_FRAMES = 10_000
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -36,11 +47,11 @@ class _Strict(BaseModel):
 class TrainConfig(_Strict):
     """Settings of the shared training loop (one per stage)."""
 
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(0.5, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0, le=MAX_EPOCHS)
     grad_clip: float = Field(5.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # on the class/contrastive cross-entropy of the step
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the weights (0 = off); the EMA copy is the result
@@ -62,7 +73,7 @@ class ImageDataConfig(_Strict):
     """Which image dataset to use and how to split it."""
 
     spec: str = "digits"
-    image_size: int | None = Field(None, ge=8)  # None: from the data (32 for digits/CIFAR, up to 96 for photos)
+    image_size: int | None = Field(None, ge=8, le=MAX_IMAGE_SIZE)  # None: from the data (32 for digits/CIFAR, up to 96 for photos)
     val_frac: float = Field(0.1, ge=0, lt=1)
     test_frac: float = Field(0.2, gt=0, lt=1)
     max_train: int | None = Field(None, ge=1)
@@ -136,7 +147,7 @@ class AMMKDConfig(_Strict):
     # Where the student's weights start: random, pretrained (timm's ImageNet weights; needs a network or timm's cache)
     # or a file: a kdmobile student.safetensors, a timm .safetensors or a weights-only .pth checkpoint.
     student_init: str = "random"
-    embed_dim: int = Field(128, ge=8)
+    embed_dim: int = Field(128, ge=8, le=MAX_EMBED_DIM)
     fusion: Literal["full", "none"] = "full"
     temperature: float = Field(4.0, gt=0)
     loss: LossConfig = LossConfig()
@@ -249,11 +260,11 @@ class SequenceDataConfig(_Strict):
 
     path: str | None = None
     n: int = Field(200, ge=2)  # 40 left the teacher worse than the no-KD student (nothing to distil)
-    res: int = Field(32, ge=8)
+    res: int = Field(32, ge=8, le=MAX_GRID)
     visc: PositiveFloat = 1e-3
     t_final: PositiveFloat = 30.0
-    frames_in: PositiveInt = 10
-    frames_out: PositiveInt = 10
+    frames_in: int = Field(10, ge=1, le=MAX_FRAMES)
+    frames_out: int = Field(10, ge=1, le=MAX_FRAMES)
     stride: PositiveInt = 2
     val_frac: float = Field(0.1, ge=0, lt=1)
     test_frac: float = Field(0.2, gt=0, lt=1)

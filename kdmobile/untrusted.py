@@ -136,13 +136,13 @@ def array_budget() -> int:
     return int(avail * MEMORY_SHARE) if avail else FALLBACK_BUDGET
 
 
-def check_array_bytes(where: str | os.PathLike, declared: int) -> None:
-    """Refuse, before reading, arrays whose declared shapes need more than `array_budget()` bytes (a compressed .npz
-    member or a shared-reference pickle is small on disk and huge in memory)."""
+def check_array_bytes(where: str | os.PathLike, declared: int, before: str = "reading") -> None:
+    """Refuse, before reading (or allocating), arrays whose declared shapes need more than `array_budget()` bytes (a
+    compressed .npz member or a shared-reference pickle is small on disk and huge in memory)."""
     budget = array_budget()
     if declared > budget:
-        raise UserError(f"{where}: its arrays declare {declared / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB "
-                        f"limit (half the memory available now; refused before reading)")
+        raise UserError(f"{where}: arrays of {declared / 2**30:.1f} GiB, over the {budget / 2**30:.1f} GiB limit "
+                        f"(half the memory available now; refused before {before})")
 
 
 def _npy_header_bytes(f: Any, name: str) -> int:

@@ -4,6 +4,7 @@ files. The cases are data: (argv with {out}/{bundle}/{input} placeholders, messa
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 
@@ -23,6 +24,16 @@ CASES = [
     (["predict", "{bundle}", "{input}", "--threads", "100000"], "--threads must be between 1 and"),
     (["predict", "{bundle}", "{input}", "--steps", "100000000"], "--steps must be between 1 and"),
     (["predict", "{bundle}", "{input}", "--out", "{input}"], "that is an input of this command"),
+    (["train", "ammkd", "--image-size", "100000", "--out", "{out}/runs", "--dry-run"], "less than or equal to 4096"),
+    (["train", "ammkd", "--image-size", "4096", "--out", "{out}/runs", "--dry-run"], "refused before allocating"),
+    (["train", "ammkd", "--batch-size", "100000000", "--out", "{out}/runs"], "less than or equal to 65536"),
+    (["train", "ammkd", "--set", "embed_dim=10000000", "--out", "{out}/runs"], "less than or equal to 65536"),
+    (["train", "ammkd", "--epochs", "1000000000", "--out", "{out}/runs"], "less than or equal to 100000"),
+    (["train", "sdkd", "--set", "data.res=100000", "--out", "{out}/runs"], "less than or equal to 4096"),
+    (["train", "sdkd", "--set", "data.frames_in=1000000", "--out", "{out}/runs"], "less than or equal to 10000"),
+    (["bench", "{bundle}", "--threads", "100000", "--out", "{out}/b"], "--threads must be between 1 and 256"),
+    (["bench", "{bundle}", "--batch", "100000", "--out", "{out}/b"], "each between 1 and 4096"),
+    (["bench", "{bundle}", "--runs", "1000000000", "--out", "{out}/b"], "--runs must be between 1 and"),
 ]
 
 
@@ -36,15 +47,17 @@ def forecast(tmp_path_factory) -> dict[str, Path]:
     return {"bundle": root / "bundles" / "fc-onnx-fp32", "input": window}
 
 
-@pytest.mark.parametrize("argv,fragment", CASES, ids=[" ".join(c[0][:2] + c[0][-2:]) for c in CASES])
+@pytest.mark.parametrize("argv,fragment", CASES, ids=[" ".join(a for a in c[0] if "{" not in a and a not in NS) for c in CASES])
 def test_oversized_request_is_refused_before_allocating(tmp_path: Path, capsys, forecast, argv, fragment) -> None:
     out = tmp_path / "out"
     out.mkdir()
     before = {p: p.stat().st_mtime_ns for p in (forecast["input"],)}
     args = [a.format(out=out, bundle=forecast["bundle"], input=forecast["input"]) for a in argv]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
     assert main(args) == 2
     assert time.perf_counter() - started < 10
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak < 2 << 30
     assert fragment in one_line_err(capsys)
     assert list(out.iterdir()) == []  # no OUT.parts/, no partial file
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the input was not replaced

@@ -29,6 +29,7 @@ from kdmobile.data.ns_solver import (
     DEFAULT_CFL, FNO_ALPHA, FNO_TAU, default_max_dt, fno_forcing, gaussian_random_field, num_records,
     resolve_device, solve, torch_threads, velocity_from_vorticity,
 )
+from kdmobile.config import MAX_GRID
 from kdmobile.errors import UserError
 
 CPU_BATCH = 8  # trajectories per solver call on CPU: larger batches fall out of cache
@@ -99,7 +100,7 @@ def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: i
         raise UserError(f"--threads must be a positive integer, got {cpu_threads!r}")
 
 
-MAX_RES = 4096            # FNO's finest solve is 256^2; 4096^2 is already 64 MB per float32 frame
+MAX_RES = MAX_GRID        # 4096: FNO's finest solve is 256^2; 4096^2 is already 64 MB per float32 frame
 MAX_RECORDS = 100_000     # snapshots per trajectory
 MAX_STEPS = 10_000_000    # solver steps per trajectory (FNO's T = 50 at dt 1e-4 is 5e5)
 MAX_THREADS = 256

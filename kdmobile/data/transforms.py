@@ -14,6 +14,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """(N,H,W,3) uint8 -> (N,size,size,3) uint8 with Pillow bilinear (what the runtime does on the phone side)."""
     if images.shape[1] == size and images.shape[2] == size:
         return np.ascontiguousarray(images)
+    from kdmobile.untrusted import check_array_bytes
+
+    check_array_bytes(f"{len(images)} images at {size}x{size}", len(images) * size * size * 3, "allocating")
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     for i, img in enumerate(images):
         out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
