@@ -197,11 +197,12 @@ def read_class_vectors(path: str | os.PathLike, shape: tuple[int, int] | list[in
     """Read (K, D) little-endian float32 class vectors and check size and L2-normalised rows."""
     k, d = (int(s) for s in shape)
     p = Path(path)
-    raw = p.read_bytes() if p.is_file() else None
-    if raw is None:
+    if not p.is_file():
         raise VerificationError(f"{p}: class vectors file missing")
-    if len(raw) != k * d * 4:
-        raise VerificationError(f"{p}: {len(raw)} bytes, expected {k}x{d} float32 = {k * d * 4}")
+    size = p.stat().st_size
+    if size != k * d * 4:  # checked before reading: the manifest's shape bounds what is read
+        raise VerificationError(f"{p}: {size} bytes, expected {k}x{d} float32 = {k * d * 4}")
+    raw = p.read_bytes()
     a = np.frombuffer(raw, dtype="<f4").reshape(k, d).astype(np.float32)
     if not np.all(np.isfinite(a)) or np.max(np.abs(np.linalg.norm(a, axis=1) - 1.0)) > NORM_TOL:
         raise VerificationError(f"{p}: class vectors are not finite L2-normalised rows")
@@ -214,6 +215,7 @@ class Bundle:
 
     path: Path
     manifest: dict[str, Any]
+    trust: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)  # the keys it was checked with
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -365,4 +367,4 @@ def load_bundle(path: str | os.PathLike, trust: Mapping[str, Any] | None = None)
         actual = sha256_file(root / rel)
         if actual != digest or seal[rel] != digest:
             raise VerificationError(f"{where}: checksum mismatch for {rel} (file changed after export)")
-    return Bundle(path=root, manifest=manifest)
+    return Bundle(path=root, manifest=manifest, trust=trust)

@@ -55,6 +55,8 @@ def keygen(prefix: str | os.PathLike) -> tuple[Path, Path, str]:
     replaced. Returns both paths and the key id."""
     _, serialization, ec, _ = _crypto()
     base = Path(prefix).expanduser()
+    if base.name in ("", ".", "..") or str(prefix).endswith(("/", os.sep)) or base.is_dir():
+        raise UserError(f"keygen {prefix}: give a file name prefix such as keys/team, not a directory")
     private, public = base.with_name(base.name + ".key"), base.with_name(base.name + ".pub")
     for p in (private, public):
         if p.exists():
@@ -83,10 +85,12 @@ def _load_key(path: str | os.PathLike, private: bool) -> Any:
     if not p.is_file():
         raise UserError(f"{p}: no such {what} file")
     raw = read_limited(p, str(p), MAX_KEY_BYTES)
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = (serialization.load_pem_private_key(raw, password=None) if private
                else serialization.load_pem_public_key(raw))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise UserError(f"{p}: not a PEM {what} ({str(e).splitlines()[0][:100]})") from None
     pub = key.public_key() if private else key
     if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
@@ -136,15 +140,17 @@ def verify_signature(root: Path, seal: bytes, trusted: dict[str, Any], where: st
     if not isinstance(doc, dict) or doc.get("algorithm") != ALGORITHM:
         raise VerificationError(f"{where}: {SIGNATURE} is not an {ALGORITHM} signature")
     kid = doc.get("key_id")
+    if not (isinstance(kid, str) and len(kid) == 16 and all(c in "0123456789abcdef" for c in kid)):
+        raise VerificationError(f"{where}: {SIGNATURE} is malformed (key_id must be 16 hex digits)")
     try:
         sig = base64.b64decode(str(doc.get("signature", "")), validate=True)
     except ValueError:
         sig = b""
     if len(sig) != 64:
         raise VerificationError(f"{where}: {SIGNATURE} is malformed (expected a base64 64-byte r||s signature)")
-    key = trusted.get(kid) if isinstance(kid, str) else None
+    key = trusted.get(kid)
     if key is None:
-        raise VerificationError(f"{where}: signed by key {str(kid)[:16]!s}, which is not a trusted key "
+        raise VerificationError(f"{where}: signed by key {kid}, which is not a trusted key "
                                 f"(trusted: {', '.join(trusted) or 'none'})")
     der = utils.encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
     try:
@@ -153,6 +159,24 @@ def verify_signature(root: Path, seal: bytes, trusted: dict[str, Any], where: st
         raise VerificationError(f"{where}: signature by key {kid} does not match {SEAL} "
                                 "(the bundle was changed or re-sealed after signing)") from None
     return kid
+
+
+def trust_pems(trusted: dict[str, Any] | None) -> list[str]:
+    """Trusted keys as PEM text (for a subprocess that must open the same bundle with the same keys)."""
+    if not trusted:
+        return []
+    _, serialization, _, _ = _crypto()
+    return [k.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            for k in (trusted or {}).values()]
+
+
+def trust_of_pems(pems: Sequence[str]) -> dict[str, Any] | None:
+    """The inverse of trust_pems (None for no keys)."""
+    if not pems:
+        return None
+    _, serialization, _, _ = _crypto()
+    keys = [serialization.load_pem_public_key(p.encode()) for p in pems]
+    return {key_id(_public_der(k)): k for k in keys} or None
 
 
 def trust_from(paths: Sequence[str | os.PathLike] | None) -> dict[str, Any] | None:

@@ -51,16 +51,26 @@ def parse_json(raw: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 def read_limited(path: str | os.PathLike, where: str, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     """A regular file's bytes, refusing (unread) one over `max_bytes` or a symlink."""
+    import stat
+
     p = Path(path)
     if p.is_symlink():
         raise UserError(f"{where}: is a symbolic link (refused)")
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise UserError(f"{where}: {size} bytes, over the {max_bytes}-byte limit (refused unread)")
-        return p.read_bytes()
+        if not stat.S_ISREG(os.stat(p).st_mode):  # before open(): opening a FIFO would block
+            raise UserError(f"{where}: not a regular file (refused)")
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{where}: not a regular file (refused)")
+            if st.st_size > max_bytes:
+                raise UserError(f"{where}: {st.st_size} bytes, over the {max_bytes}-byte limit (refused unread)")
+            raw = f.read(max_bytes + 1)  # a file that grew since fstat is still read only up to the limit
     except OSError as e:
         raise UserError(f"{where}: unreadable ({e.strerror or e})") from None
+    if len(raw) > max_bytes:
+        raise UserError(f"{where}: over the {max_bytes}-byte limit (it grew while being read)")
+    return raw
 
 
 def read_json(path: str | os.PathLike, where: str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -118,9 +128,10 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise ValueError("holds a single array, not an .npz archive")
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "corrupt"
         raise UserError(f"{p}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    return only_arrays(arrays, p)
 
 
 # ---------------------------------------------------------------- array files (.npy, .npz, .mat)
@@ -161,8 +172,22 @@ def _npy_header_bytes(f: Any, name: str) -> int:
     return count * max(dtype.itemsize, 1)
 
 
+def _member_bytes(z: Any, info: Any) -> int:
+    """Bytes numpy would allocate for one .npz member: its .npy header's shape, or (a member numpy returns as raw
+    bytes, or one whose header cannot be read) its uncompressed size from the zip directory."""
+    try:
+        with z.open(info) as f:
+            if f.read(6) == b"\x93NUMPY":
+                with z.open(info) as g:
+                    return max(_npy_header_bytes(g, info.filename), info.file_size)
+    except Exception:  # noqa: BLE001 - an unreadable member still counts what it would inflate to
+        pass
+    return info.file_size
+
+
 def declared_array_bytes(path: str | os.PathLike) -> int:
-    """Bytes the arrays of an .npy or .npz file declare in their headers, read without decompressing any data."""
+    """Bytes the arrays of an .npy or .npz file would take once read, from their headers (every member of an .npz,
+    whatever its name), without decompressing any data."""
     import zipfile
 
     p = Path(path)
@@ -170,23 +195,26 @@ def declared_array_bytes(path: str | os.PathLike) -> int:
         if f.read(6) == b"\x93NUMPY":
             f.seek(0)
             return _npy_header_bytes(f, p.name)
-    total = 0
     with zipfile.ZipFile(p) as z:
-        for info in z.infolist():
-            if info.filename.endswith(".npy"):
-                with z.open(info) as f:
-                    total += _npy_header_bytes(f, info.filename)
-    return total
+        return sum(_member_bytes(z, info) for info in z.infolist())
 
 
 def check_array_file(path: str | os.PathLike) -> None:
-    """The size rule for an .npy/.npz someone else wrote: declared bytes within `array_budget()`; a header that cannot
-    be read is left to the loader's own one-line error."""
+    """The size rule for an .npy/.npz someone else wrote: what it declares within `array_budget()`. A file that is
+    neither (not a zip, a corrupt .npy header) is left to the loader's own one-line error."""
     try:
         declared = declared_array_bytes(path)
-    except Exception:  # noqa: BLE001 - a corrupt file: np.load reports it in the caller's words
+    except Exception:  # noqa: BLE001 - np.load reports a file that is not an array file in the caller's words
         return
     check_array_bytes(path, declared)
+
+
+def only_arrays(arrays: dict[str, Any], where: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Refuse an .npz member numpy returned as raw bytes (not a .npy array)."""
+    for k, v in arrays.items():
+        if not isinstance(v, np.ndarray):
+            raise UserError(f"{where}: member {printable(k)!r} is not a NumPy array")
+    return arrays
 
 
 # ---------------------------------------------------------------- YAML (settings files, --set values)
@@ -221,9 +249,9 @@ def parse_yaml(text: str, where: str) -> Any:
 
     try:
         return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:  # ValueError: a date like 2001-13-45, a huge int
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{where}: not valid YAML ({first})") from None
+        raise UserError(f"{where}: not valid YAML ({first[:160]})") from None
     except RecursionError:
         raise UserError(f"{where}: YAML nested too deeply") from None
 

@@ -29,6 +29,8 @@ CASES = [
      "not valid YAML"),
     ("config with aliases", lambda t, k: ["--config", _write(t, b"a: &x [1, 2]\nb: [*x, *x]\n")], "aliases"),
     ("deeply nested config", lambda t, k: ["--config", _write(t, b"x: " + b"[" * 5000 + b"]" * 5000)], "YAML"),
+    ("config with an impossible date", lambda t, k: ["--config", _write(t, b"x: 2001-13-45\n")], "not valid YAML"),
+    ("--set integer of 5000 digits", lambda t, k: ["--set", f"{k}=" + "9" * 5000], "--set {key}: not valid YAML"),
     ("config not a mapping", lambda t, k: ["--config", _write(t, b"- 1\n- 2\n")], "must be a YAML mapping"),
     ("--set value not YAML", lambda t, k: ["--set", f"{k}=[1"], "--set {key}: not valid YAML"),
     ("--set value with a tag", lambda t, k: ["--set", f"{k}=!!python/tuple [1]"], "--set {key}: not valid YAML"),

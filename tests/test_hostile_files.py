@@ -53,6 +53,22 @@ def _npz_bomb(path: Path, key: str = "images") -> Path:
     return path
 
 
+def _npz_odd(path: Path, kind: str) -> Path:
+    """.npz files numpy reads in ways a header scan of `*.npy` members misses."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        if kind == "no-suffix":  # numpy also serves a member named plainly `images`
+            with z.open("images", "w", force_zip64=True) as f:
+                _npy_header(f, (200_000, 1024, 1024, 3))
+        elif kind == "junk-beside":  # an unreadable member must not switch the check off
+            z.writestr("junk.npy", b"garbage")
+            with z.open("images.npy", "w", force_zip64=True) as f:
+                _npy_header(f, (200_000, 1024, 1024, 3))
+        elif kind == "raw-bytes":  # not a .npy at all: numpy returns bytes, which no loader can use
+            z.writestr("images.npy", b"\0" * 64)
+            z.writestr("labels", b"not an array")
+    return path
+
+
 def _npy_bomb(path: Path, shape: tuple[int, ...]) -> Path:
     with open(path, "wb") as f:
         _npy_header(f, shape)
@@ -78,6 +94,14 @@ CASES: list[tuple[str, Build, list[str], str]] = [
      [*TRAIN, "cifar10:{file}"], "must be a list of 1 to 100000 names"),
     ("cifar labels out of range", lambda t: _cifar(t, [0, 10]), [*TRAIN, "cifar10:{file}"], "out of range"),
     ("npz dataset declaring 2 TB", lambda t: _npz_bomb(t / "c.npz"), [*TRAIN, "cifar10:{file}"], "GiB limit"),
+    ("npz member without the .npy suffix", lambda t: _npz_odd(t / "c.npz", "no-suffix"), [*TRAIN, "cifar10:{file}"],
+     "GiB limit"),
+    ("npz huge member beside a junk one", lambda t: _npz_odd(t / "c.npz", "junk-beside"),
+     [*TRAIN, "cifar10:{file}"], "GiB limit"),
+    ("cifar label beyond int64", lambda t: _cifar(t, [0, 2**100]), [*TRAIN, "cifar10:{file}"],
+     "must be a flat list of 2 integers"),
+    ("cifar labels as a 0-d array", lambda t: _cifar(t, np.array(3)), [*TRAIN, "cifar10:{file}"],
+     "must be a flat list of 2 integers"),
     ("caption npz declaring 2 TB", lambda t: _npz_bomb(t / "f.npz"), [*TRAIN, "captions:{file}"], "GiB limit"),
     ("deeply nested captions JSON", lambda t: _deep_json(t / "dataset_x.json"), [*TRAIN, "captions:{file}"],
      "nested too deeply"),
@@ -112,6 +136,19 @@ def test_hostile_file_is_refused_in_one_line(tmp_path: Path, capsys, name, build
     assert fragment in one_line_err(capsys)
     assert _peak_rss() - peak < 2 << 30
     assert sorted(tmp_path.rglob("*")) == before_files  # no run directory, no partial output
+
+
+def test_npz_members_that_are_not_arrays_are_refused(tmp_path: Path, capsys, forecast_bundle) -> None:
+    path = _npz_odd(tmp_path / "odd.npz", "raw-bytes")
+    with pytest.raises(KDError, match="is not a NumPy array"):
+        from kdmobile.untrusted import load_npz
+
+        load_npz(path)
+    window = tmp_path / "w.npz"
+    with zipfile.ZipFile(window, "w") as z:
+        z.writestr("frames", b"not an array")
+    assert main(["predict", forecast_bundle, window]) == 2
+    assert "not a .npy array" in one_line_err(capsys)
 
 
 def test_predict_refuses_an_input_array_declaring_terabytes(tmp_path: Path, capsys, forecast_bundle) -> None:
@@ -164,3 +201,15 @@ def test_heldout_refuses_negative_labels_and_stray_caption_owners(tmp_path: Path
         np.savez(tmp_path / "heldout.npz", images_test=images, **extra)
         with pytest.raises(KDError, match=fragment):
             read_heldout(tmp_path)
+
+
+def test_predict_sizes_a_long_rollout_before_running_it(tmp_path: Path, capsys, forecast_bundle) -> None:
+    """--steps <= 10,000 bounds the loop, not the output: 5,000 windows x 10,000 steps would be ~50 GB."""
+    from untrusted_helpers import T_IN
+
+    windows = tmp_path / "windows.npy"
+    np.save(windows, np.zeros((5000, T_IN, 8, 8), np.float32))
+    started = time.perf_counter()
+    assert main(["predict", forecast_bundle, windows, "--steps", "10000", "--out", tmp_path / "f.npy"]) == 2
+    assert "refused before allocating" in one_line_err(capsys)
+    assert time.perf_counter() - started < 10 and not (tmp_path / "f.npy").exists()

@@ -32,7 +32,7 @@ def test_bench_reads_config_then_set_then_flags(tiny, tmp_path: Path) -> None:
 
 def test_bench_and_export_settings_errors_are_one_line(tiny, tmp_path: Path, capsys) -> None:
     for args, needle in [
-        (["bench", tiny["a_onnx"], "--set", "runs=0"], "--runs must be >= 1, got 0"),
+        (["bench", tiny["a_onnx"], "--set", "runs=0"], "--runs must be between 1 and 1000000, got 0"),
         (["bench", tiny["a_onnx"], "--set", "rnus=3"], "rnus"),
         (["bench", tiny["a_onnx"], "--config", tmp_path / "missing.yaml"], "no such config file"),
         (["export", tiny["ammkd"], "--set", "thresholds.top1=-1", "--out", tmp_path], "--threshold-top1 must be >= 0"),

@@ -109,3 +109,11 @@ def test_export_says_which_stale_staging_it_removed(signed, tmp_path, capsys) ->
     assert main(["export", signed["root"] / "fc", "--out", out]) == 0
     assert not stale.exists()
     assert f"removed {stale.name}: staging left in {out} by an export that was killed" in capsys.readouterr().out
+
+
+def test_keygen_needs_a_file_name(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for prefix in (".", "..", str(tmp_path) + "/"):
+        assert main(["keygen", prefix]) == 2
+        assert "give a file name prefix" in one_line_err(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -45,6 +45,7 @@ IMPOSSIBLE: list[tuple[str, Callable[[Path], None], str]] = [
     ("negative-scale", lambda b: _rewrite(b, lambda m: m["retrieval"].update(logit_scale=-14.2)), "logit_scale"),
     ("zero-scale", lambda b: _rewrite(b, lambda m: m["retrieval"].update(logit_scale=0)), "logit_scale"),
     ("zero-std", _first("std", 0.0), "std"),
+    ("denormal-std", _first("std", 1e-50), "std"),  # 0 once cast to float32, as every reader computes
     ("infinite-mean", lambda b: _rewrite(b, lambda m: m["input"]["mean"].__setitem__(0, "INF"), {"INF": "1e400"}),
      "mean"),
     ("inverted-range", _set_input(value_range=[255, 0]), "value_range"),
@@ -83,12 +84,18 @@ def build_signed(src: Path, root: Path) -> dict[str, Any]:
     signed = copy("signed", team_key)
     resealed = copy("resealed", team_key)
     _rewrite(resealed, lambda m: m["retrieval"].update(logit_scale=50.0))  # a valid value, but not the signer's
-    garbled = copy("garbled", team_key)
-    doc = json.loads((garbled / "bundle.sig").read_text())
-    doc["signature"] = doc["signature"][:-8]
-    (garbled / "bundle.sig").write_text(json.dumps(doc))
+    def edit_sig(name: str, **change: str) -> Path:
+        dest = copy(name, team_key)
+        doc = json.loads((dest / "bundle.sig").read_text())
+        doc.update({k: v(doc[k]) if callable(v) else v for k, v in change.items()})
+        (dest / "bundle.sig").write_text(json.dumps(doc))
+        return dest
+
     return {"trust": team_pub, "other_pub": other_pub, "signed": signed,
             "refused": [("resealed", resealed, "does not match bundle.sha256"),
                         ("other-key", copy("other-key", other_key), "which is not a trusted key"),
                         ("unsigned", copy("unsigned", None), "not signed (bundle.sig missing)"),
-                        ("garbled", garbled, "bundle.sig is malformed")]}
+                        ("garbled", edit_sig("garbled", signature=lambda s: s[:-8]), "bundle.sig is malformed"),
+                        ("unpadded", edit_sig("unpadded", signature=lambda s: s.rstrip("=")), "bundle.sig is malformed"),
+                        ("escaped-key-id", edit_sig("escaped-key-id", key_id="\x1b[31mfeedfacefeedface"),
+                         "key_id must be 16 hex digits")]}

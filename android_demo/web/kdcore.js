@@ -41,11 +41,11 @@ export function checkManifest(m) {
     'input.value_range must be two finite numbers, low < high');
   need(Array.isArray(inp.mean) && inp.mean.length > 0 && inp.mean.every(finite),
     'input.mean must be finite numbers');
-  need(Array.isArray(inp.std) && inp.std.length === inp.mean.length && inp.std.every((v) => finite(v) && v > 0),
+  need(Array.isArray(inp.std) && inp.std.length === inp.mean.length && inp.std.every(positive),
     'input.std must be finite numbers > 0, one per mean');
   if (m.task === 'retrieval') {
     const cv = m.retrieval.class_vectors;
-    need(finite(m.retrieval.logit_scale) && m.retrieval.logit_scale > 0,
+    need(positive(m.retrieval.logit_scale),
       'retrieval.logit_scale must be a finite number > 0');
     need(dimsOk(cv.shape, [L.MAX_CLASSES, L.MAX_EMBED_DIM], L.MAX_CLASS_VECTOR_ELEMENTS),
       `retrieval.class_vectors.shape must be [1..${L.MAX_CLASSES}, 1..${L.MAX_EMBED_DIM}] within the limits`);
@@ -59,12 +59,15 @@ export function checkManifest(m) {
     need(m.task === 'forecast' && fc, `unknown task ${m.task}`);
     need(dimsOk([fc.frames_in], [L.MAX_DIM], L.MAX_DIM) && dimsOk([fc.frames_out], [L.MAX_DIM], L.MAX_DIM),
       `forecast.frames_in and frames_out must be integers in 1..${L.MAX_DIM}`);
-    need(finite(fc.mean) && finite(fc.std) && fc.std > 0, 'forecast.mean must be finite and std a finite number > 0');
+    need(finite(fc.mean) && positive(fc.std), 'forecast.mean must be finite and std a finite number > 0');
   }
   return m;
 }
 
-const finite = (v) => typeof v === 'number' && Number.isFinite(v);
+const FLOAT32_MAX = 3.4028234663852886e38; // kdmobile.contracts.manifest: numbers float32 holds
+const FLOAT32_MIN_NORMAL = 1.1754943508222875e-38; // a smaller std or scale is 0 once cast
+const finite = (v) => typeof v === 'number' && Number.isFinite(v) && Math.abs(v) <= FLOAT32_MAX;
+const positive = (v) => finite(v) && v >= FLOAT32_MIN_NORMAL;
 
 /** Whether `shape` holds limits.length integers, each in 1..its limit, with at most maxElements values in all. */
 function dimsOk(shape, limits, maxElements) {
@@ -120,7 +123,7 @@ export function jsonDepth(text) {
 export function parseJson(buffer, where) {
   let text;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(buffer);
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(buffer); // a BOM stays: refused
   } catch (e) {
     throw new BundleError(`${where}: not valid JSON (not UTF-8)`);
   }

@@ -9,7 +9,9 @@ const MAX_SIGNATURE_BYTES = 4096; // kdmobile.signing.MAX_SIGNATURE_BYTES
 const MAX_KEY_BYTES = 16 * 1024; // kdmobile.signing.MAX_KEY_BYTES
 const EC = { name: 'ECDSA', namedCurve: 'P-256' };
 
+/** Strict standard base64 with padding, as Python (validate=True) and the Java core accept it. */
 function base64Bytes(text) {
+  if (text.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(text)) throw new Error('not strict base64');
   const bin = atob(text);
   return Uint8Array.from(bin, (c) => c.charCodeAt(0));
 }
@@ -22,8 +24,9 @@ export async function trustKeys(pems) {
     let der;
     let key;
     try {
-      der = base64Bytes(pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, '').replace(/\s/g, ''));
-      key = await crypto.subtle.importKey('spki', der, EC, false, ['verify']);
+      key = await crypto.subtle.importKey('spki',
+        base64Bytes(pem.replace(/-----(BEGIN|END) PUBLIC KEY-----/g, '').replace(/\s/g, '')), EC, true, ['verify']);
+      der = await crypto.subtle.exportKey('spki', key); // re-encoded, as Python and Java hash it
     } catch (e) {
       throw new BundleError(`trust key: not a PEM ECDSA P-256 public key (${e.message})`);
     }
@@ -36,12 +39,18 @@ export async function trustKeys(pems) {
 export async function verifySignature(fetchFn, base, sealBuf, trusted) {
   const r = await fetchFn(`${base}${SIGNATURE}`, { cache: 'no-store' });
   if (!r.ok) throw new BundleError(`not signed (${SIGNATURE} missing) but a trust key was given`);
+  if (Number(r.headers && r.headers.get ? r.headers.get('Content-Length') : NaN) > MAX_SIGNATURE_BYTES) {
+    throw new BundleError(`${SIGNATURE}: over the ${MAX_SIGNATURE_BYTES}-byte limit (refused unread)`);
+  }
   const buf = await r.arrayBuffer();
   if (buf.byteLength > MAX_SIGNATURE_BYTES) {
     throw new BundleError(`${SIGNATURE}: ${buf.byteLength} bytes, over the ${MAX_SIGNATURE_BYTES}-byte limit`);
   }
   const doc = parseJson(buf, SIGNATURE);
   if (!doc || doc.algorithm !== ALGORITHM) throw new BundleError(`${SIGNATURE} is not an ${ALGORITHM} signature`);
+  if (typeof doc.key_id !== 'string' || !/^[0-9a-f]{16}$/.test(doc.key_id)) {
+    throw new BundleError(`${SIGNATURE} is malformed (key_id must be 16 hex digits)`);
+  }
   let sig;
   try {
     sig = base64Bytes(String(doc.signature || ''));
@@ -53,7 +62,7 @@ export async function verifySignature(fetchFn, base, sealBuf, trusted) {
   }
   const key = trusted.get(doc.key_id);
   if (!key) {
-    throw new BundleError(`signed by key ${String(doc.key_id).slice(0, 16)}, which is not a trusted key ` +
+    throw new BundleError(`signed by key ${doc.key_id}, which is not a trusted key ` +
       `(trusted: ${[...trusted.keys()].join(', ')})`);
   }
   if (!await crypto.subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, key, sig, sealBuf)) {

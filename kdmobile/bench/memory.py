@@ -43,7 +43,9 @@ def _probe_bundle(spec: dict[str, Any]) -> int:
     from kdmobile.runtime.backends import open_backend
     from kdmobile.runtime.predictors import ForecastPredictor, RetrievalPredictor
 
-    bundle = load_bundle(spec["path"])
+    from kdmobile.signing import trust_of_pems
+
+    bundle = load_bundle(spec["path"], trust_of_pems(spec.get("trust") or []))  # the keys bench was given
     target = TARGETS.get(bundle.target)  # its runtime is imported before the baseline: not the model's memory
     for module in target.preload if target else ():
         try:

@@ -158,8 +158,10 @@ class BundleSubject(Subject):
         self._call(max(settings.batches))()
 
     def probe_spec(self, settings: Settings) -> dict[str, Any]:
+        from kdmobile.signing import trust_pems
+
         return {"kind": "bundle", "path": str(self.bundle.path), "threads": settings.threads,
-                "batch": max(settings.batches)}
+                "batch": max(settings.batches), "trust": trust_pems(self.bundle.trust)}
 
     def _call(self, batch: int) -> Callable[[], Any]:
         """One timed call: the model on `batch` preprocessed inputs (a loop of batch-1 calls if the batch is fixed)."""

@@ -27,7 +27,9 @@ MAX_DIM = 16_384                   # any one input dimension (side, channels, fr
 MAX_INPUT_ELEMENTS = 1 << 26       # values in one input sample (256 MiB as float32)
 MAX_EMBED_DIM = 65_536
 MAX_CLASS_VECTOR_ELEMENTS = 1 << 28  # 1 GiB of float32
-_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+FLOAT32_MAX = 3.4028234663852886e38     # every reader computes in float32 (Java casts, numpy float32 inputs)
+FLOAT32_MIN_NORMAL = 1.1754943508222875e-38  # a smaller std is 0 (or denormal) once cast: a division by nothing
+_POSITIVE = {"type": "number", "minimum": FLOAT32_MIN_NORMAL, "maximum": FLOAT32_MAX}
 
 
 class _Part(BaseModel):
@@ -37,7 +39,12 @@ class _Part(BaseModel):
 
 
 def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number (not a boolean) that float32 holds."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= FLOAT32_MAX
+
+
+def _positive(v: Any) -> bool:
+    return _finite(v) and v >= FLOAT32_MIN_NORMAL
 
 
 def _dims(shape: list[Any], limits: list[int], max_elements: int) -> bool:
@@ -68,7 +75,7 @@ class InputSpec(_Part):
         if not self.mean or len(self.mean) != len(self.std) or (self.layout == "NCHW"
                                                                  and len(self.mean) != self.shape[1]):
             raise ValueError("mean and std must have one entry per channel")
-        if not all(_finite(v) for v in self.mean) or not all(_finite(v) and v > 0 for v in self.std):
+        if not all(_finite(v) for v in self.mean) or not all(_positive(v) for v in self.std):
             raise ValueError("mean must be finite numbers and std finite numbers > 0")
         vr = self.value_range
         if len(vr) != 2 or not all(_finite(v) for v in vr) or not vr[0] < vr[1]:
@@ -103,7 +110,7 @@ class RetrievalSpec(_Part):
     @model_validator(mode="after")
     def _scale(self) -> "RetrievalSpec":
         """A logit scale <= 0 inverts (or flattens) the ranking: refused."""
-        if not (_finite(self.logit_scale) and self.logit_scale > 0):
+        if not _positive(self.logit_scale):
             raise ValueError("logit_scale must be a finite number > 0")
         return self
 
@@ -118,7 +125,7 @@ class ForecastSpec(_Part):
     def _norm(self) -> "ForecastSpec":
         if not all(1 <= n <= MAX_DIM for n in (self.frames_in, self.frames_out)):
             raise ValueError(f"frames_in and frames_out must be in 1..{MAX_DIM}")
-        if not (_finite(self.mean) and _finite(self.std) and self.std > 0):
+        if not (_finite(self.mean) and _positive(self.std)):
             raise ValueError("mean must be finite and std a finite number > 0")
         return self
 

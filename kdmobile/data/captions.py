@@ -13,11 +13,12 @@ from PIL import Image
 from kdmobile.data.folders import ImageFiles, caption_files
 from kdmobile.data.images import Samples, as_index, check_images, existing, read_npz
 from kdmobile.errors import UserError
-from kdmobile.untrusted import parse_json, read_limited
+from kdmobile.untrusted import check_array_bytes, parse_json, read_limited
 
 # A caption file is read whole: Karpathy's dataset_coco.json is 145 MB; 512 MiB is room for any such file and still
 # refuses a stray multi-GB one unread.
 MAX_CAPTIONS_JSON_BYTES = 512 << 20
+JSON_GROWTH = 25  # parsed JSON takes up to ~21x its text in Python objects (a file of `[[],[],...]`); checked first
 
 
 
@@ -116,6 +117,8 @@ def _check_captions(caps: Any, n: int, src: Path) -> list[list[str]]:
 def _load_json(p: Path, image_root: str | os.PathLike | None, limit: int | None) -> ImageFiles:
     """Karpathy dataset_*.json or COCO captions_*.json as a file list (images are decoded where they are used);
     images resolved against `image_root` or the JSON's folder."""
+    if p.is_file():
+        check_array_bytes(f"{p} (parsed)", p.stat().st_size * JSON_GROWTH, "parsing")
     obj = parse_json(read_limited(p, str(p), MAX_CAPTIONS_JSON_BYTES), str(p))
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
         raise UserError(f"{p}: expected a JSON object with an 'images' list (Karpathy dataset_*.json or COCO captions_*.json)")

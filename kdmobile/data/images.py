@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from kdmobile.errors import KDError, UserError
-from kdmobile.untrusted import MAX_CLASSES, check_array_file
+from kdmobile.untrusted import MAX_CLASSES, check_array_file, only_arrays
 
 MAX_NAME_CHARS = 256
 
@@ -103,7 +103,7 @@ def read_npz(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = 
                 raise UserError(
                     f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(z.files) or 'none'})"
                 )
-            return {k: z[k] for k in required + optional if k in z.files}
+            return only_arrays({k: z[k] for k in required + optional if k in z.files}, path)
     except KDError:
         raise
     except Exception as e:  # zipfile, zlib, pickle-refusal and format errors all mean "corrupt"
@@ -240,9 +240,11 @@ def _flat_labels(raw: Any, n: int, src: Path, key: str) -> np.ndarray:
     nested lists is a few KB on disk and expands without bound in np.asarray."""
     if isinstance(raw, np.ndarray) and raw.ndim == 1 and raw.dtype.kind in "iu" and len(raw) == n:
         return raw
-    if isinstance(raw, (list, tuple)) and len(raw) == n and all(type(v) is int for v in raw):
-        return np.asarray(raw, dtype=np.int64)
-    got = f"{len(raw)} entries" if isinstance(raw, (list, tuple, np.ndarray)) else type(raw).__name__
+    if isinstance(raw, (list, tuple)) and len(raw) == n and all(type(v) is int and -1 <= v <= MAX_CLASSES
+                                                               for v in raw):
+        return np.asarray(raw, dtype=np.int64)  # -1 and MAX_CLASSES fit int64; check_labels reports the range
+    got = (f"an array of shape {raw.shape}" if isinstance(raw, np.ndarray)  # never np.shape(list): it expands it
+           else f"{len(raw)} entries" if isinstance(raw, (list, tuple)) else type(raw).__name__)
     raise UserError(f"{src}: '{key}' must be a flat list of {n} integers (one per image), got {got}")
 
 

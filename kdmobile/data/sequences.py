@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kdmobile.errors import KDError, UserError
-from kdmobile.untrusted import check_array_bytes, check_array_file
+from kdmobile.untrusted import check_array_bytes, check_array_file, only_arrays
 
 SEQUENCE_SUFFIXES = (".npy", ".npz", ".mat")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -69,14 +69,11 @@ def _read_npz(path: Path) -> np.ndarray:
         return loaded
     with loaded as z:
         keys = list(z.files)
-        if "u" in keys:
-            return z["u"]
         arrays = [k for k in keys if k != "meta"]
-        if len(arrays) == 1:
-            return z[arrays[0]]
-        raise UserError(
-            f"{path}: no array 'u' and not a single array (keys: {', '.join(keys) or 'none'})"
-        )
+        if "u" not in keys and len(arrays) != 1:
+            raise UserError(f"{path}: no array 'u' and not a single array (keys: {', '.join(keys) or 'none'})")
+        key = "u" if "u" in keys else arrays[0]
+        return only_arrays({key: z[key]}, path)[key]
 
 
 def _mat_to_ntHW(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -97,17 +94,21 @@ def _pick_variable(names: list[str], path: Path) -> str:
     raise UserError(f"{path}: no variable 'u' (variables: {', '.join(names) or 'none'})")
 
 
+_MAT_NUMERIC = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                "logical"}
+
+
 def _read_mat_v5(path: Path) -> np.ndarray:
     """Variable `u` (or the only variable) from a MATLAB v4/v5/v7 file via scipy."""
     import scipy.io
 
-    try:
-        shapes = {name: shape for name, shape, _ in scipy.io.whosmat(path)}
-    except Exception:  # noqa: BLE001 - loadmat below reports a corrupt file in its own words
-        shapes = {}
-    check_array_bytes(path, 8 * sum(math.prod(s) for s in shapes.values()))  # float64, the widest MATLAB number
-    data = scipy.io.loadmat(path)
-    arr = data[_pick_variable([k for k in data if not k.startswith("__")], path)]
+    variables = {name: (shape, cls) for name, shape, cls in scipy.io.whosmat(path)}  # the caller words a parse error
+    name = _pick_variable(list(variables), path)
+    shape, cls = variables[name]
+    if cls not in _MAT_NUMERIC:  # a cell or struct's contents are not in whosmat's shape: never read them
+        raise UserError(f"{path}: variable {name!r} is a MATLAB {cls}, not a numeric array")
+    check_array_bytes(path, 8 * math.prod(shape))  # read as float64 at most, the widest MATLAB number
+    arr = scipy.io.loadmat(path, variable_names=[name])[name]  # only this variable is read
     if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.names is not None:
         raise UserError(f"{path}: variable 'u' is not a numeric array")
     return _mat_to_ntHW(arr, path)

@@ -140,6 +140,8 @@ def load_frames(path: str | Path) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile, zlib, EOF and format errors all mean "unreadable"
         raise UserError(f"{p}: unreadable .npy array ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(loaded, np.ndarray):  # an .npz member that is not a .npy comes back as raw bytes
+        raise UserError(f"{p}: not a .npy array")
     if loaded.dtype.kind not in "fiub":
         raise UserError(f"{p}: frames must be numeric, got dtype {loaded.dtype}")
     return loaded

@@ -204,6 +204,11 @@ class ForecastPredictor(_Predictor):
         if int(steps) < 1:
             raise UserError(f"rollout steps must be >= 1, got {steps}")
         x, single = self._check(frames)
+        from kdmobile.untrusted import check_array_bytes
+
+        n, _, h, w = x.shape  # the whole forecast is kept (and concatenated: twice), so it is sized first
+        need = 2 * n * int(steps) * self.frames_out * h * w * 4
+        check_array_bytes(f"a {steps}-step forecast of {n} window(s)", need, "allocating")
         history = (x - self.mean) / self.std
         preds = []
         for _ in range(int(steps)):

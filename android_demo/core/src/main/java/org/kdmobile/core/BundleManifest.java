@@ -77,7 +77,7 @@ public final class BundleManifest {
             throw new BundleException("manifest.json: input.mean and std must have one entry per channel");
         }
         for (int c = 0; c < std.length; c++) {
-            if (!(std[c] > 0)) {
+            if (!(std[c] >= Float.MIN_NORMAL)) { // smaller is 0 or denormal in float32: a division by nothing
                 throw new BundleException("manifest.json: input.std must be finite numbers > 0");
             }
         }
@@ -115,7 +115,7 @@ public final class BundleManifest {
                 throw new BundleException("manifest.json: class vectors must be little-endian float32");
             }
             logitScale = number(r.get("logit_scale"), "retrieval.logit_scale");
-            if (!(logitScale > 0)) {
+            if (!(logitScale >= Float.MIN_NORMAL && logitScale <= Float.MAX_VALUE)) {
                 throw new BundleException("manifest.json: retrieval.logit_scale must be a finite number > 0");
             }
             labelsFile = r.getString("labels_file");
@@ -135,8 +135,9 @@ public final class BundleManifest {
             framesOut = dim(fc.get("frames_out"), MAX_DIM, "forecast.frames_out");
             forecastMean = number(fc.get("mean"), "forecast.mean");
             forecastStd = number(fc.get("std"), "forecast.std");
-            if (!(forecastStd > 0)) {
-                throw new BundleException("manifest.json: forecast.std must be a finite number > 0");
+            if (!(forecastStd >= Float.MIN_NORMAL && forecastStd <= Float.MAX_VALUE && Math.abs(forecastMean)
+                    <= Float.MAX_VALUE)) {
+                throw new BundleException("manifest.json: forecast.mean must be finite and std a finite number > 0");
             }
             classVectorsFile = labelsFile = null;
             numClasses = embedDim = 0;
@@ -298,7 +299,7 @@ public final class BundleManifest {
         for (int i = 0; i < out.length; i++) {
             double v = number(a.get(i), what + "[" + i + "]");
             if (Math.abs(v) > Float.MAX_VALUE) {
-                throw new BundleException("manifest.json: " + v + " does not fit a float32");
+                throw new BundleException("manifest.json: " + what + "[" + i + "] must be a finite number, got " + v);
             }
             out[i] = (float) v;
         }

@@ -27,6 +27,9 @@ public final class BundleSignature {
     /** kdmobile.signing.MAX_SIGNATURE_BYTES and MAX_KEY_BYTES. */
     public static final int MAX_BYTES = 4096;
     public static final int MAX_KEY_BYTES = 16 * 1024;
+    /** The group order of NIST P-256 (secp256r1): other 256-bit curves (secp256k1, brainpool) are refused. */
+    private static final BigInteger P256_ORDER = new BigInteger(
+            "FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16);
 
     private BundleSignature() {
     }
@@ -59,8 +62,7 @@ public final class BundleSignature {
         try {
             PublicKey key = KeyFactory.getInstance("EC").generatePublic(
                     new X509EncodedKeySpec(Bytes.base64(body)));
-            if (!(key instanceof ECPublicKey) || ((ECPublicKey) key).getParams().getCurve().getField()
-                    .getFieldSize() != 256) {
+            if (!(key instanceof ECPublicKey) || !P256_ORDER.equals(((ECPublicKey) key).getParams().getOrder())) {
                 throw new BundleException("trust key: not an ECDSA P-256 public key");
             }
             return key;
@@ -80,7 +82,11 @@ public final class BundleSignature {
         }
         JSONObject doc;
         try {
-            doc = new JSONObject(new String(Bytes.readLimited(source, FILE, MAX_BYTES), Bytes.UTF8));
+            String text = new String(Bytes.readLimited(source, FILE, MAX_BYTES), Bytes.UTF8);
+            if (BundleManifest.jsonDepth(text) > BundleManifest.MAX_JSON_DEPTH) { // org.json recurses
+                throw new BundleException(FILE + ": JSON nested too deeply (limit " + BundleManifest.MAX_JSON_DEPTH + ")");
+            }
+            doc = new JSONObject(text);
         } catch (IOException | JSONException e) {
             throw new BundleException(FILE + " is malformed (" + e.getMessage() + ")");
         }
@@ -97,6 +103,9 @@ public final class BundleSignature {
             throw new BundleException(FILE + " is malformed (expected a base64 64-byte r||s signature)");
         }
         String kid = doc.optString("key_id");
+        if (!kid.matches("[0-9a-f]{16}")) {
+            throw new BundleException(FILE + " is malformed (key_id must be 16 hex digits)");
+        }
         PublicKey key = trusted.get(kid);
         if (key == null) {
             throw new BundleException("signed by key " + kid + ", which is not a trusted key (trusted: "

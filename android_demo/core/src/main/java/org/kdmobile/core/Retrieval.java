@@ -50,7 +50,11 @@ public final class Retrieval {
             JSONArray a = new JSONArray(Bytes.readText(source, m.labelsFile));
             String[] labels = new String[a.length()];
             for (int i = 0; i < labels.length; i++) {
-                labels[i] = a.getString(i);
+                Object label = a.get(i); // getString would turn a number or an object into text
+                if (!(label instanceof String)) {
+                    throw new BundleException(m.labelsFile + ": label " + i + " is not a string");
+                }
+                labels[i] = (String) label;
             }
             if (labels.length != m.numClasses) {
                 throw new BundleException(m.labelsFile + " has " + labels.length + " labels, expected " + m.numClasses);
