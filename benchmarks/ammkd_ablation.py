@@ -38,7 +38,7 @@ from resumable import Records, cpu_name, device_name, run_children, without_set_
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
-from kdmobile.rundir import teacher_file
+from kdmobile.rundir import read_metrics, teacher_file
 from kdmobile.table import format_table
 from kdmobile.train.ammkd import run_ammkd
 
@@ -86,7 +86,7 @@ def train_teachers(args: argparse.Namespace, ds: dict[str, Any], records: Record
     rec = records.get("teachers")
     if args.teachers_from and rec is None:
         run = Path(args.teachers_from)
-        source = json.loads((run / "metrics.json").read_text())
+        source = read_metrics(run)  # size- and depth-limited, one-line error
         if source.get("dataset") != ds["spec"].format(root=args.data_root):
             raise SystemExit(f"--teachers-from {run}: trained on {source.get('dataset')}, not this dataset")
         rec = {"files": [str(teacher_file(run, t)) for t in TEACHERS], "source": str(run),

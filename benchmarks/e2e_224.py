@@ -26,6 +26,7 @@ from student_zoo import teacher_files
 
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
+from kdmobile.rundir import epoch_seconds
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -97,9 +98,7 @@ def main() -> int:
         step("bench", ["bench", str(run), "--reference", "ViT-B-32,RN50", "--runs", "50", "--out",
                        str(work / "bench"), "--no-progress"], log),
     ]
-    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    epochs = {s: [r["seconds"] for r in records if r.get("stage") == s and r.get("event") == "epoch"]
-              for s in ("student_nokd", "student")}
+    epochs = {s: epoch_seconds(run, s) for s in ("student_nokd", "student")}
     bench = json.loads((work / "bench" / "report.json").read_text())
     out = {"benchmark": "e2e_224", "host": cpu_name(), "load_average_before": load, "images": args.images,
            "teachers": teachers, "load_average_after": os.getloadavg()[0],

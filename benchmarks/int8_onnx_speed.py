@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kdmobile.export.onnx import convert_onnx
-from kdmobile.export.int8_choice import MIN_COSINE
+from kdmobile.export.int8_choice import CANDIDATE_MIN_COSINE
 from kdmobile.export.quantize import quiet
 from kdmobile.runtime.backends import OnnxBackend
 from kdmobile.runtime.measure import host_info, latency_stats, time_callable
@@ -112,7 +112,7 @@ def bench_size(model: Any, calibration: np.ndarray, args: argparse.Namespace) ->
         samples = time_formats(paths, calibration[:1], args.runs, args.rounds, args.warmup)
     stats = {k: latency_stats(v) for k, v in samples.items()}
     base = stats["fp32"]["p50"]
-    close = [k for k in paths if k not in ("fp32", "fp16") and cos[k] >= MIN_COSINE]
+    close = [k for k in paths if k not in ("fp32", "fp16") and cos[k] >= CANDIDATE_MIN_COSINE]
     auto = min(close, key=lambda k: stats[k]["p50"]) if close else None
     rows = {}
     for k in paths:
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "int8_onnx_speed.json").write_text(json.dumps(payload, indent=2) + "\n")
     md = [f"# int8 ONNX speed\n\n{isa_line(host)}\n\n`--int8-format auto` keeps the fastest int8 format within cosine "
-          f"{MIN_COSINE} of fp32, measured on the export host\n"]
+          f"{CANDIDATE_MIN_COSINE} of fp32, measured on the export host\n"]
     for res in results:
         md.append(f"\n## {res['image_size']} px\n\n{render(res, markdown=True)}\n\nfastest int8: "
                   f"{res['fastest_int8']}; auto keeps {res['auto']}; not slower than fp32: "

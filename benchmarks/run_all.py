@@ -27,6 +27,7 @@ from kdmobile.bench.discover import plan
 from kdmobile.bench.measure import bench_host, measure
 from kdmobile.bench.settings import DEVICES, Settings
 from kdmobile.fileio import atomic_path, write_json
+from kdmobile.rundir import METRICS_FILE, STUDENT_FILE
 from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,7 +47,7 @@ QUICK_TIMING = {"runs": 20, "warmup": 3}  # --quick: few timed runs (a smoke tes
 def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: bool, progress: bool) -> Path:
     """The run directory of `method`: reused, or trained with the default config (tiny with --quick)."""
     run = runs / name
-    if (run / "metrics.json").is_file() and (run / "student.safetensors").is_file() and reuse:
+    if (run / METRICS_FILE).is_file() and (run / STUDENT_FILE).is_file() and reuse:
         print(f"[{method}] reusing {run}", flush=True)
         return run
     if run.exists():

@@ -35,7 +35,7 @@ from resumable import Records, cpu_name, device_name, peak_rss_mb, run_children,
 
 from kdmobile.config import SDKDConfig, load_config
 from kdmobile.fileio import write_json
-from kdmobile.rundir import teacher_file
+from kdmobile.rundir import STUDENT_FILE, read_log, teacher_file
 from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,8 +73,7 @@ def _config(args: argparse.Namespace, name: str, over: dict[str, Any]) -> SDKDCo
 def _epoch_stats(run: Path, stage: str) -> dict[str, float | None]:
     """Median seconds per epoch and peak CUDA memory of one stage, from the run's log."""
     secs, gpu = [], []
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in read_log(run):
         if rec.get("event") == "epoch" and rec.get("stage") == stage:
             secs.append(rec["seconds"])
             gpu.extend([rec["peak_gpu_mb"]] if "peak_gpu_mb" in rec else [])
@@ -244,7 +243,7 @@ def _figure(args: argparse.Namespace, records: Records) -> Path | None:
     found = {k: records.get(k) for k in keys if records.get(k)}
     models = {}
     for key, rec in found.items():
-        path = Path(rec["file"]) if key.startswith("teacher:") else Path(rec["run"]) / "student.safetensors"
+        path = Path(rec["file"]) if key.startswith("teacher:") else Path(rec["run"]) / STUDENT_FILE
         if not path.is_file():
             return None
         models[key.split("/")[0]] = load_model(path)[0].eval()

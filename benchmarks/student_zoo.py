@@ -33,6 +33,7 @@ from resumable import Records, cpu_name, run_children, without_set_keys
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
+from kdmobile.rundir import STUDENT_FILE, epoch_seconds
 from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,8 +59,7 @@ def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> d
     cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
     started = time.perf_counter()
     run, metrics = run_ammkd(cfg, progress=False)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    epochs = [r["seconds"] for r in log if r.get("stage") == "student" and r.get("event") == "epoch"]
+    epochs = epoch_seconds(run, "student")
     s = metrics["models"]["student"]
     return {"run": str(run), "top1": s["top1"], "params": s["image_params"], "seconds": round(time.perf_counter()
             - started, 1), "train_s_per_epoch": float(np.median(epochs)) if epochs else None,
@@ -100,7 +100,7 @@ def latency_one(backbone: str, run: Path, out_dir: Path) -> dict[str, Any]:
     from kdmobile.models.profile import count_flops
     from kdmobile.models.registry import fuse_for_inference, load_model
 
-    model = fuse_for_inference(load_model(run / "student.safetensors")[0])
+    model = fuse_for_inference(load_model(run / STUDENT_FILE)[0])
     example = torch.zeros(1, 3, DEPLOY_PX, DEPLOY_PX)
     calib = _deploy_inputs(run)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, Mapping, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
@@ -19,6 +19,13 @@ from kdmobile.untrusted import MAX_CONFIG_BYTES, MAX_SET_CHARS, parse_yaml, read
 M = TypeVar("M", bound=BaseModel)
 
 
+# CLIP's prompt ensembling: each class name in these templates, averaged (teachers' class vectors, export --classes).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of the {}.",
+    "a low resolution photo of the {}.",
+)
 KDMode = Literal["none", "output", "spectral", "spectral-low", "spectral-high"]  # SDKD's distillation variants
 KD_MODES: tuple[str, ...] = get_args(KDMode)
 # Chosen by benchmarks/student_zoo.py: the most accurate Pareto model at >= 100x the ViT-B/32 tower's speed at 224 px
@@ -96,7 +103,8 @@ class ImageDataConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """Named loss terms and their weights: ce (labels), kl (AMMKD), fd and icl (CLIP-KD feature terms)."""
+    """Named loss terms and their weights: ce (labels), kl (AMMKD), fd and icl (CLIP-KD feature terms). The terms given
+    replace their defaults and the others keep theirs, built directly or through load_config (kl=0 drops KD)."""
 
     terms: dict[str, float] = dict(DEFAULT_LOSS_TERMS)
 
@@ -108,7 +116,7 @@ class LossConfig(_Strict):
             raise ValueError(f"unknown loss terms {unknown}; known: ce, kl, fd, icl")
         if any(w < 0 for w in v.values()):
             raise ValueError("loss term weights must be >= 0")
-        return {"ce": 0.0, "kl": 0.0, "fd": 0.0, "icl": 0.0, **v}
+        return {**DEFAULT_LOSS_TERMS, **v}  # as load_config merges --loss / --set: unlisted terms keep their default
 
 
 class HealthConfig(_Strict):
@@ -137,12 +145,7 @@ class AMMKDConfig(_Strict):
     # learning rate instead of teacher_train.lr (5e-4 is for training from scratch; CLIP fine-tuning recipes such as
     # WiSE-FT use 1e-5 to 3e-5, higher rates wreck the pretrained features).
     teacher_finetune_lr: float = Field(1e-5, gt=0)
-    templates: list[str] = [
-        "a photo of a {}.",
-        "a picture of a {}.",
-        "an image of the {}.",
-        "a low resolution photo of the {}.",
-    ]
+    templates: list[str] = list(DEFAULT_TEMPLATES)
     student: str = DEFAULT_STUDENT
     # Where the student's weights start: random, pretrained (timm's ImageNet weights; needs a network or timm's cache)
     # or a file: a kdmobile student.safetensors, a timm .safetensors or a weights-only .pth checkpoint.
@@ -195,11 +198,19 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _one_line(err: ValidationError) -> str:
+def validation_message(err: ValidationError, what: str = "config", flags: Mapping[str, str] | None = None) -> str:
+    """The one way a pydantic ValidationError of any settings model becomes a one-line message: the first problem,
+    named by its flag when `flags` maps the field to one (else `what` and the dotted field), and the count of the
+    rest. With `flags`, a validator's own ValueError is already a whole sentence naming the flag and is kept."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    cause = (first.get("ctx") or {}).get("error")
+    if flags is not None and first["type"] == "value_error" and isinstance(cause, ValueError):
+        return str(cause)  # a validator that words its message by flag (bench's checks)
+    loc = ".".join(str(p) for p in first["loc"])
+    flag = (flags or {}).get(loc) or ((flags or {}).get(str(first["loc"][0])) if first["loc"] else None)
+    where = flag or (f"{what} {loc}" if loc else what)
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"config {where}: {first['msg']}{more}"
+    return f"{where}: {first['msg']}{more}"
 
 
 def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
@@ -229,7 +240,7 @@ def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: 
         # rebuild that section from TrainConfig's class defaults and silently drop the method's teacher lr etc.
         return cls.model_validate(_merge(cls().model_dump(), tree))
     except ValidationError as err:
-        raise UserError(_one_line(err)) from None
+        raise UserError(validation_message(err)) from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -28,15 +28,63 @@ from kdmobile.untrusted import MAX_LABELS_BYTES
 from kdmobile.untrusted import read_json as untrusted_json
 from kdmobile.untrusted import read_yaml
 
+# Every file name of a run (nothing outside this module and kdmobile.contracts spells them).
 STUDENT_FILE = "student.safetensors"
 NOKD_FILE = "student_nokd.safetensors"  # the same student trained without distillation (baseline)
 WEIGHTS_SUFFIX = ".safetensors"
 INCOMPLETE = "INCOMPLETE"
+CONFIG_FILE = "config.yaml"
+METHOD_FILE = "method.json"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+TEACHERS_DIR = "teachers"
+LABELS_FILE = "labels.json"                # AMMKD: class names
+CLASS_VECTORS_FILE = "class_vectors.npz"   # AMMKD: each teacher's class vectors
+NORMALISATION_FILE = "normalisation.json"  # SDKD: frame mean and std
 
 
 def teacher_file(run: str | Path, name: str) -> Path:
     """Where a run keeps the trained teacher `name`."""
-    return Path(run) / "teachers" / f"{name}{WEIGHTS_SUFFIX}"
+    return Path(run) / TEACHERS_DIR / f"{name}{WEIGHTS_SUFFIX}"
+
+
+def teacher_files(run: str | Path) -> list[Path]:
+    """The trained teachers a run keeps, sorted by name."""
+    return sorted((Path(run) / TEACHERS_DIR).glob(f"*{WEIGHTS_SUFFIX}"))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` looks like a kdmobile run directory (it has method.json)."""
+    return (Path(path) / METHOD_FILE).is_file()
+
+
+def epoch_seconds(run: str | Path, stage: str) -> list[float]:
+    """Seconds of each finished epoch of one training stage, from RUN/log.jsonl."""
+    return [float(r["seconds"]) for r in read_log(run) if r.get("event") == "epoch" and r.get("stage") == stage]
+
+
+def read_log(run: str | Path) -> list[dict[str, Any]]:
+    """Every record of RUN/log.jsonl, in order (a torn last line is skipped)."""
+    import json
+
+    path = Path(run) / LOG_FILE
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def read_metrics(run: str | Path) -> dict[str, Any]:
+    """RUN/metrics.json (size- and depth-limited; one-line error when missing or not an object)."""
+    doc = read_json(Path(run) / METRICS_FILE)
+    if not isinstance(doc, dict):
+        raise UserError(f"{Path(run) / METRICS_FILE}: not a JSON object")
+    return doc
 
 
 def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False) -> Path:
@@ -44,7 +92,7 @@ def new_run_dir(out: str | Path, name: str, resume: bool, exist_ok: bool = False
     root = Path(out).expanduser()
     path = root / name
     if resume:
-        if not (path / "method.json").is_file():
+        if not (path / METHOD_FILE).is_file():
             raise UserError(f"--resume: {path} is not a kdmobile run directory")
         check_writable(path, "run directory")
         for d in [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]:
@@ -87,9 +135,9 @@ def check_resume(run: Path, settings: dict[str, Any]) -> None:
     """Before --resume writes anything: refuse a finished run, and settings that differ from the run's saved
     config.yaml (naming the keys), so a resumed student never mixes two configurations. Device and worker counts
     may change between the two halves of a run."""
-    if (run / "metrics.json").is_file():
+    if (run / METRICS_FILE).is_file():
         raise UserError(f"--resume: {run} has finished (metrics.json is there); start a new run instead")
-    saved_file = run / "config.yaml"
+    saved_file = run / CONFIG_FILE
     if not saved_file.is_file():  # killed before its config was written: nothing to compare with
         return
     saved = read_yaml(saved_file)
@@ -117,7 +165,7 @@ def write_method(run: Path, method: str) -> None:
     """Mark a directory as a kdmobile run of `method`, incomplete until `write_metrics`."""
     run.mkdir(parents=True, exist_ok=True)
     (run / INCOMPLETE).write_text("training has not finished: resume it with `kdmobile train METHOD --resume`\n")
-    write_json(run / "method.json", {"method": method, "kdmobile_version": __version__})
+    write_json(run / METHOD_FILE, {"method": method, "kdmobile_version": __version__})
 
 
 def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
@@ -128,7 +176,7 @@ def write_metrics(run: Path, metrics: dict[str, Any]) -> None:
         raise UserError(f"{run}: training produced non-finite metrics ({', '.join(bad[:4])}"
                         f"{' ...' if len(bad) > 4 else ''}): it diverged or the data hold extreme values; the run "
                         "stays INCOMPLETE (lower --lr, or check the data's scale)")
-    write_json(run / "metrics.json", metrics)
+    write_json(run / METRICS_FILE, metrics)
     (run / INCOMPLETE).unlink(missing_ok=True)
 
 
@@ -144,7 +192,7 @@ def require_complete(run: str | Path, verb: str) -> None:
 def read_method(run: str | Path) -> str:
     """The method of a run directory, with a one-line error if it is not one."""
     p = Path(run).expanduser()
-    f = p / "method.json"
+    f = p / METHOD_FILE
     if not p.is_dir():
         raise UserError(f"{p}: no such run directory")
     if not f.is_file():
@@ -239,7 +287,7 @@ class RunDir:
 
     def normalisation(self) -> dict[str, float]:
         """A forecast run's frame normalisation (normalisation.json); identity when absent."""
-        f = self.path / "normalisation.json"
+        f = self.path / NORMALISATION_FILE
         doc = untrusted_json(f) if f.is_file() else {}
         return {"mean": float(doc.get("mean", 0.0)), "std": float(doc.get("std", 1.0))}
 
@@ -253,8 +301,8 @@ def open_run(path: str | Path, verb: str) -> RunDir:
         raise UserError(f"{p}: method {method!r} cannot be used by {verb} (expected ammkd or sdkd)")
     require_complete(p, verb)
     metrics = None
-    if (p / "metrics.json").is_file():
-        metrics = untrusted_json(p / "metrics.json", max_bytes=MAX_LABELS_BYTES)
+    if (p / METRICS_FILE).is_file():
+        metrics = untrusted_json(p / METRICS_FILE, max_bytes=MAX_LABELS_BYTES)
         if not isinstance(metrics, dict):
             raise UserError(f"{p / 'metrics.json'}: should hold a JSON object")
     return RunDir(p, method, metrics)

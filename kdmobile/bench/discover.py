@@ -13,8 +13,7 @@ from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _param
 from kdmobile.bundle import Bundle, load_bundle
 from kdmobile.errors import KDError, UserError
 from kdmobile.targets import MODEL_SUFFIX, PRECISIONS, TARGET_NAMES
-from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, recorded_bundles
-from kdmobile.rundir import open_run
+from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, RunDir, is_run_dir, open_run, recorded_bundles, teacher_files
 
 DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
 
@@ -99,7 +98,7 @@ def _torch_devices(settings: Settings) -> list[str]:
 
 def _teacher_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     """The run's teachers (teachers/*.safetensors), on each device."""
-    files = sorted((run.path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
+    files = teacher_files(run.path)
     order = [k for k in ((run.metrics or {}).get("models") or {})]
     keyed = []
     for f in files:
@@ -163,13 +162,13 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
             bundle = load_bundle(p, trust)
             src = (bundle.manifest.get("source") or {}).get("run_dir")
             run = None
-            if src and (Path(src) / "method.json").is_file():
+            if src and is_run_dir(src):
                 run = add_run(src)
             else:
                 out.notes.append(f"{p.name}: run directory {src or '(none recorded)'} not found: metric from the "
                                  "manifest's export verification, no teachers")
             bundles.append((bundle, run))
-        elif p.is_dir() and (p / "method.json").is_file():
+        elif p.is_dir() and is_run_dir(p):
             run = add_run(p)
             found = find_bundles(run, bundles_dir, out.notes, trust)
             if not found:

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from kdmobile.config import validation_message
 from kdmobile.errors import UserError
 from kdmobile.runtime.cli import MAX_THREADS
 
@@ -48,16 +49,11 @@ class Settings(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _one_line(cls, data: Any, handler: Any) -> Any:
-        """The one place a pydantic ValidationError becomes a one-line KDError (the first problem, as before)."""
+        """A pydantic ValidationError becomes a one-line KDError (kdmobile.config.validation_message)."""
         try:
             return handler(data)
         except ValidationError as err:
-            first = err.errors()[0]
-            cause = (first.get("ctx") or {}).get("error")
-            if isinstance(cause, ValueError):  # one of _CHECKS: its message is already the whole line
-                raise UserError(str(cause)) from None
-            field = str(first["loc"][0]) if first["loc"] else ""
-            raise UserError(f"{FLAGS.get(field, field or 'bench settings')}: {first['msg']}") from None
+            raise UserError(validation_message(err, "bench settings", FLAGS)) from None
 
     @field_validator(*_CHECKS)
     @classmethod

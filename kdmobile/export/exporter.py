@@ -30,7 +30,7 @@ from kdmobile.export.run import Run, load_run, read_classes_file
 from kdmobile.export.verify import (Reference, format_results, reference_captions, reference_classes,
                                     reference_forecast, reference_row, verify_bundle, verify_random)
 from kdmobile.fileio import MIN_FREE_BYTES, sha256_file
-from kdmobile.rundir import STUDENT_FILE, teacher_file
+from kdmobile.rundir import CLASS_VECTORS_FILE, LABELS_FILE, STUDENT_FILE, teacher_file
 from kdmobile.targets import MODEL_FILE, TARGETS
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
@@ -124,7 +124,8 @@ class Exporter:
 
     def _teacher_vectors(self, names: list[str]) -> list[np.ndarray]:
         """Each teacher's text encoder on the new class names, with the run's prompt templates."""
-        from kdmobile.models.clip_teacher import DEFAULT_TEMPLATES, load_teacher
+        from kdmobile.config import DEFAULT_TEMPLATES
+        from kdmobile.models.clip_teacher import load_teacher
 
         templates = list(self.run.card.templates or DEFAULT_TEMPLATES)
         out = []
@@ -146,7 +147,7 @@ class Exporter:
             self.class_vectors = self._fuse(self._teacher_vectors(self.labels))
             self.class_source = f"classes file {Path(self.opts.classes_file).name}"
         elif run.kind == "classes":
-            path = run.path / "class_vectors.npz"
+            path = run.path / CLASS_VECTORS_FILE
             if not path.is_file():
                 raise UserError(f"{path}: missing (per-teacher class vectors)")
             z = load_npz(path)
@@ -154,7 +155,7 @@ class Exporter:
             if missing:
                 raise UserError(f"{path}: no class vectors for teacher(s) {', '.join(missing)}")
             self.class_vectors = self._fuse([z[t] for t in teachers])
-            self.labels = list(run.card.labels or read_json(run.path / "labels.json", max_bytes=MAX_LABELS_BYTES))
+            self.labels = list(run.card.labels or read_json(run.path / LABELS_FILE, max_bytes=MAX_LABELS_BYTES))
         else:  # captions: the gallery is the held-out captions, fused like class vectors
             self.class_vectors = self._fuse(run.text_vectors(teachers))
             self.labels = [str(c) for c in run.need("captions_test")]

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 CANDIDATES = ("w8a32", "u8s8", "s8s8", "dynamic")  # w8a32 first: fp32 speed by construction, the safe fallback
-MIN_COSINE = 0.99       # a candidate whose mean output cosine vs fp32 falls below this is not considered
+CANDIDATE_MIN_COSINE = 0.99       # a candidate whose mean output cosine vs fp32 falls below this is not considered
 ROUNDS, CALLS = 7, 15   # interleaved rounds x timed calls per model and round (a slow moment hits every model)
 PARITY_SAMPLES = 32
 # Presets for exporting on one machine for another (no measurement possible there). Rules of thumb from the
@@ -68,7 +68,7 @@ def time_side_by_side(runners: dict[str, Runner], x: np.ndarray, rounds: int = R
 def measure_candidates(runners: dict[str, Runner], x: np.ndarray, parity: list[np.ndarray],
                        sizes: dict[str, int], fallback: str, runtime: str) -> tuple[str, dict[str, Any]]:
     """Time every candidate side by side with runners["fp32"] and keep the fastest whose mean output cosine vs
-    fp32 on the `parity` inputs is >= MIN_COSINE (else `fallback`); returns (candidate, manifest facts)."""
+    fp32 on the `parity` inputs is >= CANDIDATE_MIN_COSINE (else `fallback`); returns (candidate, manifest facts)."""
     from kdmobile.runtime.measure import host_info
 
     ref = np.concatenate([runners["fp32"](p) for p in parity])
@@ -76,7 +76,7 @@ def measure_candidates(runners: dict[str, Runner], x: np.ndarray, parity: list[n
     table = {k: {"p50_ms": p50[k], "speedup_vs_fp32": p50["fp32"] / p50[k],
                  "mean_cosine_vs_fp32": _cosine(np.concatenate([run(p) for p in parity]), ref),
                  "size_bytes": sizes[k]} for k, run in runners.items() if k != "fp32"}
-    ok = [k for k in table if table[k]["mean_cosine_vs_fp32"] >= MIN_COSINE]
+    ok = [k for k in table if table[k]["mean_cosine_vs_fp32"] >= CANDIDATE_MIN_COSINE]
     chosen = min(ok or [fallback], key=lambda k: table[k]["p50_ms"])
     host = host_info()
     slower = " (slower than fp32 here: int8 pays in size only)" if table[chosen]["speedup_vs_fp32"] < 1 else ""
@@ -84,7 +84,7 @@ def measure_candidates(runners: dict[str, Runner], x: np.ndarray, parity: list[n
                     "machine": host.get("machine"), "isa": host.get("isa"), "fp32_p50_ms": p50["fp32"],
                     "candidates": table, "timing": f"{runtime}, 1 thread, {ROUNDS} interleaved rounds x {CALLS}",
                     "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                    "reason": f"fastest candidate with output cosine >= {MIN_COSINE} vs fp32: {chosen} "
+                    "reason": f"fastest candidate with output cosine >= {CANDIDATE_MIN_COSINE} vs fp32: {chosen} "
                               f"({table[chosen]['speedup_vs_fp32']:.2f}x fp32){slower}"}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kdmobile.config import validation_message
 from kdmobile.errors import UserError
 from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
@@ -28,9 +29,7 @@ class _Settings(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or type(self).__name__
-            raise UserError(f"export setting {where}: {first['msg']}") from None
+            raise UserError(validation_message(err, "export setting")) from None
 
 
 class Thresholds(_Settings):

@@ -14,7 +14,7 @@ import numpy as np
 from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.errors import UserError
-from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file
+from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file, teacher_files
 
 
 @dataclass
@@ -66,8 +66,7 @@ def load_run(path: str | Path, model: str = "student") -> Run:
                             "run (its CLIP teachers are timed by `kdmobile bench --reference`)")
         file = teacher_file(d.path, model) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", model) else None
         if file is None or not file.is_file():
-            found = (d.path / "teachers").glob("*" + WEIGHTS_SUFFIX)
-            names = sorted(f.name.removesuffix(WEIGHTS_SUFFIX) for f in found)
+            names = [f.name.removesuffix(WEIGHTS_SUFFIX) for f in teacher_files(d.path)]
             raise UserError(f"--model {model!r}: no such model in {d.path} (student, "
                             f"{', '.join(names) or 'no teachers'})")
     d.heldout()  # refuses a missing or inconsistent held-out set before the model is loaded

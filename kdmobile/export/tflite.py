@@ -36,13 +36,12 @@ import torch
 from torch import nn
 
 from kdmobile.errors import KDError, ToolError, UserError
+from kdmobile.export.options import TFLITE_RECIPES
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-INT8_RECIPES = ("auto", "dynamic", "static")
-MAX_CALIBRATION_SAMPLES = 128
 
 # TFLite builtin operator code of HARD_SWISH (tflite schema, BuiltinOperator).
 _TFL_HARD_SWISH = 117
@@ -175,8 +174,8 @@ def tflite_op_counts(model_bytes: bytes) -> dict[str, int]:
 def choose_int8_recipe(model: nn.Module, recipe: str, have_calibration: bool,
                        float_ops: dict[str, int] | None = None) -> tuple[str, str]:
     """Resolve `recipe` ("auto", "dynamic", "static") to ("dynamic" | "static", reason)."""
-    if recipe not in INT8_RECIPES:
-        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+    if recipe not in TFLITE_RECIPES:
+        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(TFLITE_RECIPES)}")
     if recipe == "static":
         if not have_calibration:
             raise UserError("static int8 needs calibration data (a few hundred training inputs); none was given")
@@ -268,7 +267,7 @@ def calibration_batches(calibration: np.ndarray, example_shape: tuple[int, ...])
     """Split calibration data into inputs shaped exactly like the example.
 
     Accepted: (N, *example.shape[1:]) samples, grouped by the example's batch size (a trailing partial batch is
-    dropped); or (N, *example.shape) whole inputs. At most MAX_CALIBRATION_SAMPLES inputs are used.
+    dropped); or (N, *example.shape) whole inputs. All are used: --calibration-samples decides how many.
     """
     cal = np.asarray(calibration, dtype=np.float32)
     shape = tuple(example_shape)
@@ -281,7 +280,7 @@ def calibration_batches(calibration: np.ndarray, example_shape: tuple[int, ...])
         raise UserError(f"calibration data shaped {cal.shape} does not match the model input {shape}")
     if not batches:
         raise UserError(f"calibration data has {len(cal)} samples; need at least {shape[0]}")
-    return [np.ascontiguousarray(x) for x in batches[:MAX_CALIBRATION_SAMPLES]]
+    return [np.ascontiguousarray(x) for x in batches]
 
 
 def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
@@ -341,8 +340,8 @@ def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     """
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision '{precision}' for tflite; choose one of {', '.join(PRECISIONS)}")
-    if recipe not in INT8_RECIPES:
-        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(INT8_RECIPES)}")
+    if recipe not in TFLITE_RECIPES:
+        raise UserError(f"unknown int8 recipe '{recipe}'; choose one of {', '.join(TFLITE_RECIPES)}")
     if precision == "int8" and recipe == "static" and calibration is None:  # fail before the slow conversion
         raise UserError("static int8 needs calibration data (a few hundred training inputs); none was given")
     # Check the calibration data's shape before the slow conversion, too.

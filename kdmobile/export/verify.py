@@ -14,7 +14,7 @@ from kdmobile.evaluation import backend_infer, evaluate_forecast, evaluate_retri
 from kdmobile.export.options import Thresholds
 from kdmobile.table import format_table
 
-MIN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
+BROKEN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
 PREPROCESS_TOL = 1e-3    # max |runtime preprocessing - training preprocessing| before flagging
 TABLE_HEADERS = ["target", "precision", "size KB", "max|Δ|", "cosine", "metric", "Δ vs fp32", "status"]
 
@@ -152,8 +152,8 @@ def verify_bundle(bundle: Bundle, ref: Reference, th: Thresholds) -> dict[str, A
     if not np.all(np.isfinite(y)):
         flags.append("non-finite outputs")
     par = parity(y, ref.outputs)
-    if par["mean_cosine"] < MIN_COSINE:
-        flags.append(f"cosine {par['mean_cosine']:.3f} < {MIN_COSINE}")
+    if par["mean_cosine"] < BROKEN_COSINE:
+        flags.append(f"cosine {par['mean_cosine']:.3f} < {BROKEN_COSINE}")
     if pre_diff is not None and pre_diff > PREPROCESS_TOL:
         flags.append(f"runtime preprocessing differs from training by {pre_diff:.2g}")
     delta, metric_flags = _judge(ref, metric, th)

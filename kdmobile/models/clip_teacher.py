@@ -22,16 +22,11 @@ from torch import nn
 from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.errors import UserError
 from kdmobile.models.conv_stem import use_conv_stem
+from kdmobile.config import DEFAULT_TEMPLATES
 from kdmobile.models.weights import load_state, read_weights, save_weights
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 BUILTIN_TEACHERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-DEFAULT_TEMPLATES = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of the {}.",
-    "a low resolution photo of the {}.",
-)
 _registered = False
 
 

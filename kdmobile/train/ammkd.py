@@ -26,8 +26,8 @@ from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teache
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
-from kdmobile.rundir import (NOKD_FILE, STUDENT_FILE, check_resume, claim_run_dir, new_run_dir, teacher_file,
-                             write_method, write_metrics)
+from kdmobile.rundir import (CLASS_VECTORS_FILE, CONFIG_FILE, LABELS_FILE, LOG_FILE, NOKD_FILE, STUDENT_FILE, check_resume,
+                             claim_run_dir, new_run_dir, teacher_file, write_method, write_metrics)
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
@@ -120,14 +120,14 @@ class AMMKD:
         self.claim_run()
         if dist.is_main():
             write_method(self.run, "ammkd")
-            save_config(self.run / "config.yaml", self.cfg)
-            write_json(self.run / "labels.json", self.classes)
+            save_config(self.run / CONFIG_FILE, self.cfg)
+            write_json(self.run / LABELS_FILE, self.classes)
         dist.barrier()
-        self.log = RunLog(self.run / "log.jsonl")
+        self.log = RunLog(self.run / LOG_FILE)
         teachers = {name: self.pretrain_teacher(name, spec) for name, spec in zip(self._teacher_names(), self.specs)}
         vectors = {name: self.text_vectors(t) for name, t in teachers.items()}
         if dist.is_main():
-            with atomic_path(self.run / "class_vectors.npz") as tmp:
+            with atomic_path(self.run / CLASS_VECTORS_FILE) as tmp:
                 np.savez(tmp, **{n: v["train"].cpu().numpy() for n, v in vectors.items()})
             self.save_heldout(vectors)
         baseline = self.distil(teachers, vectors, kd=False) if self.trains_baseline else None

@@ -202,7 +202,8 @@ def register(sub: Any) -> None:
                                        "single:TEACHER")
     a.add_argument("--temperature", type=float, help="KD temperature T (default 4)")
     a.add_argument("--loss", metavar="TERM=W,...", help="loss terms and weights: ce (labels), kl (AMMKD), fd (CLIP-KD "
-                                                       "feature distillation), icl (interactive contrastive); default "
+                                                       "feature distillation), icl (interactive contrastive); terms not given keep their default "
+                                                       "(give kl=0 to drop KD); default "
                                                        + ",".join(f"{k}={v:g}" for k, v in DEFAULT_LOSS_TERMS.items()
                                                                   if v))
     a.add_argument("--tolerance", type=float, help="AE-KD tolerance C in (0,1] (default 0.6; 1 = equal weights)")

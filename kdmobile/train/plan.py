@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from kdmobile.config import AMMKDConfig, SDKDConfig, read_yaml
 from kdmobile.console import fmt_duration
 from kdmobile.errors import KDError, UserError
-from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, read_json, read_method, teacher_file
+from kdmobile.rundir import (CONFIG_FILE, METRICS_FILE, NOKD_FILE, STUDENT_FILE, TEACHERS_DIR, read_method, read_metrics,
+                             teacher_file, teacher_files)
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import normalise
 from kdmobile.train.progress import StageEstimate
@@ -86,13 +87,13 @@ def teacher_files_from(run: str | Path, method: str) -> list[str]:
     found = read_method(path)
     if found != method:
         raise UserError(f"--teachers-from {path}: a {found} run; its teachers cannot serve a {method} run")
-    files = sorted((path / "teachers").glob(f"*{WEIGHTS_SUFFIX}"))
+    files = teacher_files(path)
     if not files:
-        raise UserError(f"--teachers-from {path}: no trained teachers in {path / 'teachers'} (did its teacher stage "
-                      "finish?)")
+        raise UserError(f"--teachers-from {path}: no trained teachers in {path / TEACHERS_DIR} (did its teacher stage "
+                        "finish?)")
     order: list[str] = []
-    if (path / "metrics.json").is_file():
-        models = read_json(path / "metrics.json").get("models", {})
+    if (path / METRICS_FILE).is_file():
+        models = read_metrics(path).get("models", {})
         order = [k.split(":", 1)[-1] for k, m in models.items() if m.get("role") == "teacher"]
     files.sort(key=lambda f: (order.index(f.stem) if f.stem in order else len(order), f.stem))
     return [str(f) for f in files]
@@ -101,8 +102,8 @@ def teacher_files_from(run: str | Path, method: str) -> list[str]:
 def source_mismatch(run: str | Path, cfg: AMMKDConfig) -> str | None:
     """A warning when the reused teachers were trained on other data or another split than this run's test split."""
     try:
-        src = read_json(Path(run).expanduser() / "metrics.json")
-        src_cfg = read_yaml(Path(run).expanduser() / "config.yaml") or {}
+        src = read_metrics(Path(run).expanduser())
+        src_cfg = read_yaml(Path(run).expanduser() / CONFIG_FILE) or {}
     except (KDError, OSError):
         return None
     if not isinstance(src, dict) or not isinstance(src_cfg, dict) or not isinstance(src_cfg.get("data", {}), dict):

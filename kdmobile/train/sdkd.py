@@ -26,8 +26,8 @@ from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssi
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import (WEIGHTS_SUFFIX, check_resume, claim_run_dir, new_run_dir, teacher_file, write_method,
-                             write_metrics)
+from kdmobile.rundir import (CONFIG_FILE, LOG_FILE, NORMALISATION_FILE, WEIGHTS_SUFFIX, check_resume, claim_run_dir,
+                             new_run_dir, teacher_file, write_method, write_metrics)
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
@@ -114,14 +114,14 @@ class SDKD:
         self.claim_run()
         if dist.is_main():
             write_method(self.run, "sdkd")
-            save_config(self.run / "config.yaml", self.cfg)
-            write_json(self.run / "normalisation.json", {"mean": float(s.mean), "std": float(s.std),
+            save_config(self.run / CONFIG_FILE, self.cfg)
+            write_json(self.run / NORMALISATION_FILE, {"mean": float(s.mean), "std": float(s.std),
                                                          "frames_in": self.cfg.data.frames_in,
                                                          "frames_out": self.cfg.data.frames_out,
                                                          "source": str(self.source)})
             write_heldout(self.run, HeldOut(x_test=s.test_x, y_test=s.test_y, x_calib=s.train_x[:256]))
         dist.barrier()
-        self.log = RunLog(self.run / "log.jsonl")
+        self.log = RunLog(self.run / LOG_FILE)
         teachers = {}
         for i, name in enumerate(self.teacher_names):
             teachers[name] = self.train_teacher(name, seed=self.cfg.seed + 10 * i)
