@@ -23,7 +23,7 @@ from kdmobile import __version__
 from kdmobile.contracts.manifest import check_fields
 from kdmobile.errors import KDError, VerificationError
 from kdmobile.fileio import atomic_path, sha256_file
-from kdmobile.targets import MODEL_SUFFIX
+from kdmobile.targets import TARGETS
 from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_limited
 
 SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
@@ -72,7 +72,7 @@ def _consistency(m: dict) -> list[str]:
         out.append("outputs should be a non-empty list of {name, shape}")
     elif not all(_is_type(d, int) and d > 0 for o in m["outputs"] for d in o["shape"]):
         out.append("outputs shapes should be positive ints")
-    if not m["model_file"].endswith(MODEL_SUFFIX[m["target"]]):
+    if not m["model_file"].endswith(TARGETS[m["target"]].suffix):
         out.append(f"model_file {m['model_file']!r} does not match target {m['target']}")
     listed = m["files"]
     if not any(f == m["model_file"] or f.startswith(m["model_file"] + "/") for f in listed):

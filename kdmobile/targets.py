@@ -1,18 +1,22 @@
-"""The one table of export targets (ONNX, TFLite, CoreML, ExecuTorch): what each writes, runs on and refuses.
+"""The one table of export targets (ONNX, TFLite, CoreML, ExecuTorch): what each writes, runs on and refuses, and
+the code that does it.
 
-Every per-target fact lives here: the model file name and suffix, the runtime that runs it (and the modules bench
-imports before measuring memory), its precisions, the operators it cannot take, the packages whose versions a
-bundle records and where the model file carries kdmobile's metadata. Export, bundle, runtime and bench read this
-table instead of keeping their own copies; it imports nothing heavier than the standard library, so the
-torch-free runtime can use it.
+Every per-target fact lives here: the model file name and suffix, its converter, metadata reader and runtime
+backend (named as "module:attribute" and imported on first use), where it can run, the modules bench imports before
+measuring memory, its precisions, the operators it cannot take and the packages whose versions a bundle records.
+Export, bundle, runtime and bench read this table instead of keeping their own copies; a new target is one
+`register_target(Target(...))`. It imports nothing heavier than the standard library, so the torch-free runtime
+can use it.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Callable, Mapping, Union
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -47,55 +51,98 @@ _EXECUTORCH_DENY_OPS = {
 _EXECUTORCH_PRECISIONS = ("fp32", "int8")
 
 
+Ref = Union[str, Callable[..., Any], type]  # "module:attribute" (imported when first used) or the object itself
+
+
+def resolve(ref: Ref) -> Any:
+    """The object a Ref names: imported on first use, so a target's heavy converter loads only when it is needed."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass(frozen=True)
 class Target:
-    """One export target. `runtime_packages` maps module -> distribution (what `kdmobile doctor` looks for);
-    `export_packages` are the distributions whose versions a bundle's manifest records."""
+    """One export target and the code that serves it. `runtime_packages` maps module -> distribution (what
+    `kdmobile doctor` looks for); `export_packages` are the distributions whose versions a bundle's manifest records.
+    `converter(job) -> manifest sections` writes the model file (kdmobile.export.jobs.Job), `metadata_reader(path)`
+    reads kdmobile's metadata back from it, `runtime(path, threads=)` runs it (kdmobile.runtime.backends.Backend)."""
 
     name: str
     model_file: str                      # the model's name inside a bundle
     backend: str                         # the runtime's display name (bench tables, reports)
-    runtime: str                         # the class in kdmobile.runtime.backends that runs the model file
+    runtime: Ref                         # the Backend class that runs the model file
+    converter: Ref                       # Job -> {"quantization": {...}, other manifest sections}
+    metadata_reader: Ref                 # model file -> kdmobile's metadata (dict of strings)
     preload: tuple[str, ...]             # modules bench imports before measuring a model's memory (first found)
     runtime_packages: Mapping[str, str]
     export_packages: tuple[str, ...]
     metadata: str                        # where kdmobile's metadata sits in the model file
     deny_ops: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(COMMON_DENY_OPS)))
     precisions: tuple[str, ...] = PRECISIONS
+    platforms: tuple[str, ...] = ()      # sys.platform prefixes where the runtime predicts; () = everywhere
 
     @property
     def suffix(self) -> str:
         """'.onnx', '.tflite', '.mlpackage' or '.pte'."""
         return Path(self.model_file).suffix
 
+    def runs_here(self) -> bool:
+        """Whether this machine can run the target's models (CoreML predicts only on macOS)."""
+        return not self.platforms or sys.platform.startswith(self.platforms)
 
-TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (
-    Target("onnx", "model.onnx", backend="onnxruntime", runtime="OnnxBackend", preload=("onnxruntime",),
+    def where_it_runs(self) -> str:
+        """'macOS' for a note such as "CoreML predicts on macOS only"."""
+        names = {"darwin": "macOS", "linux": "Linux", "win32": "Windows"}
+        return ", ".join(names.get(p, p) for p in self.platforms) or "everywhere"
+
+
+_JOBS = "kdmobile.export.jobs"
+_META = "kdmobile.export.metadata"
+_BACKENDS = "kdmobile.runtime.backends"
+_REGISTRY: dict[str, Target] = {t.name: t for t in (
+    Target("onnx", "model.onnx", backend="onnxruntime", runtime=f"{_BACKENDS}:OnnxBackend",
+           converter=f"{_JOBS}:onnx_job", metadata_reader=f"{_META}:read_onnx", preload=("onnxruntime",),
            runtime_packages=MappingProxyType({"onnxruntime": "onnxruntime"}),
            export_packages=("torch", "onnx", "onnxruntime"),
            metadata="ONNX metadata_props (key -> value)"),
-    Target("tflite", "model.tflite", backend="litert", runtime="LiteRTBackend",
+    Target("tflite", "model.tflite", backend="litert", runtime=f"{_BACKENDS}:LiteRTBackend",
+           converter=f"{_JOBS}:tflite_job", metadata_reader=f"{_META}:read_tflite",
            preload=("ai_edge_litert.interpreter", "tflite_runtime.interpreter"),
            runtime_packages=MappingProxyType({"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                                               "tensorflow": "tensorflow"}),
            export_packages=("torch", "litert-torch", "ai-edge-quantizer"),
            metadata="flatbuffer Model.metadata entry 'kdmobile' -> a buffer holding the UTF-8 JSON object",
            deny_ops=MappingProxyType({**COMMON_DENY_OPS, **_TFLITE_DENY_OPS})),
-    Target("coreml", "model.mlpackage", backend="coreml", runtime="CoreMLBackend", preload=("coremltools",),
+    Target("coreml", "model.mlpackage", backend="coreml", runtime=f"{_BACKENDS}:CoreMLBackend",
+           converter=f"{_JOBS}:coreml_job", metadata_reader=f"{_META}:read_coreml", preload=("coremltools",),
            runtime_packages=MappingProxyType({"coremltools": "coremltools"}),
            export_packages=("torch", "coremltools"),
-           metadata="CoreML user_defined_metadata (key -> value); short_description names the task"),
-    Target("executorch", "model.pte", backend="executorch", runtime="ExecuTorchBackend",
+           metadata="CoreML user_defined_metadata (key -> value); short_description names the task",
+           platforms=("darwin",)),  # the compiled-model runtime ships only with macOS
+    Target("executorch", "model.pte", backend="executorch", runtime=f"{_BACKENDS}:ExecuTorchBackend",
+           converter=f"{_JOBS}:executorch_job", metadata_reader=f"{_META}:read_executorch",
            preload=("executorch.runtime",),  # imports torch too: ExecuTorch's Python runtime links libtorch
            runtime_packages=MappingProxyType({"executorch": "executorch"}),
            export_packages=("torch", "executorch", "torchao"),
            metadata="constant method 'kdmobile_metadata' returning the UTF-8 JSON object (a string EValue)",
            deny_ops=MappingProxyType({**COMMON_DENY_OPS, **_EXECUTORCH_DENY_OPS}), precisions=_EXECUTORCH_PRECISIONS),
-)})
-TARGET_NAMES: tuple[str, ...] = tuple(TARGETS)
-MODEL_SUFFIX: Mapping[str, str] = MappingProxyType({name: t.suffix for name, t in TARGETS.items()})
-MODEL_FILE: Mapping[str, str] = MappingProxyType({name: t.model_file for name, t in TARGETS.items()})
-BACKEND_NAMES: Mapping[str, str] = MappingProxyType({name: t.backend for name, t in TARGETS.items()})
+)}
+BUILTIN_TARGETS: tuple[str, ...] = tuple(_REGISTRY)
+TARGETS: Mapping[str, Target] = MappingProxyType(_REGISTRY)  # a live, read-only view: register_target adds rows
+
+
+def register_target(target: Target) -> None:
+    """Add (or replace) a target: export, verify, predict and bench then serve it with no other change."""
+    if not isinstance(target, Target) or not target.name.isidentifier():
+        raise ValueError(f"not a Target row with a plain name: {target!r}")
+    _REGISTRY[target.name] = target
+
+
+def target_names() -> tuple[str, ...]:
+    """The registered targets' names, built-in ones first."""
+    return tuple(_REGISTRY)
 
 
 def target_of(path: str | Path) -> Target | None:

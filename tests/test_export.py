@@ -19,6 +19,7 @@ from kdmobile.data.transforms import normalise
 from kdmobile.errors import KDError
 from kdmobile.export import cli as export_cli
 from kdmobile.export import exporter as ex
+from target_helpers import set_converter
 from kdmobile.export.opcheck import traced_ops, unsupported
 from kdmobile.export.quantize import resolve_int8_format
 from kdmobile.models import load_model
@@ -320,7 +321,7 @@ def test_bad_flag_combinations_are_one_line_exit_2(ammkd_run, sdkd_run, onnx_bun
 def test_opcheck_refuses_fft_before_converting(tmp_path, monkeypatch, capsys):
     run = _fake_sdkd(tmp_path, "fftrun", "test_fft_forecaster")
     called = []
-    monkeypatch.setitem(ex.CONVERTERS, "onnx", lambda job: called.append(job))
+    set_converter(monkeypatch, "onnx", lambda job: called.append(job))
     assert main(["export", run, "--target", "onnx,tflite", "--out", tmp_path / "out"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model uses operators onnx cannot take: aten._fft_c2r, aten._fft_r2c" in err

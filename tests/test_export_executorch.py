@@ -25,7 +25,7 @@ from kdmobile.export.executorch import convert_executorch  # noqa: E402
 from kdmobile.export.exporter import verify_existing  # noqa: E402
 from kdmobile.export.options import Thresholds  # noqa: E402
 from kdmobile.runtime import backends  # noqa: E402
-from kdmobile.targets import MODEL_FILE, TARGETS  # noqa: E402
+from kdmobile.targets import TARGETS, resolve  # noqa: E402
 
 from conftest import TINY_AMMKD  # noqa: E402
 
@@ -52,10 +52,10 @@ def exported(tmp_path_factory) -> dict[str, Path]:
 def test_the_table_wires_executorch():
     t = TARGETS["executorch"]
     assert t.model_file == "model.pte" and t.suffix == ".pte" and t.precisions == ("fp32", "int8")
-    assert "executorch" in jobs.CONVERTERS and "executorch" in opcheck.DENY
+    assert resolve(t.converter) is jobs.executorch_job and t.deny_ops
     assert opcheck.unsupported({"aten.sort", "aten.kthvalue", "aten.topk"}, "executorch") == ["aten.kthvalue",
                                                                                             "aten.sort"]
-    assert isinstance(getattr(backends, t.runtime), type) and "executorch" in backends.available_backends()
+    assert resolve(t.runtime) is backends.ExecuTorchBackend and "executorch" in backends.available_backends()
     code = "import sys, kdmobile.runtime.backends, kdmobile.export.metadata; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # the runtime still imports without torch
 
@@ -65,7 +65,7 @@ def test_bundle_verifies_against_the_student(exported, precision):
     b = load_bundle(exported[precision])  # the seal and every checksum
     m = b.manifest
     assert (b.target, b.precision, m["model_file"]) == ("executorch", precision, "model.pte")
-    assert b.model_path == exported[precision] / MODEL_FILE["executorch"]
+    assert b.model_path == exported[precision] / TARGETS["executorch"].model_file
     assert m["export"]["versions"]["executorch"] == "1.5.1" and m["export"]["xnnpack_partitions"] >= 1
     v = m["verification"]
     par = v["parity"]

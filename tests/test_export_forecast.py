@@ -9,6 +9,7 @@ import torch
 
 from kdmobile.bundle import load_bundle
 from kdmobile.export import exporter as ex
+from target_helpers import real_converter, set_converter
 from kdmobile.export import verify as ver
 from kdmobile.models import create_model, load_model, save_model
 from kdmobile.runtime import ForecastPredictor
@@ -97,14 +98,14 @@ def test_top1_threshold_with_strict(ammkd_run, tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------- atomicity
 def test_interrupted_export_leaves_no_bundle_and_no_temp_dir(sdkd_run, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = ex.CONVERTERS["onnx"]
+    real = real_converter("onnx")
 
     def interrupted(job):
         real(job)  # the model file exists in the work dir ...
         job.out_path.with_name("partial.bin").write_bytes(b"x")
         raise KeyboardInterrupt  # ... and then Ctrl-C
 
-    monkeypatch.setitem(ex.CONVERTERS, "onnx", interrupted)
+    set_converter(monkeypatch, "onnx", interrupted)
     assert main(["export", sdkd_run, "--out", out]) == 130
     assert not out.exists()  # no bundle, no work dir, not even the empty --out folder it made
 

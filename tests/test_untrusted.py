@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from kdmobile.config import TrainConfig
 from kdmobile.errors import KDError
-from kdmobile.export import exporter as ex
+from target_helpers import set_converter
 from kdmobile.fileio import clean_stale
 from kdmobile.models.clip_teacher import load_teacher, parse_teacher
 from kdmobile.rundir import write_method
@@ -177,7 +177,7 @@ def _read_only(monkeypatch):
 @pytest.mark.parametrize("fault, needle", [(_full_disk, "MiB free"), (_read_only, "Read-only file system")])
 def test_full_or_read_only_out_fails_first_with_exit_1(fc_run, tmp_path, monkeypatch, capsys, fault, needle):
     called = []
-    monkeypatch.setitem(ex.CONVERTERS, "onnx", lambda job: called.append(job))
+    set_converter(monkeypatch, "onnx", lambda job: called.append(job))
     fault(monkeypatch)
     assert main(["export", fc_run, "--out", tmp_path / "b"]) == 1
     assert needle in one_line_err(capsys) and not called and not (tmp_path / "b").exists()
@@ -200,7 +200,7 @@ def test_enospc_during_conversion_names_the_cause_on_stderr(fc_run, tmp_path, mo
         job.out_path.write_bytes(b"\x08\x01")  # a truncated model file ...
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(job.out_path))
 
-    monkeypatch.setitem(ex.CONVERTERS, "onnx", disk_full)
+    set_converter(monkeypatch, "onnx", disk_full)
     assert main(["export", fc_run, "--out", tmp_path / "b"]) == 1
     err = one_line_err(capsys)
     assert "1 of 1 artifact(s) failed" in err and "onnx fp32" in err and "No space left on device" in err
@@ -225,13 +225,14 @@ _KILLER = textwrap.dedent("""
     # inherits SIG_IGN (seen in the full suite: the export then finished with exit 0), so set what a shell gives.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import untrusted_helpers  # registers the tiny model
-    from kdmobile.export import exporter as ex
-    real = ex.CONVERTERS["onnx"]
+    import dataclasses
+    from kdmobile.targets import TARGETS, register_target, resolve
+    real = resolve(TARGETS["onnx"].converter)
     def convert(job):
         real(job)
         os.kill(os.getpid(), signal.SIGKILL if sys.argv[3] == "kill" else signal.SIGINT)
         time.sleep(30)
-    ex.CONVERTERS["onnx"] = convert
+    register_target(dataclasses.replace(TARGETS["onnx"], converter=convert))
     from kdmobile.cli import main
     sys.exit(main(["export", sys.argv[1], "--out", sys.argv[2]]))
 """)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,7 +11,7 @@ from kdmobile.bench.settings import Settings
 from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _params_flops
 from kdmobile.bundle import Bundle, load_bundle
 from kdmobile.errors import KDError, UserError
-from kdmobile.targets import MODEL_SUFFIX, PRECISIONS, TARGET_NAMES
+from kdmobile.targets import PRECISIONS, TARGETS, target_names
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, RunDir, is_run_dir, open_run, recorded_bundles, teacher_files
 
 DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
@@ -44,7 +43,7 @@ def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str],
         candidates = recorded_bundles(run.path)
     root = Path(bundles_dir if bundles_dir is not None else DEFAULT_BUNDLES).expanduser()
     if not candidates:
-        candidates = [root / f"{run.name}-{t}-{p}" for t in TARGET_NAMES for p in PRECISIONS]
+        candidates = [root / f"{run.name}-{t}-{p}" for t in target_names() for p in PRECISIONS]
     found = []
     for d in candidates:
         if not d.is_dir():
@@ -59,11 +58,12 @@ def find_bundles(run: RunDir, bundles_dir: str | Path | None, notes: list[str],
 
 
 def _runnable(bundle: Bundle, notes: list[str]) -> bool:
-    """False (with a note) for bundles this machine cannot run: CoreML off macOS."""
-    if bundle.target == "coreml" and platform.system() != "Darwin":
-        notes.append(f"{bundle.path.name}: skipped (CoreML runs on macOS only)")
+    """False (with a note) for bundles this machine cannot run (CoreML off macOS)."""
+    target = TARGETS[bundle.target]
+    if not target.runs_here():
+        notes.append(f"{bundle.path.name}: skipped ({target.backend} runs on {target.where_it_runs()} only)")
         return False
-    if bundle.model_path.suffix != MODEL_SUFFIX.get(bundle.target, bundle.model_path.suffix):
+    if bundle.model_path.suffix != TARGETS[bundle.target].suffix:
         notes.append(f"{bundle.path.name}: skipped (unexpected model file {bundle.model_path.name})")
         return False
     return True

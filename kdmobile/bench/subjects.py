@@ -17,7 +17,7 @@ from kdmobile.bench.memory import probe_memory
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.timing import time_calls
 from kdmobile.bundle import Bundle
-from kdmobile.targets import BACKEND_NAMES
+from kdmobile.targets import TARGETS
 from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.evaluation import (Infer, backend_infer, evaluate_forecast, evaluate_retrieval, headline, score_captions,
@@ -116,7 +116,7 @@ class BundleSubject(Subject):
         quant = None if str(quant).lower() in _NOT_QUANTIZED else str(quant)
         source_run = source.get("run_name")
         role = "student" if model == "student" else "teacher"  # a forecast teacher exported with --model
-        super().__init__(bundle.name, role, run, BACKEND_NAMES.get(bundle.target, bundle.target), "cpu",
+        super().__init__(bundle.name, role, run, TARGETS[bundle.target].backend, "cpu",
                          bundle.precision, str(bundle.path), _path_size(bundle.model_path), params, flops,
                          quant)
         self.bundle = bundle

@@ -14,7 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stri
                       model_validator)
 
 from kdmobile.errors import VerificationError
-from kdmobile.targets import PRECISIONS, TARGET_NAMES
+from kdmobile.targets import PRECISIONS, TARGETS, target_names
 from kdmobile.untrusted import MAX_CLASSES
 
 Number = Union[StrictInt, StrictFloat]
@@ -132,12 +132,19 @@ class ForecastSpec(_Part):
 
 class _Manifest(_Part):
     schema_version: StrictInt
-    target: Literal[TARGET_NAMES]  # type: ignore[valid-type]
+    target: StrictStr = Field(json_schema_extra=lambda s: s.update(enum=list(target_names())))
     precision: Literal[PRECISIONS]  # type: ignore[valid-type]
     model_file: StrictStr
     input: InputSpec
     outputs: list[Any]
     files: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _target(self) -> "_Manifest":
+        """A registered target (kdmobile.targets), the built-in four or one a plugin added."""
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r} (expected one of {', '.join(target_names())})")
+        return self
 
 
 class RetrievalManifest(_Manifest):

@@ -14,7 +14,7 @@ from kdmobile.signing import trust_from
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
-from kdmobile.targets import PRECISIONS, TARGET_NAMES
+from kdmobile.targets import PRECISIONS, target_names
 
 _DESCRIPTION = """\
 Export a run directory (from `kdmobile train`) to bundles: OUT/RUNNAME-TARGET-PRECISION/ holding the model file,
@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
                    help="with --verify: also compare the bundle with this run directory's student on its "
                         "held-out data (parity and metric)")
     p.add_argument("--target", metavar="T",
-                   help=f"{_choices(TARGET_NAMES, default('targets'))}, all, or a comma list such as onnx,tflite")
+                   help=f"{_choices(target_names(), default('targets'))}, all, or a comma list such as onnx,tflite")
     p.add_argument("--precision", metavar="P",
                    help=f"{_choices(PRECISIONS, default('precisions'))}, all, or a comma list; int8 is calibrated "
                         "on the run's training images/windows where the format needs it")
@@ -177,7 +177,7 @@ def handler(args: argparse.Namespace) -> int:
         from kdmobile.export.exporter import export_run
         from kdmobile.rundir import read_method
 
-        given = {"targets": _expand(args.target, TARGET_NAMES, "--target"),  # None: not given, the default stays
+        given = {"targets": _expand(args.target, target_names(), "--target"),  # None: not given, the default stays
                  "precisions": _expand(args.precision, PRECISIONS, "--precision"), "out": args.out or None,
                  "calibration_samples": args.calibration_samples, "classes_file": args.classes or None,
                  "int8_format": args.int8_format, "int8_for": args.int8_for, "tflite_recipe": args.tflite_recipe,

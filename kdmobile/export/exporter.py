@@ -21,7 +21,7 @@ import numpy as np
 from kdmobile import __version__
 from kdmobile.bundle import Bundle, load_bundle, write_bundle, write_class_vectors
 from kdmobile.errors import KDError, ToolError, UserError
-from kdmobile.export.jobs import CONVERTERS, Job
+from kdmobile.export.jobs import Job
 from kdmobile.export.metadata import model_metadata
 from kdmobile.export.options import ExportOptions, Thresholds
 from kdmobile.export.quantize import file_size
@@ -31,7 +31,7 @@ from kdmobile.export.verify import (Reference, format_results, reference_caption
                                     reference_forecast, reference_row, verify_bundle, verify_random)
 from kdmobile.fileio import MIN_FREE_BYTES, sha256_file
 from kdmobile.rundir import CLASS_VECTORS_FILE, LABELS_FILE, STUDENT_FILE, teacher_file
-from kdmobile.targets import MODEL_FILE, TARGETS
+from kdmobile.targets import TARGETS, resolve
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
 IO_NAMES = {"retrieval": ("image", "embedding"), "forecast": ("frames", "forecast")}
@@ -201,7 +201,7 @@ class Exporter:
         run = self.run
         shape = [1, *self.model_inputs.shape[1:]]
         m: dict[str, Any] = {"task": run.task, "target": target, "precision": precision,
-                             "model_file": MODEL_FILE[target]}
+                             "model_file": TARGETS[target].model_file}
         if run.task == "retrieval":
             m["input"] = {"name": self.input_name, "shape": shape, "dtype": "float32", "layout": "NCHW",
                           "value_range": [0, 255], "mean": self.img_mean, "std": self.img_std,
@@ -227,8 +227,8 @@ class Exporter:
                              "height": int(shape[2]), "width": int(shape[3]),
                              "units": "the model maps (x - mean) / std to (y - mean) / std; predictors take raw units"}
         m["quantization"] = info.pop("quantization", {"format": "none"})
-        if "coreml" in info:
-            m["coreml"] = info.pop("coreml")
+        if target in info:  # a converter may add a manifest section named after its target (CoreML's spec facts)
+            m[target] = info.pop(target)
         m["export"] = {"kdmobile_version": __version__, **info, **self._versions(target)}
         m["source"] = {"run_dir": str(run.path), "run_name": run.name, "method": run.method,
                        "model": run.model_name, f"{'student' if run.model_name == 'student' else 'model'}_sha256":
@@ -262,15 +262,15 @@ class Exporter:
         art = Artifact(target, precision)
         # the pid in the name lets the next export remove this directory if the process is killed (clean_stale)
         with tempfile.TemporaryDirectory(prefix=f".{name}.work.{os.getpid()}.", dir=out) as tmp:
-            model_path = Path(tmp) / MODEL_FILE[target]
+            model_path = Path(tmp) / TARGETS[target].model_file
             job = Job(self.run.model, self.example, model_path, precision, self.calibration, self.opts.int8_format,
                       self.opts.int8_for, self.opts.tflite_recipe, self.input_name, self.output_name,
                       self.metadata(target, precision))
-            info = dict(CONVERTERS[target](job) or {})
+            info = dict(resolve(TARGETS[target].converter)(job) or {})
             if not model_path.exists():
                 raise RuntimeError(f"the {target} converter wrote no {model_path.name}")
             manifest = self.manifest(target, precision, info)
-            files: dict[str, Any] = {MODEL_FILE[target]: model_path}
+            files: dict[str, Any] = {TARGETS[target].model_file: model_path}
             if self.run.task == "retrieval":
                 cv = self.class_vectors
                 files["class_vectors.f32"] = lambda p: write_class_vectors(p, cv)
@@ -283,7 +283,7 @@ class Exporter:
                 return result
 
             art.bundle = write_bundle(out / name, manifest, files, verify=verify, sign=self.opts.sign)
-        art.size = file_size(art.bundle / MODEL_FILE[target])
+        art.size = file_size(art.bundle / TARGETS[target].model_file)
         return art
 
     def _disk_note(self) -> str:

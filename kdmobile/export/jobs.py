@@ -1,11 +1,12 @@
-"""One artifact to convert (Job) and the converter per target: each imports its converter lazily, so a missing
-extra is a one-line error for that target only, and returns the manifest sections it adds."""
+"""One artifact to convert (Job) and the built-in targets' converters (kdmobile.targets names them): each imports
+its converter lazily, so a missing extra is a one-line error for that target only, and returns the manifest sections
+it adds."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Job:
     metadata: dict[str, str]     # kdmobile.export.metadata.model_metadata: written into the model file itself
 
 
-def _onnx(job: Job) -> dict[str, Any]:
+def onnx_job(job: Job) -> dict[str, Any]:
     from kdmobile.export.onnx import convert_onnx
 
     return convert_onnx(job.model, job.example, job.out_path, job.precision, job.calibration, job.int8_format,
@@ -37,7 +38,7 @@ def _onnx(job: Job) -> dict[str, Any]:
                         int8_for=job.int8_for)
 
 
-def _tflite(job: Job) -> dict[str, Any]:
+def tflite_job(job: Job) -> dict[str, Any]:
     try:
         from kdmobile.export.tflite import convert_tflite
     except ImportError as e:
@@ -47,7 +48,7 @@ def _tflite(job: Job) -> dict[str, Any]:
     return {"quantization": {"format": info.get("recipe", job.precision), **info}}
 
 
-def _coreml(job: Job) -> dict[str, Any]:
+def coreml_job(job: Job) -> dict[str, Any]:
     try:
         from kdmobile.export.coreml import convert_coreml
         from kdmobile.export.tflite import mha_fastpath_off
@@ -60,7 +61,7 @@ def _coreml(job: Job) -> dict[str, Any]:
     return {"quantization": {"format": weights}, "coreml": info}
 
 
-def _executorch(job: Job) -> dict[str, Any]:
+def executorch_job(job: Job) -> dict[str, Any]:
     try:
         from kdmobile.export.executorch import QUANT_SCHEME, convert_executorch
     except ImportError as e:
@@ -68,9 +69,3 @@ def _executorch(job: Job) -> dict[str, Any]:
     info = convert_executorch(job.model, job.example, job.out_path, job.precision, job.calibration, job.metadata)
     fmt = {"format": "none"} if job.precision == "fp32" else {"format": "s8s8", "scheme": QUANT_SCHEME}
     return {"quantization": fmt, **info}
-
-
-# target (kdmobile.targets) -> converter(job) -> {"quantization": {...}, other manifest sections...}; tests
-# monkeypatch entries.
-CONVERTERS: dict[str, Callable[[Job], dict[str, Any]]] = {"onnx": _onnx, "tflite": _tflite, "coreml": _coreml,
-                                                          "executorch": _executorch}

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from kdmobile import __version__
 from kdmobile.errors import UserError
 from kdmobile.runtime.backends import EXECUTORCH_METADATA_METHOD, load_executorch_program
-from kdmobile.targets import TARGETS, target_of
+from kdmobile.targets import TARGETS, resolve, target_of
 
 METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_task", "kdmobile_run", "kdmobile_target",
                                   "kdmobile_precision", "input_name", "output_name")
@@ -149,16 +149,13 @@ def read_executorch(path: str | Path) -> dict[str, str]:
     return _json_object(path, EXECUTORCH_METADATA_METHOD, values[0])
 
 
-_READERS: dict[str, Callable[[str | Path], dict[str, str]]] = {
-    "onnx": read_onnx, "tflite": read_tflite, "coreml": read_coreml, "executorch": read_executorch}
-
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """kdmobile's metadata from a model file of any target, chosen by its suffix."""
     target = target_of(path)
-    if target is None or target.name not in _READERS:
+    if target is None:
         suffixes = ", ".join(t.suffix for t in TARGETS.values())
         raise UserError(f"{path}: not a model file of a kdmobile target ({suffixes})")
     if not Path(path).exists():
         raise UserError(f"{path}: no such model file")
-    return _READERS[target.name](path)
+    return resolve(target.metadata_reader)(path)

@@ -15,7 +15,6 @@ from kdmobile.errors import UserError
 from kdmobile.targets import TARGETS
 
 # target -> {operator regex: why}; the deny-lists themselves are in the target table (kdmobile.targets)
-DENY: dict[str, dict[str, str]] = {name: dict(t.deny_ops) for name, t in TARGETS.items()}
 COMPLEX_MARK = "complex tensors"
 
 
@@ -77,7 +76,7 @@ def traced_ops(model: Any, example: Any) -> set[str]:
 
 def unsupported(ops: Iterable[str], target: str) -> list[str]:
     """The operators in `ops` that `target` cannot take (sorted)."""
-    rules = [re.compile(p) for p in DENY.get(target, {})]
+    rules = [re.compile(p) for p in (TARGETS[target].deny_ops if target in TARGETS else {})]
     bad = {op for op in ops if op == COMPLEX_MARK or any(r.search(op) for r in rules)}
     return sorted(bad)
 

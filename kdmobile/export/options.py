@@ -14,7 +14,7 @@ from kdmobile.export.int8_choice import PRESETS
 from kdmobile.export.quantize import INT8_FORMATS
 from kdmobile.export.run import read_classes_file
 from kdmobile.fileio import check_writable, clean_stale
-from kdmobile.targets import PRECISIONS, TARGET_NAMES
+from kdmobile.targets import PRECISIONS, TARGETS, target_names
 
 TFLITE_RECIPES = ("auto", "dynamic", "static")
 DEFAULT_CALIBRATION = 128
@@ -71,8 +71,8 @@ class ExportOptions(_Settings):
     @model_validator(mode="after")
     def _check(self) -> "ExportOptions":
         for t in self.targets:
-            if t not in TARGET_NAMES:
-                raise UserError(f"unknown target {t!r} (choose {', '.join(TARGET_NAMES)} or all)")
+            if t not in TARGETS:
+                raise UserError(f"unknown target {t!r} (choose {', '.join(target_names())} or all)")
         for pr in self.precisions:
             if pr not in PRECISIONS:
                 raise UserError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")

@@ -3,7 +3,6 @@ metric on the run's held-out split, with thresholds that flag a degraded artifac
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -13,6 +12,7 @@ from kdmobile.bundle import Bundle
 from kdmobile.evaluation import backend_infer, evaluate_forecast, evaluate_retrieval, score_captions, score_classes
 from kdmobile.export.options import Thresholds
 from kdmobile.table import format_table
+from kdmobile.targets import TARGETS
 
 BROKEN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
 PREPROCESS_TOL = 1e-3    # max |runtime preprocessing - training preprocessing| before flagging
@@ -143,7 +143,7 @@ def verify_bundle(bundle: Bundle, ref: Reference, th: Thresholds) -> dict[str, A
     """Parity and metric of one bundle against the reference; the dict goes to manifest["verification"]."""
     base = {"reference": "fp32 PyTorch student", "samples": int(len(ref.inputs)),
             "thresholds": {"top1_points": th.top1, "mse_relative": th.mse}}
-    if bundle.target == "coreml" and platform.system() != "Darwin":
+    if not TARGETS[bundle.target].runs_here():  # CoreML off macOS: check what can be checked here
         return {**base, "parity": None, "metric": {"name": None, "note": "n/a (CoreML predicts on macOS)"},
                 **_coreml_spec(bundle),
                 "note": "CoreML prediction needs macOS: the spec was validated instead"}
@@ -187,7 +187,7 @@ def verify_random(bundle: Bundle, why: str) -> dict[str, Any]:
     from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
 
     base = {"reference": None, "parity": None, "metric": {"name": None, "note": f"n/a ({why})"}}
-    if bundle.target == "coreml" and platform.system() != "Darwin":
+    if not TARGETS[bundle.target].runs_here():
         return {**base, **_coreml_spec(bundle), "note": f"checksums ok; {why}"}
     x = random_inputs(bundle)
     flags = []

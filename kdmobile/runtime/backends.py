@@ -8,7 +8,6 @@ import importlib.metadata
 import importlib.util
 import os
 import json
-import platform
 import re
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from kdmobile.console import quiet_native_stderr
 from kdmobile.errors import UserError
-from kdmobile.targets import TARGETS
+from kdmobile.targets import TARGETS, resolve
 
 if TYPE_CHECKING:
     from kdmobile.bundle import Bundle
@@ -160,7 +159,7 @@ class CoreMLBackend:
     """coremltools MLModel.predict on the CPU; CoreML prediction exists only on macOS."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
-        if platform.system() != "Darwin":
+        if not TARGETS["coreml"].runs_here():
             raise UserError("CoreML prediction needs macOS; this bundle was validated at export only")
         try:
             import coremltools as ct
@@ -292,10 +291,9 @@ class TorchBackend:
 def open_backend(bundle: "Bundle", threads: int = 1) -> Backend:
     """The backend that runs this bundle's model file, chosen by its target (kdmobile.targets names the class)."""
     target = TARGETS.get(bundle.target)
-    cls = globals().get(target.runtime) if target is not None else None
-    if cls is None:
+    if target is None:
         raise UserError(f"bundle {bundle.path}: no runtime backend for target {bundle.target!r}")
-    return cls(Path(bundle.model_path), threads=threads)
+    return resolve(target.runtime)(Path(bundle.model_path), threads=threads)
 
 
 # module name -> distribution name: every target's runtime packages, then torch (TorchBackend)
