@@ -212,12 +212,13 @@ def test_tflite_forecaster(tmp_path, capfd, precision, recipe, expect_recipe, mi
 def test_tflite_float_conversion_is_reused_only_for_the_same_weights(tmp_path):
     model = _forecaster()
     x = torch.from_numpy(_inputs(FORECAST_SHAPE, 1, seed=10)[0])
-    tfl.convert_tflite(model, x, tmp_path / "a.tflite", "fp32", None)
-    again = tfl.convert_tflite(model, x, tmp_path / "b.tflite", "fp16", None)
+    cache: dict = {}  # one export's (kdmobile.export.jobs.Job.cache)
+    tfl.convert_tflite(model, x, tmp_path / "a.tflite", "fp32", None, cache=cache)
+    again = tfl.convert_tflite(model, x, tmp_path / "b.tflite", "fp16", None, cache=cache)
     assert again["reused_float_conversion"] is True
     with torch.no_grad():
         model.head.bias.add_(1.0)
-    changed = tfl.convert_tflite(model, x, tmp_path / "c.tflite", "fp32", None)
+    changed = tfl.convert_tflite(model, x, tmp_path / "c.tflite", "fp32", None, cache=cache)
     assert changed["reused_float_conversion"] is False
     ys, _ = _run_tflite(tmp_path / "c.tflite", x.numpy()[None])
     assert _min_cosine(ys, _torch_out(model, x.numpy()[None])) >= 0.9999

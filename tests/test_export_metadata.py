@@ -145,17 +145,16 @@ def test_settings_are_validated_when_built(tmp_path):
     assert opts.targets == ["onnx"] and opts.thresholds == Thresholds(top1=1.0, mse=0.05)
 
 
-def test_tflite_cache_never_outlives_its_model(monkeypatch):
+def test_tflite_cache_is_one_exports_and_keyed_by_the_weights(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(tfl, "_last_float", None)
     monkeypatch.setattr(tfl, "_convert_float", lambda model, example: calls.append(1) or b"flatbuffer")
     x = torch.zeros(1, 2)
     a = nn.Linear(2, 2)
-    assert tfl.convert_float(a, x) == tfl.convert_float(a, x) and len(calls) == 1  # same living model: reused
-    state = {k: v.clone() for k, v in a.state_dict().items()}
-    del a
-    gc.collect()
-    b = nn.Linear(2, 2)  # may well get the dead model's id(); same class, same weights
-    b.load_state_dict(state)
-    tfl.convert_float(b, x)
+    cache: dict = {}
+    assert tfl.convert_float(a, x, cache) == tfl.convert_float(a, x, cache) and len(calls) == 1  # reused
+    with torch.no_grad():
+        a.weight.add_(1.0)  # other weights: converted again
+    tfl.convert_float(a, x, cache)
     assert len(calls) == 2
+    tfl.convert_float(a, x)  # no cache given (another export): always converted
+    assert len(calls) == 3

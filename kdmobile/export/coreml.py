@@ -28,7 +28,7 @@ from torch import nn
 
 from kdmobile import __version__
 from kdmobile.errors import KDError, ToolError, UserError
-from kdmobile.export.tflite import eval_mode, quiet_native_output
+from kdmobile.export.conversion import eval_mode, first_line, quiet_native_output
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import PRECISIONS
 # Ops that hold compressed weights in an ML Program (iOS16/17: affine; iOS18+: blockwise shift-scale).
@@ -36,13 +36,6 @@ QUANTIZED_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shif
 # Metadata keys that go to the model's own description fields instead of user_defined_metadata.
 _DESCRIPTION_KEYS = ("author", "short_description", "license")
 _NOTE_LINUX = "CoreML prediction needs macOS; spec validated on Linux, not run"
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def _meta_str(value: Any) -> str:
@@ -99,7 +92,7 @@ def validate_mlpackage(path: Path, input_name: str, input_shape: tuple[int, ...]
             with quiet_native_output():
                 spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
         except Exception as exc:
-            raise UserError(f"{path}: not a readable CoreML package ({_first_line(exc)})") from exc
+            raise UserError(f"{path}: not a readable CoreML package ({first_line(exc)})") from exc
     inputs = [_feature(f) for f in spec.description.input]
     outputs = [_feature(f) for f in spec.description.output]
     problems = []
@@ -184,7 +177,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
         except KDError:
             raise
         except Exception as exc:  # tracing and the MIL frontend raise many types
-            raise ToolError(f"coreml conversion failed: {_first_line(exc)}") from exc
+            raise ToolError(f"coreml conversion failed: {first_line(exc)}") from exc
 
         mlmodel.author = meta.pop("author", "kdmobile")
         mlmodel.short_description = meta.pop(
@@ -199,7 +192,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
                 with quiet_native_output():
                     mlmodel.save(str(tmp))
             except Exception as exc:
-                raise ToolError(f"coreml save failed: {_first_line(exc)}") from exc
+                raise ToolError(f"coreml save failed: {first_line(exc)}") from exc
             t_convert = time.perf_counter() - t0
             info = validate_mlpackage(tmp, input_name, tuple(example.shape), output_name,
                                       tuple(reference.shape), meta, precision)
@@ -228,7 +221,7 @@ def _predict_parity(path: Path, input_name: str, output_name: str, example: torc
             loaded = ct.models.MLModel(str(path))
             got = np.asarray(loaded.predict({input_name: example.numpy()})[output_name], dtype=np.float32)
         except Exception as exc:
-            raise ToolError(f"coreml prediction failed: {_first_line(exc)}") from exc
+            raise ToolError(f"coreml prediction failed: {first_line(exc)}") from exc
     ref = reference.detach().numpy().astype(np.float32).reshape(got.shape)
     a, b = got.ravel().astype(np.float64), ref.ravel().astype(np.float64)
     cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))

@@ -23,7 +23,7 @@ from torch import nn
 
 from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.export.metadata import executorch_constants
-from kdmobile.export.tflite import _first_line, calibration_batches, eval_mode, quiet_native_output
+from kdmobile.export.conversion import calibration_batches, eval_mode, first_line, quiet_native_output
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import TARGETS
 
@@ -104,7 +104,7 @@ def convert_executorch(model: nn.Module, example: torch.Tensor, out_path: Path, 
     except KDError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.export, the quantizer and the lowering raise many kinds
-        raise ToolError(f"executorch {precision} conversion failed: {_first_line(exc)}") from exc
+        raise ToolError(f"executorch {precision} conversion failed: {first_line(exc)}") from exc
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.write_bytes(data)

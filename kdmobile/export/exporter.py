@@ -69,6 +69,7 @@ class Exporter:
             self._prepare_classes()
         self.calibration = self._calibration() if "int8" in opts.precisions and bundled is None else None
         self.reference = self._reference()
+        self.conversion_cache: dict[str, Any] = {}  # one export's converters share work (jobs.Job.cache)
 
     # ------------------------------------------------------------------ preparation
     @staticmethod
@@ -265,7 +266,7 @@ class Exporter:
             model_path = Path(tmp) / TARGETS[target].model_file
             job = Job(self.run.model, self.example, model_path, precision, self.calibration, self.opts.int8_format,
                       self.opts.int8_for, self.opts.tflite_recipe, self.input_name, self.output_name,
-                      self.metadata(target, precision))
+                      self.metadata(target, precision), cache=self.conversion_cache)
             info = dict(resolve(TARGETS[target].converter)(job) or {})
             if not model_path.exists():
                 raise RuntimeError(f"the {target} converter wrote no {model_path.name}")

@@ -4,7 +4,7 @@ it adds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Job:
     input_name: str
     output_name: str
     metadata: dict[str, str]     # kdmobile.export.metadata.model_metadata: written into the model file itself
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by one export's jobs (TFLite: the float model)
 
 
 def onnx_job(job: Job) -> dict[str, Any]:
@@ -44,14 +45,14 @@ def tflite_job(job: Job) -> dict[str, Any]:
     except ImportError as e:
         raise UserError(f"tflite export unavailable ({e}); pip install 'kdmobile[tflite]'") from None
     info = convert_tflite(job.model, job.example, job.out_path, job.precision, job.calibration,
-                          recipe=job.tflite_recipe, metadata=job.metadata)
+                          recipe=job.tflite_recipe, metadata=job.metadata, cache=job.cache)
     return {"quantization": {"format": info.get("recipe", job.precision), **info}}
 
 
 def coreml_job(job: Job) -> dict[str, Any]:
     try:
         from kdmobile.export.coreml import convert_coreml
-        from kdmobile.export.tflite import mha_fastpath_off
+        from kdmobile.export.conversion import mha_fastpath_off
     except ImportError as e:
         raise UserError(f"coreml export unavailable ({e}); pip install 'kdmobile[coreml]'") from None
     with mha_fastpath_off():  # restored afterwards: the switch is process-wide

@@ -129,7 +129,7 @@ def _json_object(path: str | Path, name: str, data: bytes | str) -> dict[str, st
 
 def read_coreml(path: str | Path) -> dict[str, str]:
     """user_defined_metadata of a .mlpackage, without the keys coremltools adds itself (spec only: no macOS)."""
-    from kdmobile.export.tflite import quiet_native_output
+    from kdmobile.export.conversion import quiet_native_output
 
     with quiet_native_output():
         import coremltools as ct

@@ -22,11 +22,8 @@ import contextlib
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import time
-import warnings
-import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -37,6 +34,7 @@ from torch import nn
 
 from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.export.options import TFLITE_RECIPES
+from kdmobile.export.conversion import calibration_batches, eval_mode, first_line, quiet_native_output
 from kdmobile.fileio import atomic_path
 from kdmobile.targets import PRECISIONS
 
@@ -54,52 +52,6 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
-@contextlib.contextmanager
-def quiet_native_output() -> Iterator[list[str]]:
-    """Silence stdout/stderr at the file-descriptor level for the block (C++ absl logs, progress bars, rich).
-
-    The converters print from native code, tqdm and rich; only an fd-level redirect catches all of it. Yields a
-    list that holds the captured text once the block exits (it is logged at DEBUG level too).
-    """
-    captured: list[str] = []
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    try:
-        fds = (sys.stdout.fileno(), sys.stderr.fileno())
-    except (AttributeError, ValueError, OSError):  # no real fds (e.g. a notebook): just run the block
-        yield captured
-        return
-    saved = [os.dup(fd) for fd in fds]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        try:
-            for fd in fds:
-                os.dup2(sink.fileno(), fd)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield captured
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            for fd, old in zip(fds, saved):
-                os.dup2(old, fd)
-                os.close(old)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
-            captured.append(text)
-            if text.strip():
-                log.debug("converter output:\n%s", text)
-
-
 @contextlib.contextmanager
 def _litert_quiet() -> Iterator[None]:
     """litert-torch's own progress display and torch log silencing are env-var switches: set them, then restore."""
@@ -115,29 +67,6 @@ def _litert_quiet() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-@contextlib.contextmanager
-def mha_fastpath_off() -> Iterator[None]:
-    """Switch PyTorch's process-wide MHA fast path off for the block (see DESIGN.md) and restore it after."""
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode (and the MHA fast path off) for the block; restore both after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with mha_fastpath_off():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,12 +128,6 @@ def choose_int8_recipe(model: nn.Module, recipe: str, have_calibration: bool,
 # Conversion and quantization
 
 
-# The last float conversion: a weak reference to the model object (not its id(), which a new object may reuse once
-# this one is gone), a digest of its weights and of the example, and the flatbuffer. An export of fp32, fp16 and
-# int8 converts the model once (~15 s for the MobileNetV3 student) and quantizes that thrice.
-_last_float: tuple[weakref.ref, str, bytes] | None = None
-
-
 def _float_digest(model: nn.Module, example: torch.Tensor) -> str:
     h = hashlib.sha256(type(model).__qualname__.encode())
     for name, t in list(model.state_dict().items()) + [("__example__", example)]:
@@ -214,20 +137,19 @@ def _float_digest(model: nn.Module, example: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def convert_float(model: nn.Module, example: torch.Tensor, reuse: bool = True) -> bytes:
+def convert_float(model: nn.Module, example: torch.Tensor, cache: dict[str, bytes] | None = None) -> bytes:
     """litert-torch conversion of `model(example)` to a float32 .tflite flatbuffer (bytes).
 
-    With `reuse`, a repeat call for the same (still living) model object with the same weights and example returns
-    the previous result instead of converting again.
+    `cache`, owned by one export (kdmobile.export.jobs.Job.cache), maps a digest of the model's class, weights and
+    example to the flatbuffer: an export of fp32, fp16 and int8 converts the model once (~15 s for the MobileNetV3
+    student) and quantizes that thrice. Nothing is kept between exports.
     """
-    global _last_float
-    digest = _float_digest(model, example) if reuse else None
-    last = _last_float
-    if digest is not None and last is not None and last[0]() is model and last[1] == digest:
-        return last[2]
+    digest = _float_digest(model, example) if cache is not None else None
+    if digest is not None and digest in cache:
+        return cache[digest]
     data = _convert_float(model, example)
     if digest is not None:
-        _last_float = (weakref.ref(model), digest, data)
+        cache[digest] = data
     return data
 
 
@@ -244,7 +166,7 @@ def _convert_float(model: nn.Module, example: torch.Tensor) -> bytes:
         except KDError:
             raise
         except Exception as exc:  # litert-torch raises many types (export, lowering, MLIR, converter)
-            raise ToolError(f"tflite conversion failed: {_first_line(exc)}") from exc
+            raise ToolError(f"tflite conversion failed: {first_line(exc)}") from exc
     return bytes(data)
 
 
@@ -261,26 +183,6 @@ def _signature_io(model_bytes: bytes) -> tuple[str, str]:
     if len(sig["inputs"]) != 1:
         raise UserError(f"tflite model has {len(sig['inputs'])} inputs; expected one")
     return key, sig["inputs"][0]
-
-
-def calibration_batches(calibration: np.ndarray, example_shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Split calibration data into inputs shaped exactly like the example.
-
-    Accepted: (N, *example.shape[1:]) samples, grouped by the example's batch size (a trailing partial batch is
-    dropped); or (N, *example.shape) whole inputs. All are used: --calibration-samples decides how many.
-    """
-    cal = np.asarray(calibration, dtype=np.float32)
-    shape = tuple(example_shape)
-    if cal.ndim == len(shape) + 1 and cal.shape[1:] == shape:
-        batches = list(cal)
-    elif cal.ndim == len(shape) and cal.shape[1:] == shape[1:]:
-        b = shape[0]
-        batches = [cal[i : i + b] for i in range(0, len(cal) - b + 1, b)]
-    else:
-        raise UserError(f"calibration data shaped {cal.shape} does not match the model input {shape}")
-    if not batches:
-        raise UserError(f"calibration data has {len(cal)} samples; need at least {shape[0]}")
-    return [np.ascontiguousarray(x) for x in batches]
 
 
 def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
@@ -321,7 +223,7 @@ def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
     except KDError:
         raise
     except Exception as exc:
-        raise ToolError(f"tflite {precision} quantization failed: {_first_line(exc)}") from exc
+        raise ToolError(f"tflite {precision} quantization failed: {first_line(exc)}") from exc
     if result.quantized_model is None:
         raise UserError(f"tflite {precision} quantization produced no model")
     return bytes(result.quantized_model)
@@ -329,7 +231,7 @@ def quantize_tflite(float_bytes: bytes, precision: str, kind: str | None = None,
 
 def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, precision: str,
                    calibration: np.ndarray | None, recipe: str = "auto",
-                   metadata: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   metadata: Mapping[str, str] | None = None, cache: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Convert `model` to a .tflite file at `out_path` in fp32, fp16 or int8; return a manifest entry.
 
     `example` is one input as PyTorch takes it (NCHW, fixed batch); the file keeps that layout and float32 I/O.
@@ -348,10 +250,10 @@ def convert_tflite(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     batches = (calibration_batches(calibration, tuple(example.shape))
                if precision == "int8" and calibration is not None and recipe != "dynamic" else None)
     t0 = time.perf_counter()
-    cached = _last_float
-    float_bytes = convert_float(model, example)
+    known = len(cache) if cache is not None else 0
+    float_bytes = convert_float(model, example, cache)
     t_convert = time.perf_counter() - t0
-    reused = cached is not None and _last_float is cached
+    reused = cache is not None and len(cache) == known and known > 0  # nothing new was converted
     info: dict[str, Any] = {
         "converter": f"litert-torch {_version('litert-torch')}",
         "quantizer": None,
