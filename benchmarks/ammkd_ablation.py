@@ -38,6 +38,7 @@ from resumable import Records, cpu_name, device_name, run_children, without_set_
 from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
+from kdmobile.experiments import SEARCH, SEARCH_WEIGHTING, search_rows, search_table
 from kdmobile.rundir import read_metrics, teacher_file
 from kdmobile.table import format_table
 from kdmobile.train.ammkd import run_ammkd
@@ -46,13 +47,6 @@ RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["kd-vit-s", "kd-rn-s"]
 WEIGHTINGS = ["none", *(f"single:{t}" for t in TEACHERS), "equal", "adaptive", "confidence", "reliable"]
 FEATURE_TERMS = {"fd": 1.0, "icl": 1.0}
-# --search: complete loss settings (they do not move with the defaults), confidence weighting, the first two seeds.
-SEARCH_WEIGHTING = "confidence"
-SEARCH: dict[str, dict[str, Any]] = {
-    **{f"kl{w:g}": {"loss.terms": {"ce": 1.0, "kl": w}, "temperature": 4.0} for w in (1.0, 3.0, 6.0, 10.0)},
-    "ce0": {"loss.terms": {"ce": 0.0, "kl": 1.0}, "temperature": 4.0},  # pure KD, no label term
-    **{f"kl1-T{t:g}": {"loss.terms": {"ce": 1.0, "kl": 1.0}, "temperature": t} for t in (1.0, 2.0, 8.0)},
-}
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"spec": "digits", "max_train": None, "max_test": None, "metrics": ["top1"], "image_size": 32,
                "val_frac": 0.1},  # the demo's split, so `--teachers-from runs/demo-ammkd` reuses its teachers
@@ -218,7 +212,7 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
     views = (f"; students distil offline from {args.views} augmented views per training image drawn once for the "
              "split, with the teachers' embeddings of them computed once (each seed starts at another view; seeds vary "
              "initialisation, data order and view order)") if args.views else ""
-    search = _search_rows(records, ds["metrics"][0])
+    search = search_rows(records, ds["metrics"][0])
     out = {"benchmark": "ammkd_ablation", "dataset": args.dataset, "data": ds["spec"].format(root="../shared/data"),
            "split": f"fixed (split seed 0); {made}; students over the seeds listed per row{views}",
            "notes": records.data.get("notes", []),
@@ -233,35 +227,9 @@ def report(args: argparse.Namespace, ds: dict[str, Any], records: Records, stem:
     (RESULTS / f"{stem}.md").write_text(
         f"# AMMKD ablation: {args.dataset}\n\n{out['data']}; {out['split']}. Host: {out['host']}, device "
         f"{out['device']}. Settings: {json.dumps(out['settings'])}.\n\n"
-        + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n" + _search_table(search))
+        + "".join(f"Note: {n}\n\n" for n in out["notes"]) + f"{md}\n" + search_table(search))
     print(md)
     return out
-
-
-def _search_rows(records: Records, metric: str) -> list[dict[str, Any]]:
-    """One row per --search setting: its students' metric per seed and the gain over the no-KD student of each seed."""
-    rows = []
-    seeds = sorted({int(k.rsplit("/", 1)[1]) for k in records.data["runs"] if k.startswith("none/")})
-    for name, setting in SEARCH.items():
-        pairs = [(s, run["student"][metric], records.get(f"none/{s}")["student"][metric])
-                 for s in seeds if (run := records.get(f"search:{name}/{s}"))]
-        if pairs:
-            vals, gains = [v for _, v, _ in pairs], [v - base for _, v, base in pairs]
-            rows.append({"setting": name, "overrides": setting, "weighting": SEARCH_WEIGHTING, "metric": metric,
-                         "seeds": [s for s, _, _ in pairs], "per_seed": vals, "mean": float(np.mean(vals)),
-                         "gain_vs_none_per_seed": gains, "gain_vs_none": float(np.mean(gains))})
-    return rows
-
-
-def _search_table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown table of the --search rows ('' when there are none)."""
-    if not rows:
-        return ""
-    table = [[r["setting"], json.dumps(r["overrides"]), " / ".join(f"{v:.2f}" for v in r["per_seed"]),
-              f"{r['mean']:.2f}", f"{r['gain_vs_none']:+.2f}"] for r in rows]
-    return (f"\nSearch around the KD loss (`--search`; {SEARCH_WEIGHTING} weighting, seeds "
-            f"{sorted({s for r in rows for s in r['seeds']})}, each against the no-KD student of its seed):\n\n"
-            + format_table(["setting", "overrides", "per seed", "mean", "vs no KD"], table, markdown=True) + "\n")
 
 
 def main() -> int:

@@ -14,25 +14,9 @@ import resource
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any, Iterator
 
-from kdmobile.fileio import write_json
-
-
-class Records:
-    """The per-run results file: written after every run, read to skip finished work."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.data["runs"].get(key)
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        self.data["runs"][key] = value
-        write_json(self.path, self.data)
+from kdmobile.experiments import Records
 
 
 def run_children(script: str, common: list[str], records: Records, jobs: list[list[str]], parallel: int = 1,

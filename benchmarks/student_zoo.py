@@ -34,13 +34,13 @@ from kdmobile.config import AMMKDConfig, load_config
 from kdmobile.data import shared_data_dir
 from kdmobile.fileio import write_json
 from kdmobile.rundir import STUDENT_FILE, epoch_seconds
+from kdmobile.student_choice import choose_student, pareto
 from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
 ZOO = ["mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
        "mobilenetv2_100", "efficientvit_m0", "repvit_m0_9", "mobileone_s0", "resnet18"]
 DEPLOY_PX, TRAIN_PX = 224, 64
-TARGET_SPEEDUP = 100.0  # vs the ViT-B/32 image tower at 224 px, same runtime: the product's headline goal
 REFERENCES = ["ViT-B-32", "RN50"]
 
 
@@ -108,24 +108,6 @@ def latency_one(backbone: str, run: Path, out_dir: Path) -> dict[str, Any]:
     info = convert_onnx(model, example, out_dir / "int8.onnx", "int8", calib, "auto")["quantization"]
     return {"flops": count_flops(model, example), "fp32_p50_ms": info["fp32_p50_ms"], "auto_chose": info["format"],
             "candidates": info["candidates"], "isa": info["isa"], "load_average": info["load_average_1min"]}
-
-
-def pareto(points: dict[str, tuple[float, float]]) -> list[str]:
-    """Names not dominated in (latency lower, accuracy higher), fastest first."""
-    front = [n for n, (ms, acc) in points.items()
-             if not any(o != n and oms <= ms and oacc >= acc and (oms, oacc) != (ms, acc)
-                        for o, (oms, oacc) in points.items())]
-    return sorted(front, key=lambda n: points[n][0])
-
-
-def choose_default(points: dict[str, tuple[float, float]], ref_ms: float | None) -> tuple[str, str]:
-    """The most accurate front model >= TARGET_SPEEDUP x faster than the reference, else the fastest; with why."""
-    front = pareto(points)
-    fast = [n for n in front if ref_ms and ref_ms / points[n][0] >= TARGET_SPEEDUP]
-    if fast:
-        best = max(fast, key=lambda n: points[n][1])
-        return best, f"most accurate Pareto model at >= {TARGET_SPEEDUP:.0f}x the ViT-B/32 tower's speed"
-    return front[0], f"no Pareto model reaches {TARGET_SPEEDUP:.0f}x the ViT-B/32 tower's speed: the fastest one"
 
 
 # ------------------------------------------------------------------------------------------------ headline
@@ -200,7 +182,7 @@ def report(records: Records) -> None:
     p50, ref = timing["p50_ms"], timing["p50_ms"][f"{REFERENCES[0]}|fp32"]
     points = {b: (ms, acc) for b, (ms, acc, _) in pts.items()}
     front = pareto(points)
-    default, why = choose_default(points, ref)
+    default, why = choose_student(points, ref)
     rows = []
     for b, (ms, acc, prec) in pts.items():
         tr, lat = records.get(f"train/{b}"), records.get(f"latency/{b}")
@@ -339,7 +321,7 @@ def main() -> int:
         pts = zoo_points(records)
         if pts:
             ref = records.get("timing")["p50_ms"][f"{REFERENCES[0]}|fp32"]
-            default, _ = choose_default({b: (ms, acc) for b, (ms, acc, _) in pts.items()}, ref)
+            default, _ = choose_student({b: (ms, acc) for b, (ms, acc, _) in pts.items()}, ref)
             if not records.get(f"int8check/{default}"):
                 records.put(f"int8check/{default}", default_int8_check(args, records, default))
     report(records)

@@ -1,14 +1,12 @@
 """The AMMKD ablation's --search rows: each setting's students against the no-KD student of the same seed."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-ablation = pytest.importorskip("ammkd_ablation")
-from resumable import Records  # noqa: E402
+from kdmobile import experiments as ablation
+from kdmobile.experiments import Records
 
 
 def _rec(top1: float) -> dict:
@@ -20,15 +18,15 @@ def test_search_rows_gain_per_seed(tmp_path: Path) -> None:
     records.data["runs"] = {"none/0": _rec(40.0), "none/1": _rec(42.0), "search:kl10/0": _rec(45.0),
                             "search:kl10/1": _rec(46.0), "search:kl3/2": _rec(50.0),  # no no-KD student of seed 2
                             "confidence/0": _rec(99.0)}
-    rows = ablation._search_rows(records, "top1")
+    rows = ablation.search_rows(records, "top1")
     assert [r["setting"] for r in rows] == ["kl10"]
     row = rows[0]
     assert row["seeds"] == [0, 1] and row["per_seed"] == [45.0, 46.0]
     assert row["gain_vs_none_per_seed"] == [5.0, 4.0] and row["gain_vs_none"] == pytest.approx(4.5)
     assert row["overrides"] == ablation.SEARCH["kl10"] and row["overrides"]["loss.terms"]["kl"] == 10.0
-    table = ablation._search_table(rows)
+    table = ablation.search_table(rows)
     assert "| kl10" in table and "+4.50" in table
-    assert ablation._search_table([]) == ""
+    assert ablation.search_table([]) == ""
 
 
 def test_search_settings_are_complete_configs() -> None:

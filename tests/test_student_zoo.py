@@ -3,16 +3,13 @@ Pareto front and default rule pick what they say."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 
 from kdmobile.models import create_model
 from kdmobile.models.registry import fuse_for_inference
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from student_zoo import choose_default, pareto  # noqa: E402
+from kdmobile.student_choice import choose_student as choose_default
+from kdmobile.student_choice import pareto
 
 
 def test_mobileone_student_is_fused_with_the_same_outputs():
