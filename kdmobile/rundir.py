@@ -24,6 +24,7 @@ from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.heldout import HeldOut, read_heldout
 from kdmobile.errors import KDError, ToolError, UserError
 from kdmobile.fileio import check_writable, clean_stale, write_json
+from kdmobile.methods import METHODS, get_method
 from kdmobile.untrusted import MAX_LABELS_BYTES
 from kdmobile.untrusted import read_json as untrusted_json
 from kdmobile.untrusted import read_yaml
@@ -235,7 +236,6 @@ def recorded_bundles(run: str | Path, existing_only: bool = True) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------ reading a run
-METHODS = ("ammkd", "sdkd")
 
 
 @dataclass
@@ -255,15 +255,16 @@ class RunDir:
     @property
     def kind(self) -> str:
         """classes | captions | forecast."""
-        if self.method == "sdkd":
-            return "forecast"
+        m = get_method(self.method, str(self.path))
+        if len(m.data_tasks) == 1:
+            return m.data_tasks[0]
         task = (self.metrics or {}).get("task")
-        return task if task in ("classes", "captions") else self.heldout().kind
+        return task if task in m.data_tasks else self.heldout().kind
 
     @property
     def task(self) -> str:
-        """The bundle task: retrieval or forecast."""
-        return "forecast" if self.method == "sdkd" else "retrieval"
+        """The bundle task (what its bundles output): retrieval or forecast."""
+        return get_method(self.method, str(self.path)).head
 
     def has_heldout(self) -> bool:
         return (self.path / HELDOUT_FILE).is_file()
@@ -298,7 +299,7 @@ def open_run(path: str | Path, verb: str) -> RunDir:
     p = Path(path).expanduser().resolve()
     method = read_method(p)
     if method not in METHODS:
-        raise UserError(f"{p}: method {method!r} cannot be used by {verb} (expected ammkd or sdkd)")
+        raise UserError(f"{p}: method {method!r} cannot be used by {verb} (expected {' or '.join(METHODS)})")
     require_complete(p, verb)
     metrics = None
     if (p / METRICS_FILE).is_file():

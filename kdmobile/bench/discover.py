@@ -12,6 +12,7 @@ from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _param
 from kdmobile.bundle import Bundle, load_bundle
 from kdmobile.errors import KDError, UserError
 from kdmobile.targets import PRECISIONS, TARGETS, target_names
+from kdmobile.methods import get_method
 from kdmobile.rundir import NOKD_FILE, STUDENT_FILE, RunDir, is_run_dir, open_run, recorded_bundles, teacher_files
 
 DEFAULT_BUNDLES = "bundles"  # where `kdmobile export` writes bundles unless --out says otherwise
@@ -99,16 +100,17 @@ def _torch_devices(settings: Settings) -> list[str]:
 def _teacher_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     """The run's teachers (teachers/*.safetensors), on each device."""
     files = teacher_files(run.path)
+    method = get_method(run.method)
     order = [k for k in ((run.metrics or {}).get("models") or {})]
     keyed = []
     for f in files:
-        key = f"teacher:{f.stem}" if run.method == "ammkd" else f.stem
+        key = method.teacher_key(f.stem)
         keyed.append((order.index(key) if key in order else len(order), key, f))
     out: list[Subject] = []
     for device in devices:
         for _, key, f in sorted(keyed):
             params, flops = _params_flops(run.entry(key))
-            kind = "clip-teacher" if run.method == "ammkd" else "forecaster"
+            kind = method.teacher_model_kind
             out.append(TorchSubject(f"{run.name}/{key}", "teacher", run, f, device, kind, params, flops))
     return out
 
@@ -119,7 +121,7 @@ def _baseline_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
     if not file.is_file() or not entry:
         return []
     params, flops = _params_flops(entry)
-    kind = "student" if run.method == "ammkd" else "forecaster"
+    kind = get_method(run.method).student_model_kind
     return [TorchSubject(f"{run.name}/student_nokd", "baseline", run, file, d, kind, params, flops) for d in devices]
 
 
@@ -198,7 +200,7 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
         params, flops = _params_flops(run.entry("student"))
         for device in devices:
             out.subjects.append(TorchSubject(f"{run.name}/student", "student", run, run.path / STUDENT_FILE, device,
-                                             "student", params, flops))
+                                             get_method(run.method).student_model_kind, params, flops))
     if settings.teachers:
         for run in out.runs:
             subjects = _teacher_subjects(run, devices)

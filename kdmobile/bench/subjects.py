@@ -353,6 +353,9 @@ def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable
 
     model, extra = load_model(file)
     model = model.to(device).eval()
-    return model, model, student_card(extra, "sdkd" if kind == "forecaster" else "ammkd", str(file))
+    from kdmobile.methods import METHODS
+
+    method = next(n for n, m in METHODS.items() if m.student_model_kind == kind)  # the method whose students these are
+    return model, model, student_card(extra, method, str(file))
 
 

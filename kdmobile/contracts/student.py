@@ -51,7 +51,10 @@ class StudentCard(BaseModel):
 
 def student_card(extra: dict[str, Any], method: str, where: str) -> StudentCard:
     """The card of a student file (its header's `extra`), with a one-line error when it does not fit the method."""
-    data = {"task": "forecast" if method == "sdkd" else "classes", **extra}
+    from kdmobile.methods import get_method
+
+    m = get_method(method, where)
+    data = {"task": m.data_tasks[0], **extra}
     try:
         card = StudentCard(**data)
     except ValidationError as e:
@@ -60,6 +63,7 @@ def student_card(extra: dict[str, Any], method: str, where: str) -> StudentCard:
         if field == "task":
             raise UserError(f"{where}: unknown task {data.get('task')!r}") from None
         raise UserError(f"{where}: student card field {field}: {err['msg']}") from None
-    if method == "sdkd" and card.task != "forecast":
-        raise UserError(f"{where}: an sdkd student should have task 'forecast', not {card.task!r}")
+    if card.task not in m.data_tasks:
+        raise UserError(f"{where}: an {method} student should have task {' or '.join(map(repr, m.data_tasks))}, "
+                        f"not {card.task!r}")
     return card

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from kdmobile.argparsing import add_command, add_settings_flags, add_trust_flag
 from kdmobile.config import load_config
 from kdmobile.errors import UserError
+from kdmobile.methods import get_method
 from kdmobile.signing import trust_from
 from kdmobile.export.options import TFLITE_RECIPES, ExportOptions, Thresholds, default  # light: no torch
 from kdmobile.export.int8_choice import PRESETS
@@ -184,9 +185,9 @@ def handler(args: argparse.Namespace) -> int:
                  "model": args.model, "sign": args.sign, "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
                  "thresholds.mse": args.threshold_mse}
         opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags
-        if opts.classes_file is not None and read_method(args.run) != "ammkd":
+        if opts.classes_file is not None and not get_method(read_method(args.run)).takes_class_files:
             raise UserError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
-                          f"{read_method(args.run)} run")
+                            f"{read_method(args.run)} run")
         strict = opts.strict  # the loaded setting: --config and --set may turn it on, not only the flag
         report = export_run(args.run, opts)
         _record(args.run, [a.bundle for a in report.artifacts if a.bundle is not None and a.error is None])

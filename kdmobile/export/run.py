@@ -14,6 +14,7 @@ import numpy as np
 from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.errors import UserError
+from kdmobile.methods import METHODS, get_method
 from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file, teacher_files
 
 
@@ -61,8 +62,9 @@ def load_run(path: str | Path, model: str = "student") -> Run:
                 if (d.path / "student.pt").is_file() else " (was the run finished?)"
             raise UserError(f"{d.path}: {STUDENT_FILE} missing{old}")
     else:
-        if d.method != "sdkd":
-            raise UserError(f"--model {model}: only forecast (sdkd) runs export a teacher; {d.path} is a {d.method} "
+        if not get_method(d.method).exports_teachers:
+            able = ", ".join(f"{m.head} ({n})" for n, m in METHODS.items() if m.exports_teachers)
+            raise UserError(f"--model {model}: only {able} runs export a teacher; {d.path} is a {d.method} "
                             "run (its CLIP teachers are timed by `kdmobile bench --reference`)")
         file = teacher_file(d.path, model) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", model) else None
         if file is None or not file.is_file():

@@ -174,10 +174,19 @@ examples:
 
 
 def register(sub: Any) -> None:
-    """Add `kdmobile train ammkd|sdkd` to the `kdmobile` parser's sub-parsers."""
-    methods = add_group(sub, "train", "distil a student from teachers (ammkd, sdkd)",
+    """Add `kdmobile train METHOD` for every registered method (kdmobile.methods) to the parser's sub-parsers."""
+    from kdmobile.methods import METHODS
+    from kdmobile.targets import resolve
+
+    methods = add_group(sub, "train", f"distil a student from teachers ({', '.join(METHODS)})",
                         "Train teachers and distil a small student; outputs go to a run directory.", "method")
-    a = add_command(methods, "ammkd", "image-text retrieval student from two CLIP teachers",
+    for method in METHODS.values():
+        resolve(method.register_cli)(methods, method)
+
+
+def register_ammkd(methods: Any, method: Any) -> None:
+    """`kdmobile train ammkd` and its flags."""
+    a = add_command(methods, method.name, method.summary,
                     "AMMKD: pre-train two CLIP teachers on the data, encode class prompts once, and distil a timm "
                     "mobile student with feature fusion and multi-teacher KL weighting. A run plan (data, stages, "
                     "device, teachers, estimated time) is printed before training.", _AMMKD_EXAMPLES)
@@ -213,7 +222,11 @@ def register(sub: Any) -> None:
     a.add_argument("--max-test", type=int, help="use at most N test images")
     _add_common_train(a)
     a.set_defaults(func=_train_ammkd)
-    s = add_command(methods, "sdkd", "spatiotemporal forecaster with spectral distillation",
+
+
+def register_sdkd(methods: Any, method: Any) -> None:
+    """`kdmobile train sdkd` and its flags."""
+    s = add_command(methods, method.name, method.summary,
                     "SDKD: train a conv+Transformer forecaster teacher, then a lightweight student whose latent is "
                     "aligned with the teacher's in low and high frequency bands. With no --data, a small "
                     "Navier-Stokes set is generated and cached ($KDMOBILE_CACHE or ~/.cache/kdmobile).",
