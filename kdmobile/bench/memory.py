@@ -40,8 +40,7 @@ def probe_memory(spec: dict[str, Any], timeout_s: float = 600.0) -> int | None:
 
 def _probe_bundle(spec: dict[str, Any]) -> int:
     """In the probe process: peak RSS growth while opening a bundle and running it once on zeros."""
-    from kdmobile.runtime.backends import open_backend
-    from kdmobile.runtime.predictors import ForecastPredictor, RetrievalPredictor
+    from kdmobile.runtime.predictors import open_predictor  # (and the backends module) before the baseline
 
     from kdmobile.signing import trust_of_pems
 
@@ -56,8 +55,7 @@ def _probe_bundle(spec: dict[str, Any]) -> int:
     batch = int(spec["batch"])
 
     def run() -> Any:
-        cls = RetrievalPredictor if bundle.task == "retrieval" else ForecastPredictor
-        pred = cls(bundle, backend=open_backend(bundle, threads=int(spec["threads"])))
+        pred = open_predictor(bundle, threads=int(spec["threads"]))
         x = np.zeros([batch, *bundle.input["shape"][1:]], dtype=np.float32)
         if pred.batched or batch == 1:
             return pred, pred.backend.run({pred.input_name: x})

@@ -144,17 +144,10 @@ class BundleSubject(Subject):
         return (rng.standard_normal((8, *shape[1:])) * fc["std"] + fc["mean"]).astype(np.float32)
 
     def load(self, settings: Settings) -> None:
-        from kdmobile.runtime.backends import open_backend
-        from kdmobile.runtime.predictors import ForecastPredictor, RetrievalPredictor
+        from kdmobile.runtime.predictors import open_predictor
 
-        cls = RetrievalPredictor if self.bundle.task == "retrieval" else ForecastPredictor
-        self.predictor = cls(self.bundle, backend=open_backend(self.bundle, threads=settings.threads))
-        raw = self._raw_inputs()
-        if self.bundle.task == "retrieval":
-            self.inputs = self.predictor.preprocess(list(raw[:max(settings.batches)]))
-        else:
-            p = self.predictor
-            self.inputs = ((raw[:max(settings.batches)] - p.mean) / p.std).astype(np.float32)
+        self.predictor = open_predictor(self.bundle, threads=settings.threads)
+        self.inputs = self.predictor.model_inputs(self._raw_inputs()[:max(settings.batches)])
         self._call(max(settings.batches))()
 
     def probe_spec(self, settings: Settings) -> dict[str, Any]:

@@ -171,39 +171,17 @@ def verify_bundle(bundle: Bundle, ref: Reference, th: Thresholds) -> dict[str, A
     return result
 
 
-def random_inputs(bundle: Bundle, n: int = 4, seed: int = 0) -> np.ndarray:
-    """Inputs of the bundle's declared shape in its raw value range (images uint8, forecasts ~N(mean, std))."""
-    rng = np.random.default_rng(seed)
-    shape = list(bundle.input["shape"])
-    if bundle.task == "retrieval":
-        _, c, h, w = shape
-        return rng.integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
-    fc = bundle.manifest["forecast"]
-    return (rng.standard_normal((n, *shape[1:])) * fc["std"] + fc["mean"]).astype(np.float32)
-
-
 def verify_random(bundle: Bundle, why: str) -> dict[str, Any]:
     """Without held-out data: checksums (already checked by load_bundle) and a run on random inputs."""
-    from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
+    from kdmobile.runtime.predictors import open_predictor
 
     base = {"reference": None, "parity": None, "metric": {"name": None, "note": f"n/a ({why})"}}
     if not TARGETS[bundle.target].runs_here():
         return {**base, **_coreml_spec(bundle), "note": f"checksums ok; {why}"}
-    x = random_inputs(bundle)
-    flags = []
-    if bundle.task == "retrieval":
-        y = RetrievalPredictor(bundle).embed(list(x))
-        d = bundle.class_vectors.shape[1]
-        if y.shape != (len(x), d):
-            flags.append(f"embedding shape {y.shape} != ({len(x)}, {d})")
-        elif not np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-2):
-            flags.append("embeddings are not L2-normalised")
-    else:
-        fp = ForecastPredictor(bundle)
-        y = fp.predict(x)
-        want = (len(x), fp.frames_out, *fp.frame_shape)
-        if y.shape != want:
-            flags.append(f"forecast shape {y.shape} != {want}")
+    pred = open_predictor(bundle)
+    x = pred.random_inputs(4)
+    y = pred.outputs(x)
+    flags = pred.output_problems(y, len(x))
     if not np.all(np.isfinite(y)):
         flags.append("non-finite outputs")
     status = "FLAGGED: " + "; ".join(flags) if flags else f"ran on random inputs only ({why})"

@@ -87,6 +87,22 @@ class _Predictor:
         model_shape = self.backend.input_shapes.get(self.input_name, next(iter(self.backend.input_shapes.values())))
         self.batched = len(names) == 1 and bool(model_shape) and model_shape[0] is None
 
+    def model_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """What the model takes, from the bundle's raw inputs (uint8 images or frames in physical units)."""
+        raise NotImplementedError
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        """`n` raw inputs of the bundle's declared shape and value range (a smoke test without data)."""
+        raise NotImplementedError
+
+    def outputs(self, raw: np.ndarray) -> np.ndarray:
+        """The bundle's answer for raw inputs (embeddings, or forecasts in physical units)."""
+        raise NotImplementedError
+
+    def output_problems(self, y: np.ndarray, n: int) -> list[str]:
+        """What is wrong with `outputs` of n inputs (shape, normalisation); [] when nothing is."""
+        raise NotImplementedError
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         """Run the model on (N, ...) float32 input: one call if the batch is dynamic, else N batch-1 calls."""
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -124,6 +140,23 @@ class RetrievalPredictor(_Predictor):
             desc = f"array {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise UserError(f"images must be uint8 (H, W, 3) arrays or PIL images, got {desc}")
         return im.convert("L" if self.channels == 1 else "RGB")
+
+    def model_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 images, preprocessed as the phone does."""
+        return self.preprocess(list(raw))
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 256, size=(n, self.height, self.width, self.channels),
+                                                    dtype=np.uint8)
+
+    def outputs(self, raw: np.ndarray) -> np.ndarray:
+        return self.embed(list(raw))
+
+    def output_problems(self, y: np.ndarray, n: int) -> list[str]:
+        d = self.bundle.class_vectors.shape[1]
+        if y.shape != (n, d):
+            return [f"embedding shape {y.shape} != ({n}, {d})"]
+        return [] if np.allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-2) else ["embeddings are not L2-normalised"]
 
     def preprocess(self, images: Sequence[ImageLike]) -> np.ndarray:
         """Resize (Pillow bilinear) to the bundle's H×W, scale the value range to [0, 1], normalise: NCHW float32."""
@@ -189,6 +222,21 @@ class ForecastPredictor(_Predictor):
             raise UserError("forecast input contains NaN or infinite values")
         return x, single
 
+    def model_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """Frames in physical units, normalised as the model expects."""
+        return ((np.asarray(raw, dtype=np.float32) - self.mean) / self.std).astype(np.float32)
+
+    def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return (rng.standard_normal((n, *self.input_shape[1:])) * self.std + self.mean).astype(np.float32)
+
+    def outputs(self, raw: np.ndarray) -> np.ndarray:
+        return self.predict(raw)
+
+    def output_problems(self, y: np.ndarray, n: int) -> list[str]:
+        want = (n, self.frames_out, *self.frame_shape)
+        return [] if y.shape == want else [f"forecast shape {y.shape} != {want}"]
+
     def _step(self, z: np.ndarray) -> np.ndarray:
         """One model call in normalised units: (N, T_in, H, W) -> (N, T_out, H, W)."""
         return self._run(z)
@@ -217,3 +265,14 @@ class ForecastPredictor(_Predictor):
             history = np.concatenate([history, y], axis=1)[:, -self.frames_in:]
         out = np.concatenate(preds, axis=1) * self.std + self.mean
         return out[0] if single else out
+
+
+PREDICTORS: dict[str, type[_Predictor]] = {p.task: p for p in (RetrievalPredictor, ForecastPredictor)}
+
+
+def open_predictor(bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> _Predictor:
+    """The predictor for the bundle's head (its manifest task), so callers need not branch on it."""
+    cls = PREDICTORS.get(bundle.task)
+    if cls is None:
+        raise UserError(f"bundle {bundle.path}: no predictor for task {bundle.task!r}")
+    return cls(bundle, threads=threads, backend=backend)
