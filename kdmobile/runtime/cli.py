@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from kdmobile.argparsing import add_command, add_trust_flag
 from kdmobile.errors import KDError, UserError
@@ -70,23 +71,23 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _check_args(args: argparse.Namespace, task: str) -> None:
-    """One-line errors for values and flags that do not fit the bundle's task."""
-    if not 1 <= args.threads <= MAX_THREADS:
-        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
-    if task == "retrieval":
-        if args.top_k < 1:
-            raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-        if args.out is not None or args.steps != 1:
-            flag = "--out" if args.out is not None else "--steps"
-            raise UserError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
-    else:
-        if not 1 <= args.steps <= MAX_STEPS:
-            raise UserError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
-        if args.out is not None and len(args.inputs) != 1:
-            raise UserError(f"--out names one output file but {len(args.inputs)} inputs were given")
-        if args.out is not None and any(_same_file(args.out, i) for i in [*args.inputs, args.bundle]):
-            raise UserError(f"--out {args.out}: that is an input of this command; the forecast would replace it")
+def _check_retrieval_args(args: argparse.Namespace) -> None:
+    """One-line errors for values and flags that do not fit a retrieval bundle."""
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.out is not None or args.steps != 1:
+        flag = "--out" if args.out is not None else "--steps"
+        raise UserError(f"{flag} applies to forecast bundles; this is a retrieval bundle")
+
+
+def _check_forecast_args(args: argparse.Namespace) -> None:
+    """One-line errors for values and flags that do not fit a forecast bundle."""
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise UserError(f"--steps must be between 1 and {MAX_STEPS}, got {args.steps}")
+    if args.out is not None and len(args.inputs) != 1:
+        raise UserError(f"--out names one output file but {len(args.inputs)} inputs were given")
+    if args.out is not None and any(_same_file(args.out, i) for i in [*args.inputs, args.bundle]):
+        raise UserError(f"--out {args.out}: that is an input of this command; the forecast would replace it")
 
 
 def _softmax_rows(z: Any) -> Any:
@@ -180,19 +181,37 @@ def predict_frames(bundle: Any, paths: Sequence[str], out: str | None, steps: in
     return results
 
 
-def _print_text(bundle: Any, task: str, results: list[dict[str, Any]]) -> None:
-    """Human-readable output; labels and file names are printed with control characters escaped."""
+def _show_retrieval(r: dict[str, Any]) -> None:
+    """One image's top-k; labels and file names printed with control characters escaped."""
     from kdmobile.untrusted import printable
 
-    print(f"{bundle.path} ({task}, {bundle.target} {bundle.precision})")
-    for r in results:
-        if task == "retrieval":
-            print(printable(r["input"]))
-            for t in r["top_k"]:
-                print(f"  {t['rank']:>2}. {printable(t['label'])}  {t['probability']:.4f}")
-        else:
-            print(f"{r['input']} {tuple(r['input_shape'])} -> {r['output']} {tuple(r['output_shape'])}"
-                  + (f" ({r['steps']} roll-out steps)" if r["steps"] > 1 else ""))
+    print(printable(r["input"]))
+    for t in r["top_k"]:
+        print(f"  {t['rank']:>2}. {printable(t['label'])}  {t['probability']:.4f}")
+
+
+def _show_forecast(r: dict[str, Any]) -> None:
+    from kdmobile.untrusted import printable
+
+    print(f"{printable(r['input'])} {tuple(r['input_shape'])} -> {printable(r['output'])} {tuple(r['output_shape'])}"
+          + (f" ({r['steps']} roll-out steps)" if r["steps"] > 1 else ""))
+
+
+@dataclass(frozen=True)
+class _HeadCLI:
+    """What `predict` does for one bundle head: check the flags, run the inputs, print one result."""
+
+    check: Callable[[argparse.Namespace], None]
+    run: Callable[[Any, argparse.Namespace], list[dict[str, Any]]]
+    show: Callable[[dict[str, Any]], None]
+
+
+HEADS: dict[str, _HeadCLI] = {
+    "retrieval": _HeadCLI(_check_retrieval_args, lambda b, a: predict_images(b, a.inputs, a.top_k, a.threads),
+                          _show_retrieval),
+    "forecast": _HeadCLI(_check_forecast_args,
+                         lambda b, a: predict_frames(b, a.inputs, a.out, a.steps, a.threads), _show_forecast),
+}
 
 
 def handler(args: argparse.Namespace) -> int:
@@ -202,16 +221,20 @@ def handler(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle, trust_from(args.trust))
     task = bundle.task
-    _check_args(args, task)
-    if task == "retrieval":
-        results = predict_images(bundle, args.inputs, args.top_k, args.threads)
-    else:
-        results = predict_frames(bundle, args.inputs, args.out, args.steps, args.threads)
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+    head = HEADS.get(task)
+    if head is None:
+        raise UserError(f"bundle {bundle.path}: predict has no way to run a {task!r} bundle")
+    head.check(args)
+    results = head.run(bundle, args)
     if args.json:
         doc = {"bundle": str(bundle.path), "task": task, "target": bundle.target, "precision": bundle.precision,
                "results": results}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        _print_text(bundle, task, results)
+        print(f"{bundle.path} ({task}, {bundle.target} {bundle.precision})")
+        for r in results:
+            head.show(r)
     return 0
