@@ -1,4 +1,6 @@
-"""The README headline table: distilled students (ONNX / TFLite, fp32 / int8) against their teachers, on this CPU.
+"""The demo-size headline (32 px, default runs): distilled students (ONNX / TFLite, fp32 / int8) against their
+teachers, on this CPU. The README's headline is the 224-px one (`student_zoo.py --headline`, results/headline_224.md);
+the last headline.{json,md} this script wrote is archived (results/archive/) as stale, so rerun it before citing it.
 
 Trains (or, with --reuse, reuses) a default AMMKD run and a default SDKD run under RUNS/bench-{ammkd,sdkd},
 exports each to ONNX and TFLite in fp32 and int8 (verified bundles under BUNDLES/), benchmarks every bundle and the

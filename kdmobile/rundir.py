@@ -42,6 +42,13 @@ TEACHERS_DIR = "teachers"
 LABELS_FILE = "labels.json"                # AMMKD: class names
 CLASS_VECTORS_FILE = "class_vectors.npz"   # AMMKD: each teacher's class vectors
 NORMALISATION_FILE = "normalisation.json"  # SDKD: frame mean and std
+STUDENT_CLASS_VECTORS_FILE = "student_class_vectors.npy"  # AMMKD: the student's fused class vectors (bench)
+STAGES_DIR = "stages"                      # per-stage checkpoints for --resume
+
+
+def stage_dir(run: str | Path, stage: str) -> Path:
+    """Where a training stage keeps its checkpoints."""
+    return Path(run) / STAGES_DIR / stage
 
 
 def teacher_file(run: str | Path, name: str) -> Path:

@@ -5,7 +5,6 @@ validated with one-line errors, process-wide state restored after an export, the
 
 from __future__ import annotations
 
-import gc
 import logging
 import subprocess
 import sys

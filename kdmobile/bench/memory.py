@@ -77,7 +77,7 @@ def _probe_torch(spec: dict[str, Any]) -> int:
     torch.set_num_threads(int(spec["threads"]))
 
     def run() -> Any:
-        module, forward, _ = _load_torch(spec["file"], spec["model_kind"], "cpu")
+        module, forward, _ = _load_torch(spec["file"], spec["model_kind"], "cpu", spec["method"])
         with torch.inference_mode():
             return module, forward(torch.zeros(spec["shape"]))
 

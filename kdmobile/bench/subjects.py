@@ -17,6 +17,7 @@ from kdmobile.bench.memory import probe_memory
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.timing import time_calls
 from kdmobile.bundle import Bundle
+from kdmobile.rundir import STUDENT_CLASS_VECTORS_FILE
 from kdmobile.targets import TARGETS
 from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.contracts.student import StudentCard, student_card
@@ -225,7 +226,7 @@ class TorchSubject(Subject):
     def probe_spec(self, settings: Settings) -> dict[str, Any]:
         shape = [max(settings.batches), *self._model_inputs().shape[1:]]
         return {"kind": "torch", "file": self.file.as_posix(), "model_kind": self.kind, "threads": settings.threads,
-                "shape": shape}
+                "shape": shape, "method": self.run.method}
 
     def _model_inputs(self) -> np.ndarray:
         """Held-out model inputs: normalised images (N,3,S,S) or normalised frame windows (N,T,H,W)."""
@@ -242,7 +243,7 @@ class TorchSubject(Subject):
         if self.device == "cpu":
             self._threads = torch.get_num_threads()
             torch.set_num_threads(settings.threads)
-        self.module, self.forward, card = _load_torch(self.file, self.kind, self.device)
+        self.module, self.forward, card = _load_torch(self.file, self.kind, self.device, self.run.method)
         if card is not None and card.task != "forecast":
             self.mean, self.std = card.image_mean, card.image_std
         self.inputs = torch.from_numpy(_tile(self._model_inputs(), max(settings.batches))).to(self.device)
@@ -313,7 +314,7 @@ class TorchSubject(Subject):
                 text = model.fuse_text([torch.from_numpy(v).to(self.device) for v in h.textvec_test.values()])
             _, m = evaluate_retrieval(infer, x, text.float().cpu().numpy(), owner=h.caption_owner_test)
         else:
-            cv_file = self.run.path / "student_class_vectors.npy"
+            cv_file = self.run.path / STUDENT_CLASS_VECTORS_FILE
             if not cv_file.is_file():
                 return "top1", None, "n/a (student_class_vectors.npy missing)"
             _, m = evaluate_retrieval(infer, x, np.load(cv_file), labels=h.labels_test,
@@ -333,7 +334,8 @@ class TorchSubject(Subject):
             torch.cuda.empty_cache()
 
 
-def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable[[Any], Any], StudentCard | None]:
+def _load_torch(file: str | Path, kind: str, device: str,
+                method: str) -> tuple[Any, Callable[[Any], Any], StudentCard | None]:
     """(module, forward, student card) of a teacher or student file on `device`; the forward runs per input; a
     teacher has no card (CLIP models are fed CLIP's normalisation)."""
     if kind == "clip-teacher":
@@ -346,9 +348,6 @@ def _load_torch(file: str | Path, kind: str, device: str) -> tuple[Any, Callable
 
     model, extra = load_model(file)
     model = model.to(device).eval()
-    from kdmobile.methods import METHODS
-
-    method = next(n for n, m in METHODS.items() if m.student_model_kind == kind)  # the method whose students these are
     return model, model, student_card(extra, method, str(file))
 
 

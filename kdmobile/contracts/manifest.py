@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from kdmobile.errors import VerificationError
 from kdmobile.targets import PRECISIONS, TARGETS, target_names
@@ -139,12 +140,16 @@ class _Manifest(_Part):
     outputs: list[Any]
     files: dict[str, Any]
 
-    @model_validator(mode="after")
-    def _target(self) -> "_Manifest":
-        """A registered target (kdmobile.targets), the built-in four or one a plugin added."""
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r} (expected one of {', '.join(target_names())})")
-        return self
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        """A registered target (kdmobile.targets), the built-in four or one a plugin added; reported like a Literal
+        field, alongside any other problem."""
+        if v not in TARGETS:
+            names = [repr(n) for n in target_names()]
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": ", ".join(names[:-1]) + " or " + names[-1]})
+        return v
 
 
 class RetrievalManifest(_Manifest):

@@ -185,7 +185,7 @@ def handler(args: argparse.Namespace) -> int:
                  "model": args.model, "sign": args.sign, "strict": True if args.strict else None, "thresholds.top1": args.threshold_top1,
                  "thresholds.mse": args.threshold_mse}
         opts = load_config(ExportOptions, args.config, given, args.set)  # defaults <- --config <- --set <- flags
-        if opts.classes_file is not None and not get_method(read_method(args.run)).takes_class_files:
+        if opts.classes_file is not None and not get_method(read_method(args.run), str(args.run)).takes_class_files:
             raise UserError(f"--classes applies to retrieval (ammkd) runs; {args.run} is a "
                             f"{read_method(args.run)} run")
         strict = opts.strict  # the loaded setting: --config and --set may turn it on, not only the flag

@@ -139,14 +139,25 @@ def _judge(ref: Reference, metric: dict[str, float], th: Thresholds) -> tuple[fl
     return delta, [f"{ref.headline} {delta:+.2f} pts (limit -{th.top1:g})"] if -delta > th.top1 else []
 
 
+def _not_run_here(bundle: Bundle) -> dict[str, Any]:
+    """What verification can say of a bundle this machine cannot run: CoreML's spec is checked; another target's
+    model is only checksummed."""
+    target = TARGETS[bundle.target]
+    where = target.where_it_runs()
+    if bundle.target == "coreml":
+        return {"parity": None, "metric": {"name": None, "note": "n/a (CoreML predicts on macOS)"},
+                **_coreml_spec(bundle), "note": "CoreML prediction needs macOS: the spec was validated instead"}
+    return {"parity": None, "metric": {"name": None, "note": f"n/a ({target.backend} runs on {where} only)"},
+            "flagged": False, "status": f"not run here ({target.backend} runs on {where} only)",
+            "note": f"{target.backend} runs on {where} only: checksums checked, the model was not run"}
+
+
 def verify_bundle(bundle: Bundle, ref: Reference, th: Thresholds) -> dict[str, Any]:
     """Parity and metric of one bundle against the reference; the dict goes to manifest["verification"]."""
     base = {"reference": "fp32 PyTorch student", "samples": int(len(ref.inputs)),
             "thresholds": {"top1_points": th.top1, "mse_relative": th.mse}}
-    if not TARGETS[bundle.target].runs_here():  # CoreML off macOS: check what can be checked here
-        return {**base, "parity": None, "metric": {"name": None, "note": "n/a (CoreML predicts on macOS)"},
-                **_coreml_spec(bundle),
-                "note": "CoreML prediction needs macOS: the spec was validated instead"}
+    if not TARGETS[bundle.target].runs_here():  # e.g. CoreML off macOS: check what can be checked here
+        return {**base, **_not_run_here(bundle)}
     y, metric, pre_diff = _run_bundle(bundle, ref)
     flags: list[str] = []
     if not np.all(np.isfinite(y)):
@@ -177,7 +188,7 @@ def verify_random(bundle: Bundle, why: str) -> dict[str, Any]:
 
     base = {"reference": None, "parity": None, "metric": {"name": None, "note": f"n/a ({why})"}}
     if not TARGETS[bundle.target].runs_here():
-        return {**base, **_coreml_spec(bundle), "note": f"checksums ok; {why}"}
+        return {**base, **_not_run_here(bundle), "metric": base["metric"], "note": f"checksums ok; {why}"}
     pred = open_predictor(bundle)
     x = pred.random_inputs(4)
     y = pred.outputs(x)

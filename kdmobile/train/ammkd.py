@@ -26,8 +26,9 @@ from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teache
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
-from kdmobile.rundir import (CLASS_VECTORS_FILE, CONFIG_FILE, LABELS_FILE, LOG_FILE, NOKD_FILE, STUDENT_FILE, check_resume,
-                             claim_run_dir, new_run_dir, teacher_file, write_method, write_metrics)
+from kdmobile.rundir import (CLASS_VECTORS_FILE, CONFIG_FILE, LABELS_FILE, LOG_FILE, NOKD_FILE, STUDENT_CLASS_VECTORS_FILE,
+                             STUDENT_FILE, check_resume, claim_run_dir, new_run_dir, stage_dir, teacher_file,
+                             write_method, write_metrics)
 from kdmobile.train import distributed as dist
 from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
@@ -159,7 +160,7 @@ class AMMKD:
         tcfg = self.cfg.teacher_train.model_copy(update={"epochs": self.cfg.teacher_epochs(name)})
         if spec.pretrained or spec.checkpoint:  # fine-tuning weights that already mean something
             tcfg = tcfg.model_copy(update={"lr": self.cfg.teacher_finetune_lr})
-        trainer = Trainer(f"teacher/{name}", teacher, tcfg, self.run / "stages" / f"teacher_{name}",
+        trainer = Trainer(f"teacher/{name}", teacher, tcfg, stage_dir(self.run, f"teacher_{name}"),
                           self.log, self.cfg.seed, self.progress)
         templates = self.cfg.templates
 
@@ -264,7 +265,7 @@ class AMMKD:
         terms = dict(self.cfg.loss.terms) if kd else {"ce": max(self.cfg.loss.terms["ce"], 1.0)}
         heads = bool(active) and any(terms.get(t, 0) > 0 for t in FEATURE_TERMS)
         model = StudentWithHeads(student, self.cfg.embed_dim, {n: dims[n] for n in active}) if heads else student
-        trainer = Trainer(stage, model, self.cfg.train, self.run / "stages" / stage, self.log, self.cfg.seed,
+        trainer = Trainer(stage, model, self.cfg.train, stage_dir(self.run, stage), self.log, self.cfg.seed,
                           self.progress)
         for t in teachers.values():
             t.to(trainer.device).requires_grad_(False)
@@ -325,7 +326,7 @@ class AMMKD:
         if fused_vectors and self.task == "classes":
             with torch.no_grad():
                 fused = student.fuse_text([tv[n] for n in names]).cpu().numpy()
-            with atomic_path(self.run / "student_class_vectors.npy") as tmp:
+            with atomic_path(self.run / STUDENT_CLASS_VECTORS_FILE) as tmp:
                 np.save(tmp, fused.astype(np.float32))
 
     # ------------------------------------------------------------- evaluation

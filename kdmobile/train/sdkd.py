@@ -27,7 +27,7 @@ from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.rundir import (CONFIG_FILE, LOG_FILE, NORMALISATION_FILE, WEIGHTS_SUFFIX, check_resume, claim_run_dir,
-                             new_run_dir, teacher_file, write_method, write_metrics)
+                             new_run_dir, stage_dir, teacher_file, write_method, write_metrics)
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
 from kdmobile.train.loop import RunLog, StepOutput, Trainer, iterate_batches, seed_everything
@@ -186,7 +186,7 @@ class SDKD:
         seed_everything(seed)
         arch = self.teacher_arch(name)
         model = create_model(arch, **self._kwargs(), **(self.cfg.teacher if arch == "sdkd_teacher" else self.cfg.simvp))
-        trainer = Trainer(f"teacher/{name}", model, self.cfg.teacher_train, self.run / "stages" / name,
+        trainer = Trainer(f"teacher/{name}", model, self.cfg.teacher_train, stage_dir(self.run, name),
                           self.log, seed, self.progress)
 
         def step(m: nn.Module, batch: Any) -> StepOutput:
@@ -212,7 +212,7 @@ class SDKD:
         student = create_model(cfg.student, **self._kwargs(), **cfg.student_kwargs)
         names = list(teachers)
         distiller = Distiller(student, [latent_channels(teachers[n].cpu()) for n in names], cfg.adapter)
-        trainer = Trainer(stage, distiller, cfg.train, self.run / "stages" / stage, self.log, cfg.seed, self.progress)
+        trainer = Trainer(stage, distiller, cfg.train, stage_dir(self.run, stage), self.log, cfg.seed, self.progress)
         for t in teachers.values():
             t.to(trainer.device).eval().requires_grad_(False)
         low_w = 0.0 if kd == "spectral-high" else cfg.spectral_alpha
