@@ -40,10 +40,10 @@ DEFAULT_LOSS_TERMS: dict[str, float] = {"ce": 1.0, "kl": 10.0, "fd": 0.0, "icl":
 # Limits of settings that size an allocation or a loop (one careless value must not take the machine): far above any
 # real use; the message names the limit.
 MAX_EPOCHS = 100_000
-MAX_BATCH = 65_536
+MAX_TRAIN_BATCH = 65_536
 MAX_IMAGE_SIZE = 4096
 
-MAX_GRID = 4096              # Navier-Stokes grid (data.navier_stokes.MAX_RES)
+MAX_GRID = 4096              # Navier-Stokes grid (training and `kdmobile data navier-stokes`)
 MAX_FRAMES = 10_000
 
 
@@ -55,7 +55,7 @@ class TrainConfig(_Strict):
     """Settings of the shared training loop (one per stage)."""
 
     epochs: int = Field(10, ge=0, le=MAX_EPOCHS)
-    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
+    batch_size: int = Field(64, ge=1, le=MAX_TRAIN_BATCH)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.5, ge=0, le=MAX_EPOCHS)

@@ -8,10 +8,10 @@ heavy: the torch-free runtime and the CLI's `--help` can read it. A new method i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Mapping
 
 from kdmobile.errors import UserError
+from kdmobile.rows import Rows
 from kdmobile.targets import Ref
 
 
@@ -37,7 +37,7 @@ class Method:
         return f"{self.teacher_metric_prefix}{name}"
 
 
-_REGISTRY: dict[str, Method] = {m.name: m for m in (
+_ROWS: Rows[Method] = Rows(Method, (
     Method("ammkd", "image-text retrieval student from two CLIP teachers", head="retrieval", data_tasks=("classes", "captions"),
            register_cli="kdmobile.train.cli:register_ammkd", teacher_metric_prefix="teacher:",
            teacher_model_kind="clip-teacher", student_model_kind="student", exports_teachers=False,
@@ -46,19 +46,10 @@ _REGISTRY: dict[str, Method] = {m.name: m for m in (
            register_cli="kdmobile.train.cli:register_sdkd", teacher_metric_prefix="",
            teacher_model_kind="forecaster", student_model_kind="forecaster", exports_teachers=True,
            takes_class_files=False),
-)}
-METHODS: Mapping[str, Method] = MappingProxyType(_REGISTRY)  # a live, read-only view
-
-
-def register_method(method: Method) -> None:
-    """Add (or replace) a method: `kdmobile train NAME`, export, bench and the run reader then serve it."""
-    if not isinstance(method, Method) or not method.name.isidentifier():
-        raise ValueError(f"not a Method row with a plain name: {method!r}")
-    _REGISTRY[method.name] = method
-
-
-def method_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+))
+_REGISTRY = _ROWS.table
+METHODS: Mapping[str, Method] = _ROWS.view  # a live, read-only view
+register_method = _ROWS.register  # add (or replace) a method: `kdmobile train NAME`, export, bench, the run reader
 
 
 def get_method(name: Any, where: str = "run") -> Method:

@@ -7,10 +7,15 @@ import numpy as np
 from kdmobile.errors import UserError
 
 
+def are_indices(a: np.ndarray, n: int) -> bool:
+    """Whether `a` holds integers in [0, n) (labels of n classes, owners among n images)."""
+    return a.dtype.kind in "iu" and (a.size == 0 or (int(a.min()) >= 0 and int(a.max()) < n))
+
+
 def _in_range(index: np.ndarray, n: int, what: str) -> np.ndarray:
     """Integer indices in [0, n), or a one-line error: an out-of-range label would silently score as a miss."""
     index = np.asarray(index)
-    if index.size and (index.dtype.kind not in "iu" or index.min() < 0 or index.max() >= n):
+    if not are_indices(index, n):
         raise UserError(f"{what} outside 0..{n - 1} (the held-out data does not belong to these {n} entries)")
     return index
 

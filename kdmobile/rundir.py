@@ -310,7 +310,5 @@ def open_run(path: str | Path, verb: str) -> RunDir:
     require_complete(p, verb)
     metrics = None
     if (p / METRICS_FILE).is_file():
-        metrics = untrusted_json(p / METRICS_FILE, max_bytes=MAX_LABELS_BYTES)
-        if not isinstance(metrics, dict):
-            raise UserError(f"{p / 'metrics.json'}: should hold a JSON object")
+        metrics = read_metrics(p)
     return RunDir(p, method, metrics)

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Union
 
+from kdmobile.rows import Rows
+
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 # Refused for every target: the exported students are real-valued and FFT-free by design (SDKD's FFT lives only in
@@ -101,7 +103,7 @@ class Target:
 _JOBS = "kdmobile.export.jobs"
 _META = "kdmobile.export.metadata"
 _BACKENDS = "kdmobile.runtime.backends"
-_REGISTRY: dict[str, Target] = {t.name: t for t in (
+_ROWS: Rows[Target] = Rows(Target, (
     Target("onnx", "model.onnx", backend="onnxruntime", runtime=f"{_BACKENDS}:OnnxBackend",
            converter=f"{_JOBS}:onnx_job", metadata_reader=f"{_META}:read_onnx", preload=("onnxruntime",),
            runtime_packages=MappingProxyType({"onnxruntime": "onnxruntime"}),
@@ -128,21 +130,11 @@ _REGISTRY: dict[str, Target] = {t.name: t for t in (
            export_packages=("torch", "executorch", "torchao"),
            metadata="constant method 'kdmobile_metadata' returning the UTF-8 JSON object (a string EValue)",
            deny_ops=MappingProxyType({**COMMON_DENY_OPS, **_EXECUTORCH_DENY_OPS}), precisions=_EXECUTORCH_PRECISIONS),
-)}
-BUILTIN_TARGETS: tuple[str, ...] = tuple(_REGISTRY)
-TARGETS: Mapping[str, Target] = MappingProxyType(_REGISTRY)  # a live, read-only view: register_target adds rows
-
-
-def register_target(target: Target) -> None:
-    """Add (or replace) a target: export, verify, predict and bench then serve it with no other change."""
-    if not isinstance(target, Target) or not target.name.isidentifier():
-        raise ValueError(f"not a Target row with a plain name: {target!r}")
-    _REGISTRY[target.name] = target
-
-
-def target_names() -> tuple[str, ...]:
-    """The registered targets' names, built-in ones first."""
-    return tuple(_REGISTRY)
+))
+_REGISTRY = _ROWS.table
+TARGETS: Mapping[str, Target] = _ROWS.view  # a live, read-only view: register_target adds rows
+register_target = _ROWS.register  # add (or replace) a target: export, verify, predict and bench then serve it
+target_names = _ROWS.names        # the registered targets' names, built-in ones first
 
 
 def target_of(path: str | Path) -> Target | None:

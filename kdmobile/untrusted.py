@@ -7,6 +7,7 @@ recursion limit or the terminal.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -49,12 +50,14 @@ def parse_json(raw: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     return obj
 
 
-def read_limited(path: str | os.PathLike, where: str, max_bytes: int = MAX_JSON_BYTES) -> bytes:
-    """A regular file's bytes, refusing (unread) one over `max_bytes` or a symlink."""
+def read_limited(path: str | os.PathLike, where: str, max_bytes: int = MAX_JSON_BYTES,
+                 follow_links: bool = False) -> bytes:
+    """A regular file's bytes, refusing (unread) one over `max_bytes`, or a symlink unless `follow_links` (a user's
+    own settings file may be one; a bundle's files may not)."""
     import stat
 
     p = Path(path)
-    if p.is_symlink():
+    if not follow_links and p.is_symlink():
         raise UserError(f"{where}: is a symbolic link (refused)")
     try:
         if not stat.S_ISREG(os.stat(p).st_mode):  # before open(): opening a FIFO would block
@@ -166,10 +169,7 @@ def _npy_header_bytes(f: Any, name: str) -> int:
         shape, _, dtype = fmt.read_array_header_2_0(f)
     else:
         raise ValueError(f"{name}: unsupported .npy version {version}")
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return count * max(dtype.itemsize, 1)
+    return math.prod(int(d) for d in shape) * max(dtype.itemsize, 1)
 
 
 def _member_bytes(z: Any, info: Any) -> int:
@@ -177,12 +177,9 @@ def _member_bytes(z: Any, info: Any) -> int:
     bytes, or one whose header cannot be read) its uncompressed size from the zip directory."""
     try:
         with z.open(info) as f:
-            if f.read(6) == b"\x93NUMPY":
-                with z.open(info) as g:
-                    return max(_npy_header_bytes(g, info.filename), info.file_size)
-    except Exception:  # noqa: BLE001 - an unreadable member still counts what it would inflate to
-        pass
-    return info.file_size
+            return max(_npy_header_bytes(f, info.filename), info.file_size)
+    except Exception:  # noqa: BLE001 - no .npy magic, or unreadable: it still counts what it would inflate to
+        return info.file_size
 
 
 def declared_array_bytes(path: str | os.PathLike) -> int:
@@ -223,16 +220,12 @@ MAX_SET_CHARS = 64 * 1024
 
 
 def _read_config(p: Path) -> str:
-    """A config file's text: size-limited before reading, UTF-8 or a one-line error."""
-    size = p.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise UserError(f"{p}: {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit of a config file (refused unread)")
+    """A config file's text: size-limited before reading (read_limited), UTF-8 or a one-line error."""
+    raw = read_limited(p, f"{p} (a config file)", MAX_CONFIG_BYTES, follow_links=True)
     try:
-        return p.read_text(encoding="utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UserError(f"{p}: unreadable ({exc.strerror or exc})") from None
 
 
 def parse_yaml(text: str, where: str) -> Any:

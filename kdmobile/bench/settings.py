@@ -16,15 +16,15 @@ FLAGS = {"runs": "--runs", "warmup": "--warmup", "batches": "--batch", "threads"
          "teachers": "--no-teachers", "max_time_s": "--max-time", "progress": "--no-progress",
          "references": "--reference"}
 MAX_RUNS = 1_000_000
-MAX_BATCH = 4096          # inputs in one timed call (a 224 px image batch of 4096 is 2.4 GB of float32)
+MAX_BENCH_BATCH = 4096          # inputs in one timed call (a 224 px image batch of 4096 is 2.4 GB of float32)
 MAX_BATCHES = 16          # batch sizes per bench
 MAX_TIME_S = 24 * 3600
 # Values that make no sense: (is it fine?, the one-line error), checked in field order (the first one is reported).
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "runs": (lambda v: 1 <= v <= MAX_RUNS, f"--runs must be between 1 and {MAX_RUNS}, got {{v}}"),
     "warmup": (lambda v: 0 <= v <= MAX_RUNS, f"--warmup must be between 0 and {MAX_RUNS}, got {{v}}"),
-    "batches": (lambda v: 0 < len(v) <= MAX_BATCHES and 1 <= min(v) and max(v) <= MAX_BATCH,
-                f"--batch: 1 to {MAX_BATCHES} sizes, each between 1 and {MAX_BATCH}, got {{v}}"),
+    "batches": (lambda v: 0 < len(v) <= MAX_BATCHES and 1 <= min(v) and max(v) <= MAX_BENCH_BATCH,
+                f"--batch: 1 to {MAX_BATCHES} sizes, each between 1 and {MAX_BENCH_BATCH}, got {{v}}"),
     "threads": (lambda v: 1 <= v <= MAX_THREADS, f"--threads must be between 1 and {MAX_THREADS}, got {{v}}"),
     "device": (lambda v: v in DEVICES, "--device must be auto, cpu or cuda, got {v!r}"),
     "max_time_s": (lambda v: 0 < v <= MAX_TIME_S, f"--max-time must be between 0 and {MAX_TIME_S} seconds, got {{v}}"),

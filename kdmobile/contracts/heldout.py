@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from kdmobile.errors import UserError
+from kdmobile.metrics import are_indices
 from kdmobile.untrusted import MAX_CLASSES
 
 FILE = "heldout.npz"
@@ -40,10 +41,10 @@ class HeldOut(BaseModel):
             _need_rank(self.images_test, 4, "images_test")
             n = len(self.images_test)
             a = self.labels_test
-            if a is not None and (a.ndim != 1 or len(a) != n or not _indices(a, MAX_CLASSES)):
+            if a is not None and (a.ndim != 1 or len(a) != n or not are_indices(a, MAX_CLASSES)):
                 raise ValueError(f"labels_test should be {n} integers in 0..{MAX_CLASSES - 1}")
             a = self.caption_owner_test
-            if a is not None and (a.ndim != 1 or not _indices(a, n)):
+            if a is not None and (a.ndim != 1 or not are_indices(a, n)):
                 raise ValueError(f"caption_owner_test should be 1-D integers in 0..{n - 1} (one test image each)")
         elif self.x_test is None:
             raise ValueError("neither images_test nor x_test")
@@ -69,11 +70,6 @@ class HeldOut(BaseModel):
         flat = {k: v for k, v in self.__dict__.items() if k != "textvec_test" and v is not None}
         flat.update({f"{TEXTVEC_PREFIX}{n}": v for n, v in self.textvec_test.items()})
         return flat
-
-
-def _indices(a: np.ndarray, n: int) -> bool:
-    """Whether `a` holds integers in [0, n)."""
-    return a.dtype.kind in "iu" and (a.size == 0 or (int(a.min()) >= 0 and int(a.max()) < n))
 
 
 def _need_rank(a: Any, rank: int, name: str) -> None:

@@ -29,7 +29,7 @@ from kdmobile.data.ns_solver import (
     DEFAULT_CFL, FNO_ALPHA, FNO_TAU, default_max_dt, fno_forcing, gaussian_random_field, num_records,
     resolve_device, solve, torch_threads, velocity_from_vorticity,
 )
-from kdmobile.config import MAX_GRID
+from kdmobile.config import MAX_GRID  # FNO's finest solve is 256^2; 4096^2 is 64 MB per float32 frame
 from kdmobile.errors import UserError
 
 CPU_BATCH = 8  # trajectories per solver call on CPU: larger batches fall out of cache
@@ -100,21 +100,20 @@ def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: i
         raise UserError(f"--threads must be a positive integer, got {cpu_threads!r}")
 
 
-MAX_RES = MAX_GRID        # 4096: FNO's finest solve is 256^2; 4096^2 is already 64 MB per float32 frame
 MAX_RECORDS = 100_000     # snapshots per trajectory
 MAX_STEPS = 10_000_000    # solver steps per trajectory (FNO's T = 50 at dt 1e-4 is 5e5)
-MAX_THREADS = 256
-MAX_BATCH = 100_000
+MAX_SOLVE_BATCH = 100_000  # trajectories solved together (a chunk)
 
 
 def _check_sizes(n: int, res: int, n_rec: int, t_final: float, dt: float | None, batch: int,
                  threads: int | None, itemsize: int) -> None:
     """Every size the user controls against a stated limit, and the data set against free memory, before anything
     is allocated or written (a careless --n, --res or --t-final must not take the machine)."""
-    from kdmobile.fileio import available_memory
+    from kdmobile.runtime.cli import MAX_THREADS
+    from kdmobile.untrusted import check_array_bytes
 
-    for flag, value, limit in (("--res", res, MAX_RES), ("--t-final / --record-every", n_rec, MAX_RECORDS),
-                               ("--batch-size", batch, MAX_BATCH), ("--threads", threads or 1, MAX_THREADS)):
+    for flag, value, limit in (("--res", res, MAX_GRID), ("--t-final / --record-every", n_rec, MAX_RECORDS),
+                               ("--batch-size", batch, MAX_SOLVE_BATCH), ("--threads", threads or 1, MAX_THREADS)):
         if value > limit:
             raise UserError(f"{flag}: {value} is over the limit of {limit}")
     steps = t_final / (dt or 1e-3)
@@ -123,10 +122,7 @@ def _check_sizes(n: int, res: int, n_rec: int, t_final: float, dt: float | None,
                         f"{dt or 1e-3:g}), over the limit of {MAX_STEPS:,}")
     frame = res * res * itemsize
     chunk = min(n, batch) * (n_rec + 40) * frame * 2  # one chunk's frames plus the solver's spectral work arrays
-    memory = available_memory()
-    if memory is not None and chunk > memory // 2:
-        raise UserError(f"--batch-size {batch}: one chunk needs about {chunk / 2**30:.1f} GiB of memory, "
-                        f"{memory / 2**30:.1f} GiB available; lower --batch-size or --res")
+    check_array_bytes(f"one chunk of --batch-size {batch} at --res {res} (lower either)", chunk, "allocating")
 
 
 def _check_disk(runner: "_Runner", path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 import os
 from typing import Any, Sequence
 
@@ -69,8 +71,9 @@ def rank_gallery(queries: np.ndarray, gallery: np.ndarray, k: int) -> list[list[
     return [[(int(j), float(sims[i, j])) for j in row] for i, row in enumerate(order)]
 
 
-class _Predictor:
-    """Shared plumbing: task check, backend, input spec and batch-aware execution."""
+class _Predictor(abc.ABC):
+    """Shared plumbing: task check, backend, input spec and batch-aware execution; each head (a subclass) says how
+    its raw inputs become model inputs, what a random input is, how it answers and what a wrong answer looks like."""
 
     task = ""
 
@@ -87,21 +90,21 @@ class _Predictor:
         model_shape = self.backend.input_shapes.get(self.input_name, next(iter(self.backend.input_shapes.values())))
         self.batched = len(names) == 1 and bool(model_shape) and model_shape[0] is None
 
+    @abc.abstractmethod
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
         """What the model takes, from the bundle's raw inputs (uint8 images or frames in physical units)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def random_inputs(self, n: int, seed: int = 0) -> np.ndarray:
         """`n` raw inputs of the bundle's declared shape and value range (a smoke test without data)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def outputs(self, raw: np.ndarray) -> np.ndarray:
         """The bundle's answer for raw inputs (embeddings, or forecasts in physical units)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def output_problems(self, y: np.ndarray, n: int) -> list[str]:
         """What is wrong with `outputs` of n inputs (shape, normalisation); [] when nothing is."""
-        raise NotImplementedError
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """Run the model on (N, ...) float32 input: one call if the batch is dynamic, else N batch-1 calls."""
