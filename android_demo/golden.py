@@ -103,24 +103,24 @@ def check_bundles(run_dir: Path, bundles: Sequence[Path], n: int = 20, work: Pat
     with DemoServer({b.name: b for b in bundles}, fixtures=fx) as srv:
         for b in bundles:
             t0 = time.monotonic()
-            task = load_bundle(b).task
-            if task == "retrieval" and not pngs:
+            head = load_bundle(b).head
+            if head == "retrieval" and not pngs:
                 with np.load(run_dir / "heldout.npz") as z:
                     pngs = write_pngs(z["images_test"][:n], fx)
                 (fx / "cases.json").write_text(json.dumps({"images": [f"/fixtures/{p.name}" for p in pngs], "k": 10}))
             cases = fx / f"{b.name}.cases.json"
-            cases.write_text((fx / "cases.json").read_text() if task == "retrieval"
+            cases.write_text((fx / "cases.json").read_text() if head == "retrieval"
                              else json.dumps({"sample": f"/samples/{b.name}.json"}))
             report = run_page(srv, f"/bundles/{b.name}/", f"/fixtures/{cases.name}")
             if not report.get("ok"):
                 out[b.name] = {"ok": False, "problems": [report.get("error")]}
                 continue
-            if task == "retrieval":
+            if head == "retrieval":
                 problems = compare_topk(report["results"], predict_reference(b, pngs, 10))
             else:
                 problems = forecast_problems(b, srv.samples[b.name], report["forecast"])
-            out[b.name] = {"ok": not problems, "problems": problems, "task": task,
-                           "images": len(pngs) if task == "retrieval" else 0,
+            out[b.name] = {"ok": not problems, "problems": problems, "head": head,
+                           "images": len(pngs) if head == "retrieval" else 0,
                            "latency": report["latency"], "seconds": round(time.monotonic() - t0, 1)}
     return out
 

@@ -41,7 +41,7 @@ from kdmobile.fileio import write_json
 from kdmobile.experiments import SEARCH, SEARCH_WEIGHTING, search_rows, search_table
 from kdmobile.rundir import read_metrics, teacher_file
 from kdmobile.table import format_table
-from kdmobile.train.ammkd import run_ammkd
+from kdmobile.ammkd.train import run_ammkd
 
 RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["kd-vit-s", "kd-rn-s"]

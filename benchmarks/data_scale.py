@@ -131,7 +131,7 @@ def short_run(folder: Path, steps: int, size: int, batch: int) -> dict[str, Any]
     from kdmobile.config import DEFAULT_STUDENT, TrainConfig
     from kdmobile.data import load_dataset, split_dataset
     from kdmobile.models import create_model
-    from kdmobile.train.ammkd_eval import normalise
+    from kdmobile.ammkd.evaluate import normalise
     from kdmobile.train.image_stream import FileImages, train_transform
     from kdmobile.train.loop import Trainer
 

@@ -54,8 +54,8 @@ def run_student(run_dir: str, image_size: int | None) -> tuple[Any, np.ndarray]:
     from kdmobile.export.run import load_run
 
     run = load_run(run_dir)
-    if run.task != "retrieval":
-        raise SystemExit(f"{run_dir}: this benchmark times retrieval students (got a {run.kind} run)")
+    if run.head != "retrieval":
+        raise SystemExit(f"{run_dir}: this benchmark times retrieval students (got a {run.task} run)")
     images = run.need("images_calib")[:64]
     if image_size is not None:
         images = resize_images(images, image_size)

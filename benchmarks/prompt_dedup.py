@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from resumable import cpu_name
 
 from kdmobile.models.clip_teacher import ClipTeacher, parse_teacher, with_image_size
-from kdmobile.train.ammkd import class_prompts
+from kdmobile.ammkd.train import class_prompts
 
 
 def main() -> None:

@@ -2,9 +2,8 @@
 teachers, on this CPU. The README's headline is the 224-px one (`student_zoo.py --headline`, results/headline_224.md);
 the last headline.{json,md} this script wrote is archived (results/archive/) as stale, so rerun it before citing it.
 
-Trains (or, with --reuse, reuses) a default AMMKD run and a default SDKD run under RUNS/bench-{ammkd,sdkd},
-exports each to ONNX and TFLite in fp32 and int8 (verified bundles under BUNDLES/), benchmarks every bundle and the
-runs' teachers with `kdmobile bench` (host and ISA recorded; per-run reports in RUNS/bench-*/bench/), and writes
+Trains (or, with --reuse, reuses) a default AMMKD run and a default SDKD run under RUNS/bench-{ammkd,sdkd} with
+`kdmobile train`, exports each to ONNX and TFLite in fp32 and int8 (verified bundles under BUNDLES/), benchmarks every bundle and the runs' teachers with `kdmobile bench` (host and ISA recorded; per-run reports in RUNS/bench-*/bench/), and writes
 benchmarks/results/headline.{json,md}: metric, p50 latency at batch 1, size and speed-up vs the teacher (PyTorch,
 same CPU and threads). Where benchmarks/results/gpu_teachers.json exists, its teacher-on-GPU rows are added to the
 Markdown as a separate table, with the card they were recorded on.
@@ -25,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from kdmobile.bench import report as rep
-from kdmobile.bench.discover import plan
-from kdmobile.bench.measure import bench_host, measure
 from kdmobile.bench.settings import DEVICES, Settings
 from kdmobile.fileio import atomic_path, write_json
 from kdmobile.rundir import METRICS_FILE, STUDENT_FILE
 from kdmobile.table import format_table
+from kdmobile.untrusted import read_json
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("ammkd", "sdkd")
@@ -46,8 +44,24 @@ QUICK = {  # the tiny configurations of the test suite: minutes on 2 cores
 QUICK_TIMING = {"runs": 20, "warmup": 3}  # --quick: few timed runs (a smoke test, not a measurement)
 
 
+def _kdmobile(args: list[Any]) -> int:
+    """One `kdmobile` verb through its CLI (the same settings loader, checks and reports a user gets)."""
+    from kdmobile.cli import main as kdmobile
+
+    rc = kdmobile([str(a) for a in args])
+    if rc not in (0, 1):  # 1: an export artifact flagged or failed, a bench gate: reported, not fatal here
+        raise SystemExit(f"run_all: `kdmobile {' '.join(map(str, args[:2]))}` exited {rc}")
+    return rc
+
+
+def _sets(values: dict[str, Any]) -> list[str]:
+    """--set KEY=VALUE arguments (JSON values are YAML)."""
+    return [a for k, v in values.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
 def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: bool, progress: bool) -> Path:
-    """The run directory of `method`: reused, or trained with the default config (tiny with --quick)."""
+    """The run directory of `method`: reused, or trained by `kdmobile train METHOD` with its default config (tiny
+    with --quick)."""
     run = runs / name
     if (run / METRICS_FILE).is_file() and (run / STUDENT_FILE).is_file() and reuse:
         print(f"[{method}] reusing {run}", flush=True)
@@ -56,24 +70,16 @@ def train(method: str, runs: Path, name: str, quick: bool, reuse: bool, force: b
         if not force:
             raise SystemExit(f"run_all: {run} exists: pass --reuse to use it or --force to retrain it")
         shutil.rmtree(run)
-    from kdmobile.config import AMMKDConfig, SDKDConfig, load_config
-
     overrides, sets = QUICK[method] if quick else ({}, [])
-    overrides = {**overrides, "name": name, "out": str(runs)}
     print(f"[{method}] training {run}{' (quick)' if quick else ''}", flush=True)
-    if method == "ammkd":
-        from kdmobile.train.ammkd import run_ammkd
-
-        path, _ = run_ammkd(load_config(AMMKDConfig, None, overrides, list(sets)), progress=progress)
-    else:
-        from kdmobile.train.sdkd import run_sdkd
-
-        path, _ = run_sdkd(load_config(SDKDConfig, None, overrides, list(sets)), progress=progress)
-    return Path(path)
+    _kdmobile(["train", method, "--name", name, "--out", runs, *([] if progress else ["--no-progress"]),
+               *_sets(overrides), *[a for s in sets for a in ("--set", s)]])
+    return run
 
 
 def export(run: Path, bundles: Path) -> list[str]:
-    """ONNX and TFLite, fp32 and int8 bundles of the run; returns notes on artifacts that failed or were flagged."""
+    """ONNX and TFLite, fp32 and int8 bundles of the run (the package's export API, whose report lists what failed or
+    was flagged); returns notes on those artifacts."""
     from kdmobile.export.exporter import export_run
     from kdmobile.export.options import ExportOptions
 
@@ -86,14 +92,11 @@ def export(run: Path, bundles: Path) -> list[str]:
 
 
 def bench(run: Path, bundles: Path, settings: Settings) -> dict[str, Any]:
-    """`kdmobile bench RUN` (bundles + teachers); the report is also written to RUN/bench/."""
+    """`kdmobile bench RUN` (bundles + teachers); its report is written to RUN/bench/ and read back."""
     print(f"[{run.name}] benchmarking", flush=True)
-    p = plan([str(run)], bundles, settings)
-    rows = measure(p.subjects, settings)
-    report = rep.build_report(bench_host(settings), {**settings.as_dict(), "inputs": [str(run)]}, rows, [], p.notes)
-    rep.write_report(run / "bench", report)
-    print(format_table(rep.MD_HEADERS, rep.table_rows(report["rows"])), flush=True)
-    return report
+    _kdmobile(["bench", run, "--bundles", bundles, "--out", run / "bench",
+               *_sets({**settings.as_dict(), "progress": settings.progress})])
+    return read_json(run / "bench" / "report.json")
 
 
 def _headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

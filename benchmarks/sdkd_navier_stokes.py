@@ -92,7 +92,7 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     """One training in this (fresh) process: a teacher, or one student variant x seed."""
     import torch  # noqa: F401  (the framework's own memory is the baseline the training's growth is measured from)
 
-    from kdmobile.train.sdkd import run_sdkd
+    from kdmobile.sdkd.train import run_sdkd
 
     base_mb = peak_rss_mb()
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def _figure(args: argparse.Namespace, records: Records) -> Path | None:
     """Truth vs each teacher vs each seed-0 student on one test window (when their run directories exist here)."""
     from kdmobile.models import load_model
     from kdmobile.data.sequences import SequenceSpec, load_splits
-    from kdmobile.train.sdkd import cached_navier_stokes_path, forecast_figure
+    from kdmobile.sdkd.train import cached_navier_stokes_path, forecast_figure
 
     keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in VARIANTS)]
     found = {k: records.get(k) for k in keys if records.get(k)}
@@ -322,7 +322,7 @@ def main() -> int:
 
 def _make_data(args: argparse.Namespace, records: Records) -> None:
     """Generate (or find in the cache) the config's data set once, recording how long generation took."""
-    from kdmobile.train.sdkd import cached_navier_stokes, cached_navier_stokes_path
+    from kdmobile.sdkd.train import cached_navier_stokes, cached_navier_stokes_path
 
     cfg = _config(args, "data", {})
     if cached_navier_stokes_path(cfg).is_file():

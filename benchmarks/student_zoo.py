@@ -47,7 +47,7 @@ REFERENCES = ["ViT-B-32", "RN50"]
 # ------------------------------------------------------------------------------------------------ accuracy
 def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> dict[str, Any]:
     """Child process: the short distillation of one backbone at TRAIN_PX; returns its record."""
-    from kdmobile.train.ammkd import run_ammkd
+    from kdmobile.ammkd.train import run_ammkd
 
     over = {"data.spec": f"cifar10:{args.data_root}/cifar10/cifar10_test.npz", "data.val_frac": 0.0,
             "data.test_frac": 0.2, "data.max_train": 8000, "data.max_test": 2000, "data.split_seed": 0,
@@ -85,7 +85,7 @@ def _deploy_inputs(run: Path, n: int = 32) -> np.ndarray:
     import torch.nn.functional as F
 
     from kdmobile.contracts.heldout import read_heldout
-    from kdmobile.train.ammkd_eval import normalise
+    from kdmobile.ammkd.evaluate import normalise
 
     imgs = torch.from_numpy(np.ascontiguousarray(read_heldout(run).images_calib[:n])).permute(0, 3, 1, 2)
     x = F.interpolate(normalise(imgs), size=(DEPLOY_PX, DEPLOY_PX), mode="bilinear", align_corners=False)

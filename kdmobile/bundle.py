@@ -20,13 +20,12 @@ from typing import Any, Callable, Mapping, Union
 import numpy as np
 
 from kdmobile import __version__
-from kdmobile.contracts.manifest import check_fields
+from kdmobile.contracts.manifest import SCHEMA_VERSION, check_fields
 from kdmobile.errors import KDError, VerificationError
 from kdmobile.fileio import atomic_path, sha256_file
 from kdmobile.targets import TARGETS
 from kdmobile.untrusted import MAX_LABELS_BYTES, parse_json, read_json, read_limited
 
-SCHEMA_VERSION = 2  # 2: sealed by bundle.sha256, no unlisted files or symbolic links
 MANIFEST = "manifest.json"
 SEAL = "bundle.sha256"
 SIGNATURE = "bundle.sig"  # kdmobile.signing: optional, beside the seal, signs its bytes
@@ -82,21 +81,35 @@ def _consistency(m: dict) -> list[str]:
             out.append(f"files entry {rel!r} escapes the bundle")
         if not (isinstance(digest, str) and len(digest) == 64):
             out.append(f"files entry {rel!r} should map to a sha256 hex digest")
-    if m["task"] == "retrieval":
-        r = m["retrieval"]
-        cv_shape = r["class_vectors"]["shape"]
-        if len(cv_shape) != 2 or not all(_is_type(d, int) and d > 0 for d in cv_shape):
-            out.append("retrieval.class_vectors.shape should be [K, D] positive ints")
-        for f in (r["class_vectors"]["file"], r["labels_file"]):
-            if f not in listed:
-                out.append(f"{f} is not listed in files")
-    else:
-        fc = m["forecast"]
-        if inp["layout"] != "NTHW" or shape[1:2] != [fc["frames_in"]]:
-            out.append("forecast input should be NTHW with T = forecast.frames_in")
-        if fc["std"] <= 0:
-            out.append("forecast.std should be > 0")
+    out += _HEAD_CHECKS[m["head"]](m, shape, listed)
     return out
+
+
+def _retrieval_problems(m: dict[str, Any], shape: list[Any], listed: dict[str, Any]) -> list[str]:
+    """A retrieval bundle's gallery: a [K, D] class-vector file and its labels, both listed."""
+    out = []
+    r = m["retrieval"]
+    cv_shape = r["class_vectors"]["shape"]
+    if len(cv_shape) != 2 or not all(_is_type(d, int) and d > 0 for d in cv_shape):
+        out.append("retrieval.class_vectors.shape should be [K, D] positive ints")
+    for f in (r["class_vectors"]["file"], r["labels_file"]):
+        if f not in listed:
+            out.append(f"{f} is not listed in files")
+    return out
+
+
+def _forecast_problems(m: dict[str, Any], shape: list[Any], listed: dict[str, Any]) -> list[str]:
+    """A forecast bundle's input: NTHW windows of frames_in frames, a positive std."""
+    out = []
+    fc = m["forecast"]
+    if m["input"]["layout"] != "NTHW" or shape[1:2] != [fc["frames_in"]]:
+        out.append("forecast input should be NTHW with T = forecast.frames_in")
+    if fc["std"] <= 0:
+        out.append("forecast.std should be > 0")
+    return out
+
+
+_HEAD_CHECKS = {"retrieval": _retrieval_problems, "forecast": _forecast_problems}  # one per contracts HEADS
 
 
 def _bundle_files(root: Path) -> dict[str, str]:
@@ -223,7 +236,13 @@ class Bundle:
         return self.path.name
 
     @property
+    def head(self) -> str:
+        """What the bundle outputs: retrieval | forecast."""
+        return self.manifest["head"]
+
+    @property
     def task(self) -> str:
+        """What its outputs are scored as: classes | captions | forecast (kdmobile.tasks)."""
         return self.manifest["task"]
 
     @property
@@ -268,8 +287,8 @@ class Bundle:
         return self._cache["class_vectors"]
 
     def _retrieval(self) -> dict[str, Any]:
-        if self.task != "retrieval":
-            raise VerificationError(f"bundle {self.path}: a {self.task} bundle has no labels or class vectors")
+        if "retrieval" not in self.manifest:
+            raise VerificationError(f"bundle {self.path}: a {self.head} bundle has no labels or class vectors")
         return self.manifest["retrieval"]
 
 

@@ -15,7 +15,6 @@ import numpy as np
 from kdmobile.metrics import forecast_errors, retrieval_recall, topk_accuracy
 
 Infer = Callable[[np.ndarray], np.ndarray]
-HEADLINE = {"classes": "top1", "captions": "R@1", "forecast": "mse"}  # the metric a table shows and a gate checks
 LOWER_IS_BETTER = {"mse"}
 
 
@@ -68,12 +67,3 @@ def evaluate_forecast(infer: Infer, x_norm: np.ndarray, y_norm: np.ndarray, mean
     """(normalised forecasts, metrics) of a forecaster on normalised windows."""
     pred = infer_batched(infer, x_norm)
     return pred, score_forecast(pred, y_norm, mean, std)
-
-
-def headline(kind: str, metrics: dict[str, Any] | None) -> tuple[str, float | None]:
-    """The headline (name, value) of a metrics dict for a task kind (classes, captions, forecast)."""
-    name = HEADLINE[kind]
-    value = (metrics or {}).get(name)
-    if value is None and kind == "captions" and metrics and "i2t_R@1" in metrics and "t2i_R@1" in metrics:
-        value = 0.5 * (metrics["i2t_R@1"] + metrics["t2i_R@1"])
-    return name, None if value is None else float(value)

@@ -1,5 +1,6 @@
 """The distillation methods (AMMKD, SDKD) as rows of one registry: what each trains and what export, bench and the
-run reader need to know about its runs, so that no module outside a method's own package compares method names.
+run reader need to know about its runs, so that no module outside a method's own package (kdmobile/ammkd/,
+kdmobile/sdkd/) compares method names; what its tasks mean to export and bench is in kdmobile.tasks.
 
 A method row names its code lazily ("module:attribute", as kdmobile.targets does), so this module imports nothing
 heavy: the torch-free runtime and the CLI's `--help` can read it. A new method is one `register_method(Method(...))`.
@@ -17,9 +18,9 @@ from kdmobile.targets import Ref
 
 @dataclass(frozen=True)
 class Method:
-    """One distillation method. `head` is what its bundles output (the manifest's "task": retrieval | forecast);
-    `data_tasks` what its students are trained for (classes, captions | forecast), the first when a file records
-    none."""
+    """One distillation method. `head` is what its bundles output (the manifest's `head`: retrieval | forecast);
+    `data_tasks` what its students are trained for (kdmobile.tasks rows: classes, captions | forecast), the first
+    when a file records none."""
 
     name: str
     summary: str                      # one line for `kdmobile train --help`

@@ -33,6 +33,7 @@ from kdmobile.untrusted import read_yaml
 STUDENT_FILE = "student.safetensors"
 NOKD_FILE = "student_nokd.safetensors"  # the same student trained without distillation (baseline)
 WEIGHTS_SUFFIX = ".safetensors"
+PICKLE_STUDENT_FILE = "student.pt"  # what runs before safetensors wrote: refused, never unpickled
 INCOMPLETE = "INCOMPLETE"
 CONFIG_FILE = "config.yaml"
 METHOD_FILE = "method.json"
@@ -260,17 +261,17 @@ class RunDir:
         return self.path.name
 
     @property
-    def kind(self) -> str:
-        """classes | captions | forecast."""
+    def task(self) -> str:
+        """What the student was trained for: classes | captions | forecast (kdmobile.tasks)."""
         m = get_method(self.method, str(self.path))
         if len(m.data_tasks) == 1:
             return m.data_tasks[0]
         task = (self.metrics or {}).get("task")
-        return task if task in m.data_tasks else self.heldout().kind
+        return task if task in m.data_tasks else self.heldout().task
 
     @property
-    def task(self) -> str:
-        """The bundle task (what its bundles output): retrieval or forecast."""
+    def head(self) -> str:
+        """What its bundles output: retrieval | forecast."""
         return get_method(self.method, str(self.path)).head
 
     def has_heldout(self) -> bool:

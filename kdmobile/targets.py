@@ -84,6 +84,7 @@ class Target:
     deny_ops: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(dict(COMMON_DENY_OPS)))
     precisions: tuple[str, ...] = PRECISIONS
     platforms: tuple[str, ...] = ()      # sys.platform prefixes where the runtime predicts; () = everywhere
+    offline_check: Ref | None = None     # bundle -> verification dict, where the model cannot run (CoreML's spec)
 
     @property
     def suffix(self) -> str:
@@ -122,7 +123,8 @@ _ROWS: Rows[Target] = Rows(Target, (
            runtime_packages=MappingProxyType({"coremltools": "coremltools"}),
            export_packages=("torch", "coremltools"),
            metadata="CoreML user_defined_metadata (key -> value); short_description names the task",
-           platforms=("darwin",)),  # the compiled-model runtime ships only with macOS
+           platforms=("darwin",),  # the compiled-model runtime ships only with macOS
+           offline_check="kdmobile.export.coreml_spec:check_spec"),
     Target("executorch", "model.pte", backend="executorch", runtime=f"{_BACKENDS}:ExecuTorchBackend",
            converter=f"{_JOBS}:executorch_job", metadata_reader=f"{_META}:read_executorch",
            preload=("executorch.runtime",),  # imports torch too: ExecuTorch's Python runtime links libtorch

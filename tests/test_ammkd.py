@@ -222,7 +222,7 @@ def test_teacher_step_encodes_at_most_one_prompt_per_image() -> None:
     """More classes than images: each distinct class of the batch once, mapped back; else every class (exact CE)."""
     import torch
 
-    from kdmobile.train.ammkd import class_prompts
+    from kdmobile.ammkd.train import class_prompts
 
     classes = [f"c{i}" for i in range(20)]
     prompts, index = class_prompts(torch.tensor([7, 3, 7, 19]), classes, "a {}.")

@@ -47,7 +47,7 @@ def class_vectors() -> np.ndarray:
 
 def retrieval_manifest() -> dict:
     return {
-        "task": "retrieval", "target": "onnx", "precision": "fp32", "model_file": "model.onnx",
+        "head": "retrieval", "task": "classes", "target": "onnx", "precision": "fp32", "model_file": "model.onnx",
         "input": {"name": "image", "shape": [1, 3, 16, 16], "dtype": "float32", "layout": "NCHW",
                   "value_range": [0, 255], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
         "outputs": [{"name": "embedding", "shape": [1, 8]}],
@@ -83,7 +83,7 @@ def test_manifest_round_trip(bundle_dir: Path) -> None:
     assert written["schema_version"] == SCHEMA_VERSION and written["kdmobile_version"] and written["created"]
     assert sorted(written["files"]) == ["class_vectors.f32", "labels.json", "model.onnx"]
     assert all(len(h) == 64 for h in written["files"].values())
-    assert (b.task, b.target, b.precision, b.name) == ("retrieval", "onnx", "fp32", "tiny-onnx-fp32")
+    assert (b.head, b.target, b.precision, b.name) == ("retrieval", "onnx", "fp32", "tiny-onnx-fp32")
     assert b.model_path == bundle_dir / "model.onnx" and b.labels == LABELS
     np.testing.assert_array_equal(b.class_vectors, class_vectors())
 

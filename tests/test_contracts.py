@@ -26,7 +26,7 @@ def test_shipped_schema_is_generated_from_the_model() -> None:
         "android_demo/manifest.schema.json is stale: regenerate it with "
         "`python -c \"from kdmobile.contracts.manifest import write_json_schema as w; "
         "w('android_demo/manifest.schema.json')\"`")
-    both = {d["properties"]["task"]["const"] for d in shipped["$defs"].values() if "task" in d.get("properties", {})}
+    both = {d["properties"]["head"]["const"] for d in shipped["$defs"].values() if "head" in d.get("properties", {})}
     assert both == {"retrieval", "forecast"}
 
 
@@ -44,7 +44,7 @@ def test_java_and_js_readers_read_this_schema_version() -> None:
     (lambda m: m["forecast"].pop("frames_out"), "missing required fields: forecast.frames_out"),
 ])
 def test_manifest_problems_are_one_line(change, message) -> None:
-    m = {"schema_version": SCHEMA_VERSION, "task": "forecast", "target": "onnx", "precision": "fp32",
+    m = {"schema_version": SCHEMA_VERSION, "head": "forecast", "task": "forecast", "target": "onnx", "precision": "fp32",
          "model_file": "model.onnx", "outputs": [{"name": "forecast", "shape": [1, 2, 8, 8]}],
          "files": {"model.onnx": "0" * 64},
          "input": {"name": "frames", "shape": [1, 2, 8, 8], "dtype": "float32", "layout": "NTHW",
@@ -63,7 +63,7 @@ def test_heldout_round_trip_and_refusals(tmp_path: Path) -> None:
                    caption_owner_test=None)
     write_heldout(tmp_path, held)
     back = read_heldout(tmp_path)
-    assert back.kind == "classes" and np.array_equal(back.labels_test, np.arange(4))
+    assert back.task == "classes" and np.array_equal(back.labels_test, np.arange(4))
     assert np.array_equal(back.calibration(), images[:2])
     np.savez(tmp_path / "heldout.npz", images_test=images, labels_test=np.arange(3))
     with pytest.raises(KDError, match="labels_test should be 4 integers in 0..99999"):

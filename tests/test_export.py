@@ -183,7 +183,7 @@ def test_manifest_schema_and_class_vectors(ammkd_run, onnx_bundles, capsys):
     bundle = load_bundle(onnx_bundles["fp32"])
     m = bundle.manifest
     validate_manifest(m)
-    assert m["task"] == "retrieval" and m["target"] == "onnx" and m["precision"] == "fp32"
+    assert m["head"] == "retrieval" and m["target"] == "onnx" and m["precision"] == "fp32"
     assert m["input"]["name"] == "image" and m["input"]["shape"] == [1, 3, 32, 32] and m["input"]["layout"] == "NCHW"
     assert m["outputs"][0]["name"] == "embedding"
     assert set(m["files"]) == {"model.onnx", "class_vectors.f32", "labels.json"}
@@ -202,7 +202,7 @@ def test_manifest_schema_and_class_vectors(ammkd_run, onnx_bundles, capsys):
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(bundle.model_path)).metadata_props}
-    assert meta["kdmobile_task"] == "retrieval" and meta["kdmobile_precision"] == "fp32"
+    assert meta["kdmobile_head"] == "retrieval" and meta["kdmobile_precision"] == "fp32"
 
 
 def test_a_changed_byte_is_refused_with_the_file_named(onnx_bundles, tmp_path, capsys):
@@ -389,6 +389,6 @@ def test_caption_run_bundles_the_caption_gallery_and_gates_on_recall(tmp_path):
     assert main(["export", tmp_path / "caps", "--out", tmp_path / "b"]) == 0
     b = load_bundle(tmp_path / "b" / "caps-onnx-fp32")
     held = np.load(tmp_path / "caps" / "heldout.npz")
-    assert b.manifest["retrieval"]["kind"] == "captions" and b.labels == [str(c) for c in held["captions_test"]]
+    assert b.manifest["task"] == "captions" and b.labels == [str(c) for c in held["captions_test"]]
     v = b.manifest["verification"]
     assert v["metric"]["name"] == "R@1" and "t2i_R@5" in v["metric"]["all"] and v["status"] == "ok"

@@ -276,7 +276,7 @@ def test_coreml(tmp_path, which, precision):
         model, shape, out_name, out_shape = _student(), STUDENT_SHAPE, "embedding", [1, 32]
     else:
         model, shape, out_name, out_shape = _forecaster(), FORECAST_SHAPE, "forecast", list(FORECAST_SHAPE)
-    meta = {"kdmobile_task": "retrieval" if which == "student" else "forecast", "labels": ["cat", "dog"],
+    meta = {"kdmobile_head": "retrieval" if which == "student" else "forecast", "labels": ["cat", "dog"],
             "author": "kdmobile tests"}
     out = tmp_path / "model.mlpackage"
     info = coreml.convert_coreml(model, torch.from_numpy(_inputs(shape, 1, seed=7)[0]), out, precision, meta,
@@ -286,7 +286,7 @@ def test_coreml(tmp_path, which, precision):
     assert info["validated"] is True
     assert info["inputs"] == [{"name": "image", "shape": list(shape), "dtype": "float32"}]
     assert info["outputs"] == [{"name": out_name, "shape": out_shape, "dtype": "float32"}]
-    assert {"kdmobile_task", "labels", "kdmobile_version", "kdmobile_precision"} <= set(info["metadata_keys"])
+    assert {"kdmobile_head", "labels", "kdmobile_version", "kdmobile_precision"} <= set(info["metadata_keys"])
 
     import coremltools as ct
 
@@ -294,7 +294,7 @@ def test_coreml(tmp_path, which, precision):
     user = dict(spec.description.metadata.userDefined)
     assert json.loads(user["labels"]) == ["cat", "dog"] and user["kdmobile_precision"] == precision
     assert spec.description.metadata.author == "kdmobile tests"
-    assert spec.description.metadata.shortDescription == f"kdmobile {meta['kdmobile_task']} ({precision})"
+    assert spec.description.metadata.shortDescription == f"kdmobile {meta['kdmobile_head']} ({precision})"
     ops = _mlprogram_ops(out)
     has_int8 = bool(ops & {"constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"})
     assert has_int8 == (precision == "int8") and (info["quantized_weight_ops"] > 0) == has_int8

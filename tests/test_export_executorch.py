@@ -85,7 +85,7 @@ def test_bundle_verifies_against_the_student(exported, precision):
 def test_metadata_rides_in_the_pte(exported, precision):
     path = load_bundle(exported[precision]).model_path
     assert metadata.read_metadata(path) == {
-        "kdmobile_version": __version__, "kdmobile_task": "retrieval", "kdmobile_run": "tiny",
+        "kdmobile_version": __version__, "kdmobile_head": "retrieval", "kdmobile_run": "tiny",
         "kdmobile_target": "executorch", "kdmobile_precision": precision, "input_name": "image",
         "output_name": "embedding"}
     backend = backends.ExecuTorchBackend(path)

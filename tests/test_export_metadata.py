@@ -75,7 +75,7 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_every_format_carries_the_same_metadata(bundles, precision):
     found = {t: metadata.read_metadata(load_bundle(bundles[f"{t}-{precision}"]).model_path) for t in TARGETS}
-    expected = {"kdmobile_version": __version__, "kdmobile_task": "forecast", "kdmobile_run": "meta",
+    expected = {"kdmobile_version": __version__, "kdmobile_head": "forecast", "kdmobile_run": "meta",
                 "kdmobile_precision": precision, "input_name": "frames", "output_name": "forecast"}
     for target, meta in found.items():
         assert sorted(meta) == sorted(metadata.METADATA_KEYS), (target, meta)

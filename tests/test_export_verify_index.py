@@ -6,7 +6,7 @@ import numpy as np
 
 
 def test_verification_samples_cover_a_split_stored_class_by_class():
-    from kdmobile.export.exporter import VERIFY_SAMPLES, verification_index
+    from kdmobile.export.verify import VERIFY_SAMPLES, verification_index
 
     labels = np.repeat(np.arange(10), 200)  # a 2,000-image test split stored class by class, as split_dataset does
     idx = verification_index(len(labels))

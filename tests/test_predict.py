@@ -129,8 +129,8 @@ def test_json_schema_and_text_output(tiny, pngs, capsys) -> None:
     capsys.readouterr()
     assert main(["predict", tiny["a_onnx"], paths[0], "--top-k", "100", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"bundle", "task", "target", "precision", "results"}
-    assert (doc["task"], doc["target"], doc["precision"]) == ("retrieval", "onnx", "fp32")
+    assert set(doc) == {"bundle", "head", "task", "target", "precision", "results"}
+    assert (doc["head"], doc["target"], doc["precision"]) == ("retrieval", "onnx", "fp32")
     (r,) = doc["results"]
     assert r["input"] == str(paths[0]) and len(r["top_k"]) == len(labels)   # k capped at the class count
     for rank, t in enumerate(r["top_k"], 1):

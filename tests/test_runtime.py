@@ -71,7 +71,7 @@ def _class_vectors() -> np.ndarray:
 
 def _retrieval_manifest(target: str = "onnx", model_file: str = "model.onnx") -> dict:
     return {
-        "task": "retrieval", "target": target, "precision": "fp32", "model_file": model_file,
+        "head": "retrieval", "task": "classes", "target": target, "precision": "fp32", "model_file": model_file,
         "input": {"name": "image", "shape": [1, 3, H, W], "dtype": "float32", "layout": "NCHW",
                   "value_range": [0, 255], "mean": MEAN, "std": STD},
         "outputs": [{"name": "embedding", "shape": [1, 8]}],
@@ -116,7 +116,7 @@ def retrieval_bundle_static(tmp_path_factory, encoder) -> Path:
 def forecast_bundle(tmp_path_factory, forecaster) -> Path:
     d = tmp_path_factory.mktemp("forecast")
     manifest = {
-        "task": "forecast", "target": "onnx", "precision": "fp32", "model_file": "model.onnx",
+        "head": "forecast", "task": "forecast", "target": "onnx", "precision": "fp32", "model_file": "model.onnx",
         "input": {"name": "frames", "shape": [1, T_IN, FH, FW], "dtype": "float32", "layout": "NTHW",
                   "value_range": [-10.0, 10.0], "mean": [F_MEAN], "std": [F_STD]},
         "outputs": [{"name": "forecast", "shape": [1, T_OUT, FH, FW]}],

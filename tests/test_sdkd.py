@@ -63,7 +63,7 @@ def test_forecasters_share_the_latent_contract(name):
 def test_data_seed_fixes_the_split_across_run_seeds(tmp_path):
     """Benchmarks train students of several seeds on one split: data.seed decouples it from the run's seed."""
     from kdmobile.config import SDKDConfig, load_config
-    from kdmobile.train.sdkd import SDKD
+    from kdmobile.sdkd.train import SDKD
 
     def test_ids(seed, data_seed):
         cfg = load_config(SDKDConfig, None, {"seed": seed, "data.seed": data_seed, "data.n": 10, "data.res": 16,

@@ -60,7 +60,7 @@ async function openBundle(url) {
   const session = await ort.InferenceSession.create(new Uint8Array(files[manifest.model_file]),
     { executionProviders: ['wasm'] });
   const b = { manifest, session };
-  if (manifest.task === 'retrieval') Object.assign(b, retrievalHead(manifest, files));
+  if (manifest.head === 'retrieval') Object.assign(b, retrievalHead(manifest, files));
   return b;
 }
 
@@ -139,13 +139,13 @@ async function select(url, sampleUrl) {
   current = null;
   current = await openBundle(url);
   const m = current.manifest;
-  $('retrieval').hidden = m.task !== 'retrieval';
-  $('forecast').hidden = m.task !== 'forecast';
+  $('retrieval').hidden = m.head !== 'retrieval';
+  $('forecast').hidden = m.head !== 'forecast';
   status(`${url}: ${m.task}, ${m.target} ${m.precision}; checksums${trusted ? ' and signature' : ''} verified`);
   const shape = m.input.shape;
   const latency = await measure(current, new Float32Array(shape.reduce((a, b) => a * b, 1)));
   let sample = null;
-  if (m.task === 'forecast' && sampleUrl) {
+  if (m.head === 'forecast' && sampleUrl) {
     sample = await getJSON(sampleUrl);
     current.forecastOut = await forecast(current, sample);
   }
@@ -155,9 +155,9 @@ async function select(url, sampleUrl) {
 async function autoRun(bundleUrl, casesUrl) {
   const cases = await getJSON(casesUrl);
   const latency = await select(bundleUrl, cases.sample);
-  const report = { ok: true, manifest: { task: current.manifest.task, precision: current.manifest.precision },
+  const report = { ok: true, manifest: { head: current.manifest.head, task: current.manifest.task, precision: current.manifest.precision },
     latency, user_agent: navigator.userAgent };
-  if (current.manifest.task === 'retrieval') {
+  if (current.manifest.head === 'retrieval') {
     report.results = [];
     for (const url of cases.images || []) {
       const { top, tensor } = await classify(current, await (await fetch(url)).blob(), cases.k || 5);

@@ -5,7 +5,7 @@
 
 import { verifySignature } from './kdsign.js';
 
-export const SCHEMA_VERSION = 2; // 2: sealed by bundle.sha256 (kdmobile/bundle.py)
+export const SCHEMA_VERSION = 3; // 2: sealed by bundle.sha256; 3: head + task (kdmobile/contracts/manifest.py)
 export const MANIFEST = 'manifest.json';
 export const SEAL = 'bundle.sha256';
 const MAX_SEAL_BYTES = 4 << 20; // kdmobile.bundle._read_seal
@@ -43,7 +43,8 @@ export function checkManifest(m) {
     'input.mean must be finite numbers');
   need(Array.isArray(inp.std) && inp.std.length === inp.mean.length && inp.std.every(positive),
     'input.std must be finite numbers > 0, one per mean');
-  if (m.task === 'retrieval') {
+  if (m.head === 'retrieval') {
+    need(m.task === 'classes' || m.task === 'captions', `retrieval task ${m.task} (expected classes or captions)`);
     const cv = m.retrieval.class_vectors;
     need(positive(m.retrieval.logit_scale),
       'retrieval.logit_scale must be a finite number > 0');
@@ -56,7 +57,7 @@ export function checkManifest(m) {
     need(m.files[cv.file] && m.files[m.retrieval.labels_file], 'class vectors and labels must be listed in files');
   } else {
     const fc = m.forecast;
-    need(m.task === 'forecast' && fc, `unknown task ${m.task}`);
+    need(m.head === 'forecast' && m.task === 'forecast' && fc, `unknown head ${m.head} (task ${m.task})`);
     need(dimsOk([fc.frames_in], [L.MAX_DIM], L.MAX_DIM) && dimsOk([fc.frames_out], [L.MAX_DIM], L.MAX_DIM),
       `forecast.frames_in and frames_out must be integers in 1..${L.MAX_DIM}`);
     need(finite(fc.mean) && positive(fc.std), 'forecast.mean must be finite and std a finite number > 0');

@@ -126,11 +126,11 @@ def _baseline_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
 
 
 def _reference_subjects(p: Plan, names: list[str]) -> list[Subject]:
-    """Latency-only open_clip towers at the first retrieval bundle's input size (a note when there is none)."""
+    """Latency-only open_clip image towers at the first image bundle's input size (a note when there is none)."""
     sizes = [s.bundle.input["shape"][2] for s in p.subjects if isinstance(s, BundleSubject)
-             and s.bundle.task == "retrieval"]
+             and s.bundle.input["layout"] == "NCHW"]
     if not sizes:
-        p.notes.append("--reference: no retrieval bundle to take the input size from; no reference rows")
+        p.notes.append("--reference: no image bundle to take the input size from; no reference rows")
         return []
     try:
         from kdmobile.bench.reference import reference_subjects

@@ -17,12 +17,10 @@ from kdmobile.bench.memory import probe_memory
 from kdmobile.bench.settings import Settings
 from kdmobile.bench.timing import time_calls
 from kdmobile.bundle import Bundle
-from kdmobile.rundir import STUDENT_CLASS_VECTORS_FILE
-from kdmobile.targets import TARGETS
 from kdmobile.console import quiet_open_clip_random_init
 from kdmobile.contracts.student import StudentCard, student_card
-from kdmobile.evaluation import (Infer, backend_infer, evaluate_forecast, evaluate_retrieval, headline, score_captions,
-                                 score_classes)
+from kdmobile.targets import TARGETS
+from kdmobile.tasks import get_task
 
 if TYPE_CHECKING:
     from kdmobile.rundir import RunDir
@@ -38,9 +36,9 @@ def _params_flops(entry: dict[str, Any] | None) -> tuple[int | None, int | None]
     return entry.get("image_params", entry.get("params")), entry.get("flops")
 
 
-def _metric_from_entry(entry: dict[str, Any] | None, kind: str) -> tuple[str | None, float | None]:
+def _metric_from_entry(entry: dict[str, Any] | None, task: str) -> tuple[str | None, float | None]:
     """The headline metric of a metrics.json entry: top1, R@1 (mean of both directions) or mse."""
-    return headline(kind, entry) if entry else (None, None)
+    return get_task(task).headline(entry) if entry else (None, None)
 
 
 def _path_size(p: Path) -> int | None:
@@ -130,19 +128,11 @@ class BundleSubject(Subject):
 
     def _raw_inputs(self) -> Any:
         """Held-out inputs in the predictor's raw units (uint8 images / physical frames), or random ones."""
-        if self.run is not None and self.run.has_heldout():
-            h = self.run.heldout()
-            if self.bundle.task == "retrieval" and h.images_test is not None:
-                return h.images_test
-            if self.bundle.task == "forecast" and h.x_test is not None:
-                fc = self.bundle.manifest["forecast"]
-                return h.x_test.astype(np.float32) * fc["std"] + fc["mean"]
-        rng = np.random.default_rng(0)
-        shape = list(self.bundle.input["shape"])
-        if self.bundle.task == "retrieval":
-            return rng.integers(0, 256, size=(8, shape[2], shape[3], 3), dtype=np.uint8)
-        fc = self.bundle.manifest["forecast"]
-        return (rng.standard_normal((8, *shape[1:])) * fc["std"] + fc["mean"]).astype(np.float32)
+        if self.run is not None and self.run.has_heldout() and get_task(self.run.task).head == self.bundle.head:
+            found = get_task(self.run.task).bench_inputs(self.bundle, self.run.heldout())
+            if found is not None:
+                return found
+        return self.predictor.random_inputs(8)
 
     def load(self, settings: Settings) -> None:
         from kdmobile.runtime.predictors import open_predictor
@@ -173,25 +163,7 @@ class BundleSubject(Subject):
     def metric(self) -> tuple[str | None, float | None, str]:
         if self.run is None or not self.run.has_heldout():
             return self._verification_metric("run directory not found")
-        h, kind, p = self.run.heldout(), self.run.kind, self.predictor
-        if kind == "forecast":  # the runtime predictor takes and gives physical units; report physical MSE
-            fc = self.bundle.manifest["forecast"]
-            mean, std = float(fc["mean"]), float(fc["std"])
-            infer: Infer = lambda x: (p.predict(x * std + mean) - mean) / std  # noqa: E731
-            _, m = evaluate_forecast(infer, h.x_test.astype(np.float32), h.y_test.astype(np.float32), mean, std)
-            return "mse", m["mse_phys"], f"measured on held-out (N={len(h.x_test)})"
-        r = self.bundle.manifest.get("retrieval", {})
-        if r.get("class_source", "run") not in ("run", "held-out captions"):
-            return "top1", None, f"n/a (bundle holds new classes: {r.get('class_source')})"
-        emb, gallery = p.embed(list(h.images_test)), self.bundle.class_vectors
-        if kind == "captions":
-            if len(gallery) != len(h.caption_owner_test):
-                return "R@1", None, "n/a (bundle captions differ from the run's held-out captions)"
-            m = score_captions(emb, gallery, h.caption_owner_test)
-        else:
-            m = score_classes(emb, gallery, h.labels_test, p.logit_scale)
-        name, value = headline(kind, m)
-        return name, value, f"measured on held-out (N={len(emb)})"
+        return get_task(self.run.task).score_bundle(self.bundle, self.predictor, self.run.heldout())
 
     def _verification_metric(self, why: str) -> tuple[str | None, float | None, str]:
         """Without the run: the metric measured at export, recorded in the manifest."""
@@ -215,27 +187,21 @@ class TorchSubject(Subject):
     def __init__(self, model: str, role: str, run: RunDir, file: Path, device: str, kind: str,
                  params: int | None, flops: int | None) -> None:
         super().__init__(model, role, run, "torch eager", device, "fp32", str(file), _path_size(file), params, flops)
-        self.file, self.kind = file, kind   # kind: clip-teacher | forecaster | ammkd-student
+        self.file, self.model_kind = file, kind   # how to load it: clip-teacher | forecaster | student
         self.module: Any = None
         self.forward: Callable[[Any], Any] | None = None
         self.inputs: Any = None
         self._threads: int | None = None
-        from kdmobile.data.transforms import CLIP_MEAN, CLIP_STD  # what CLIP teachers are fed; a student's card
-        self.mean, self.std = list(CLIP_MEAN), list(CLIP_STD)   # replaces these when it is loaded
+        self.card: StudentCard | None = None  # a student's card once loaded (its input normalisation)
 
     def probe_spec(self, settings: Settings) -> dict[str, Any]:
         shape = [max(settings.batches), *self._model_inputs().shape[1:]]
-        return {"kind": "torch", "file": self.file.as_posix(), "model_kind": self.kind, "threads": settings.threads,
+        return {"kind": "torch", "file": self.file.as_posix(), "model_kind": self.model_kind, "threads": settings.threads,
                 "shape": shape, "method": self.run.method}
 
     def _model_inputs(self) -> np.ndarray:
         """Held-out model inputs: normalised images (N,3,S,S) or normalised frame windows (N,T,H,W)."""
-        h = self.run.heldout()
-        if h.x_test is not None:
-            return h.x_test.astype(np.float32)
-        from kdmobile.data.transforms import normalise
-
-        return normalise(h.images_test[:256], self.mean, self.std)
+        return get_task(self.run.task).torch_inputs(self.run.heldout(), self.card)
 
     def load(self, settings: Settings) -> None:
         import torch
@@ -243,9 +209,7 @@ class TorchSubject(Subject):
         if self.device == "cpu":
             self._threads = torch.get_num_threads()
             torch.set_num_threads(settings.threads)
-        self.module, self.forward, card = _load_torch(self.file, self.kind, self.device, self.run.method)
-        if card is not None and card.task != "forecast":
-            self.mean, self.std = card.image_mean, card.image_std
+        self.module, self.forward, self.card = _load_torch(self.file, self.model_kind, self.device, self.run.method)
         self.inputs = torch.from_numpy(_tile(self._model_inputs(), max(settings.batches))).to(self.device)
         self._call(max(settings.batches))()
         self._sync()
@@ -285,42 +249,15 @@ class TorchSubject(Subject):
         return samples, "batched", warm
 
     def metric(self) -> tuple[str | None, float | None, str]:
-        kind = self.run.kind
+        task = self.run.task
         if self.role in ("teacher", "baseline"):  # measured in training, on the same split
             key = self.model.split("/", 1)[1]
-            name, value = _metric_from_entry(self.run.entry(key), kind)
+            name, value = _metric_from_entry(self.run.entry(key), task)
             n = self.run.test_size()
             src = f"run metrics.json (same split, N={n})" if value is not None else "n/a (not in metrics.json)"
             return name, value, src
-        return self._student_metric(kind)
-
-    def _student_metric(self, kind: str) -> tuple[str | None, float | None, str]:
-        """The un-exported student's metric, measured here in PyTorch on the held-out split."""
-        import torch
-
-        from kdmobile.data.transforms import normalise
-        from kdmobile.runtime.backends import TorchBackend
-
-        h, model = self.run.heldout(), self.module
-        infer = backend_infer(TorchBackend(model, device=self.device))
-        if kind == "forecast":
-            norm = self.run.normalisation()
-            _, m = evaluate_forecast(infer, h.x_test.astype(np.float32), h.y_test.astype(np.float32), norm["mean"],
-                                     norm["std"])
-            return "mse", m["mse_phys"], f"measured on held-out (N={len(h.y_test)})"
-        x = normalise(h.images_test, self.mean, self.std)
-        if kind == "captions":
-            with torch.inference_mode():
-                text = model.fuse_text([torch.from_numpy(v).to(self.device) for v in h.textvec_test.values()])
-            _, m = evaluate_retrieval(infer, x, text.float().cpu().numpy(), owner=h.caption_owner_test)
-        else:
-            cv_file = self.run.path / STUDENT_CLASS_VECTORS_FILE
-            if not cv_file.is_file():
-                return "top1", None, "n/a (student_class_vectors.npy missing)"
-            _, m = evaluate_retrieval(infer, x, np.load(cv_file), labels=h.labels_test,
-                                      logit_scale=float(model.scale().detach().cpu()))
-        name, value = headline(kind, m)
-        return name, value, f"measured on held-out (N={len(x)})"
+        # the un-exported student, measured here in PyTorch on the held-out split
+        return get_task(task).score_torch(self.module, self.run, self.card, self.device)
 
     def close(self) -> None:
         self.module = self.forward = self.inputs = None

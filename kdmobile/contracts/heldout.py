@@ -55,15 +55,15 @@ class HeldOut(BaseModel):
         return self
 
     @property
-    def kind(self) -> str:
-        """classes | captions | forecast."""
+    def task(self) -> str:
+        """classes | captions | forecast: the task these arrays test (kdmobile.tasks)."""
         if self.x_test is not None:
             return "forecast"
         return "captions" if self.caption_owner_test is not None else "classes"
 
     def calibration(self) -> np.ndarray | None:
         """Inputs for static quantization: training images (retrieval) or training windows (forecast)."""
-        return self.x_calib if self.kind == "forecast" else self.images_calib
+        return self.x_calib if self.x_test is not None else self.images_calib
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The flat name -> array mapping stored in heldout.npz."""

@@ -19,7 +19,8 @@ from kdmobile.targets import PRECISIONS, TARGETS, target_names
 from kdmobile.untrusted import MAX_CLASSES
 
 Number = Union[StrictInt, StrictFloat]
-TASKS = ("retrieval", "forecast")
+SCHEMA_VERSION = 3  # 2: sealed by bundle.sha256, no unlisted files or links; 3: `head` (what it outputs) + `task`
+HEADS = ("retrieval", "forecast")  # what a bundle outputs: the manifest's `head` (kdmobile.runtime.predictors)
 
 # Limits every reader (Python here, Java and JS through manifest.schema.json) applies before allocating anything a
 # manifest declares: a re-sealed manifest claiming a 60000x60000 input must not make a phone or `export --verify`
@@ -153,16 +154,18 @@ class _Manifest(_Part):
 
 
 class RetrievalManifest(_Manifest):
-    task: Literal["retrieval"]
+    head: Literal["retrieval"]               # what the bundle outputs: an embedding matched against a gallery
+    task: Literal["classes", "captions"]     # what its gallery holds (kdmobile.tasks)
     retrieval: RetrievalSpec
 
 
 class ForecastManifest(_Manifest):
+    head: Literal["forecast"]
     task: Literal["forecast"]
     forecast: ForecastSpec
 
 
-Manifest = Annotated[Union[RetrievalManifest, ForecastManifest], Field(discriminator="task")]
+Manifest = Annotated[Union[RetrievalManifest, ForecastManifest], Field(discriminator="head")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Manifest)
 _TYPE_NAMES = {"string": "str", "int": "int", "float": "a number", "list": "list", "dict": "dict",
                "model": "dict", "model_attributes": "dict", "dataclass": "dict"}
@@ -172,22 +175,22 @@ def json_schema() -> dict[str, Any]:
     """The manifest's JSON Schema (what android_demo/manifest.schema.json holds)."""
     schema = _ADAPTER.json_schema()
     schema["title"] = "kdmobile bundle manifest"
-    schema["description"] = ("manifest.json of a kdmobile bundle (schema_version 2). Sealed by bundle.sha256, "
-                             "which a reader checks before parsing this file.")
+    schema["description"] = (f"manifest.json of a kdmobile bundle (schema_version {SCHEMA_VERSION}). Sealed by "
+                             "bundle.sha256, which a reader checks before parsing this file.")
     return schema
 
 
-def _loc(err: dict[str, Any], task: str | None) -> str:
+def _loc(err: dict[str, Any], head: str | None) -> str:
     """Dotted field name of a pydantic error, without the union tag."""
     parts = [str(p) for p in err["loc"]]
-    if parts and parts[0] == task:
+    if parts and parts[0] == head:
         parts = parts[1:]
     return ".".join(parts)
 
 
-def _problem(err: dict[str, Any], task: str | None) -> str:
+def _problem(err: dict[str, Any], head: str | None) -> str:
     """One readable problem from a pydantic error (a number field's two union branches read as one)."""
-    parts = _loc(err, task).split(".")
+    parts = _loc(err, head).split(".")
     if parts[-1] in ("int", "float"):
         return f"{'.'.join(parts[:-1])} should be a number"
     where = ".".join(parts)
@@ -204,20 +207,19 @@ def check_fields(manifest: Any, where: str = "manifest") -> None:
     """Required fields, their types and allowed values; one UserError listing every problem."""
     if not isinstance(manifest, dict):
         raise VerificationError(f"{where}: manifest.json must hold a JSON object")
-    task = manifest.get("task")
-    if task not in TASKS:
-        missing = "task" if "task" not in manifest else None
-        if missing:
-            raise VerificationError(f"{where}: missing required fields: task")
-        raise VerificationError(f"{where}: invalid manifest: task={task!r} (expected one of {', '.join(TASKS)})")
+    head = manifest.get("head")
+    if head not in HEADS:
+        if "head" not in manifest:
+            raise VerificationError(f"{where}: missing required fields: head")
+        raise VerificationError(f"{where}: invalid manifest: head={head!r} (expected one of {', '.join(HEADS)})")
     try:
         _ADAPTER.validate_python(manifest)
     except ValidationError as e:
         errors = e.errors(include_url=False)
-        missing = [_loc(x, task) for x in errors if x["type"] == "missing"]
+        missing = [_loc(x, head) for x in errors if x["type"] == "missing"]
         if missing:
             raise VerificationError(f"{where}: missing required fields: {', '.join(missing)}") from None
-        problems = list(dict.fromkeys(_problem(x, task) for x in errors))
+        problems = list(dict.fromkeys(_problem(x, head) for x in errors))
         raise VerificationError(f"{where}: invalid manifest: {'; '.join(problems)}") from None
 
 

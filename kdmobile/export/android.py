@@ -14,13 +14,14 @@ from kdmobile.bundle import MANIFEST, load_bundle
 from kdmobile.errors import KDError, UserError
 from kdmobile.fileio import atomic_path
 
-INDEX = "index.json"  # bundles/index.json: what the page offers, [{name, task, target, precision, sample}]
+INDEX = "index.json"  # bundles/index.json: what the page offers, [{name, head, task, target, precision, sample}]
 
 
 def forecast_sample(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
     """One held-out Navier-Stokes window in physical units (input frames and truth) from the bundle's run, if kept."""
     b = load_bundle(bundle_dir)
-    if b.task != "forecast":
+    fc = b.manifest.get("forecast")
+    if fc is None:  # not a forecast bundle
         return None
     from kdmobile.contracts.heldout import FILE, read_heldout
 
@@ -31,7 +32,6 @@ def forecast_sample(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
     h = read_heldout(run_dir)  # under the size limits of any file kdmobile reads; one-line error when damaged
     if h.x_test is None or h.y_test is None:
         return None
-    fc = b.manifest["forecast"]
     mean, std = np.float32(fc["mean"]), np.float32(fc["std"])
     x = h.x_test[0].astype(np.float32) * std + mean
     y = h.y_test[0].astype(np.float32) * std + mean
@@ -43,7 +43,7 @@ def forecast_sample(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
 def _entry(name: str, bundle_dir: Path, sample: str | None) -> dict[str, Any]:
     """The page's index entry for one bundle."""
     m = json.loads((bundle_dir / MANIFEST).read_text())
-    return {"name": name, "task": m["task"], "target": m["target"], "precision": m["precision"], "sample": sample}
+    return {"name": name, "head": m["head"], "task": m["task"], "target": m["target"], "precision": m["precision"], "sample": sample}
 
 
 def write_index(bundles_dir: Path) -> list[dict[str, Any]]:

@@ -138,7 +138,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
     - metadata: "author", "short_description", "license" fill the model description; every other key goes to
       `user_defined_metadata` (non-string values JSON-encoded, e.g. labels); "kdmobile_version" and
       "kdmobile_precision" are added unless given (the keys of kdmobile.export.metadata, as in ONNX and TFLite),
-      and the short description names "kdmobile_task".
+      and the short description names "kdmobile_head".
     - The package is written to a temporary sibling and renamed into place.
 
     Returns {"validated": True, "inputs", "outputs", "metadata_keys", "quantized_weight_ops", "op_types",
@@ -181,7 +181,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, out_path: Path, prec
 
         mlmodel.author = meta.pop("author", "kdmobile")
         mlmodel.short_description = meta.pop(
-            "short_description", f"kdmobile {meta.get('kdmobile_task', 'model')} ({precision})")
+            "short_description", f"kdmobile {meta.get('kdmobile_head', 'model')} ({precision})")
         if "license" in meta:
             mlmodel.license = meta.pop("license")
         for key, value in meta.items():

@@ -19,17 +19,17 @@ from kdmobile.errors import UserError
 from kdmobile.runtime.backends import EXECUTORCH_METADATA_METHOD, load_executorch_program
 from kdmobile.targets import TARGETS, resolve, target_of
 
-METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_task", "kdmobile_run", "kdmobile_target",
+METADATA_KEYS: tuple[str, ...] = ("kdmobile_version", "kdmobile_head", "kdmobile_run", "kdmobile_target",
                                   "kdmobile_precision", "input_name", "output_name")
 TFLITE_METADATA_NAME = "kdmobile"  # the flatbuffer Model.metadata entry; its buffer holds the dict as UTF-8 JSON
 _COREML_OWN = "com.github.apple."  # user_defined_metadata keys coremltools adds itself (source, version, dialect)
 _ONNX_OWN = "onnx."  # metadata_props onnxruntime's tools add themselves (onnx.infer, onnx.quant.pre_process)
 
 
-def model_metadata(task: str, run: str, target: str, precision: str, input_name: str,
+def model_metadata(head: str, run: str, target: str, precision: str, input_name: str,
                    output_name: str) -> dict[str, str]:
     """The metadata every model file carries (keys METADATA_KEYS, all values strings)."""
-    values = (__version__, task, run, target, precision, input_name, output_name)
+    values = (__version__, head, run, target, precision, input_name, output_name)
     return {k: str(v) for k, v in zip(METADATA_KEYS, values)}
 
 

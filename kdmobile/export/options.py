@@ -4,7 +4,7 @@ help read them from here) and validated once, when a model is built, with the CL
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -61,9 +61,9 @@ class ExportOptions(_Settings):
     calibration_samples: int = DEFAULT_CALIBRATION
     classes_file: Path | None = None
     strict: bool = False
-    int8_format: str = "auto"
-    int8_for: str | None = None
-    tflite_recipe: str = "auto"
+    int8_format: Literal[INT8_FORMATS] = "auto"  # type: ignore[valid-type]
+    int8_for: str | None = None  # a PRESETS key (the presets' table is read when options are checked)
+    tflite_recipe: Literal[TFLITE_RECIPES] = "auto"  # type: ignore[valid-type]
     model: str = "student"  # or a forecast run's teacher (export/run.py load_run)
     sign: Path | None = None  # a PEM private key (kdmobile keygen): each bundle gets bundle.sig
     thresholds: Thresholds = Field(default_factory=Thresholds)
@@ -76,12 +76,8 @@ class ExportOptions(_Settings):
         for pr in self.precisions:
             if pr not in PRECISIONS:
                 raise UserError(f"unknown precision {pr!r} (choose {', '.join(PRECISIONS)} or all)")
-        if self.int8_format not in INT8_FORMATS:
-            raise UserError(f"--int8-format {self.int8_format!r}: choose one of {', '.join(INT8_FORMATS)}")
         if self.int8_for is not None and self.int8_for not in PRESETS:
             raise UserError(f"--int8-for {self.int8_for!r}: choose one of {', '.join(PRESETS)}")
-        if self.tflite_recipe not in TFLITE_RECIPES:
-            raise UserError(f"--tflite-recipe {self.tflite_recipe!r}: choose one of {', '.join(TFLITE_RECIPES)}")
         if self.calibration_samples < 0:
             raise UserError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
         if self.calibration_samples == 0 and "int8" in self.precisions:

@@ -15,7 +15,7 @@ from kdmobile.contracts.heldout import FILE as HELDOUT_FILE
 from kdmobile.contracts.student import StudentCard, student_card
 from kdmobile.errors import UserError
 from kdmobile.methods import METHODS, get_method
-from kdmobile.rundir import STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file, teacher_files
+from kdmobile.rundir import PICKLE_STUDENT_FILE, STUDENT_FILE, WEIGHTS_SUFFIX, RunDir, open_run, teacher_file, teacher_files
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Run(RunDir):
     model_file: Path = field(default=None, kw_only=True)  # type: ignore[assignment]
 
     @property
-    def kind(self) -> str:
-        """classes | captions | forecast (what the student was trained for)."""
+    def task(self) -> str:
+        """classes | captions | forecast: what the student was trained for, as its card says."""
         return self.card.task
 
     def need(self, name: str) -> np.ndarray:
@@ -58,8 +58,8 @@ def load_run(path: str | Path, model: str = "student") -> Run:
     if model == "student":
         file = d.path / STUDENT_FILE
         if not file.is_file():
-            old = " (student.pt is the old pickle format, refused: retrain with this kdmobile version)" \
-                if (d.path / "student.pt").is_file() else " (was the run finished?)"
+            old = f" ({PICKLE_STUDENT_FILE} is the old pickle format, refused: retrain with this kdmobile version)" \
+                if (d.path / PICKLE_STUDENT_FILE).is_file() else " (was the run finished?)"
             raise UserError(f"{d.path}: {STUDENT_FILE} missing{old}")
     else:
         if not get_method(d.method).exports_teachers:

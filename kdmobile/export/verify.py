@@ -9,13 +9,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from kdmobile.bundle import Bundle
-from kdmobile.evaluation import backend_infer, evaluate_forecast, evaluate_retrieval, score_captions, score_classes
+from kdmobile.evaluation import backend_infer
 from kdmobile.export.options import Thresholds
 from kdmobile.table import format_table
-from kdmobile.targets import TARGETS
+from kdmobile.targets import TARGETS, resolve
 
 BROKEN_COSINE = 0.9         # below this the artifact is broken, not merely quantized: always flagged
 PREPROCESS_TOL = 1e-3    # max |runtime preprocessing - training preprocessing| before flagging
+VERIFY_SAMPLES = 1000  # held-out samples used for parity and metrics (the PyTorch reference uses the same ones)
 TABLE_HEADERS = ["target", "precision", "size KB", "max|Δ|", "cosine", "metric", "Δ vs fp32", "status"]
 
 
@@ -23,7 +24,7 @@ TABLE_HEADERS = ["target", "precision", "size KB", "max|Δ|", "cosine", "metric"
 class Reference:
     """Held-out inputs and what the fp32 PyTorch student gives on them (computed once per export)."""
 
-    kind: str                      # "classes" | "captions" | "forecast"
+    task: str                      # the data task (kdmobile.tasks): classes | captions | forecast
     inputs: np.ndarray             # what the runtime predictor takes: uint8 (N,S,S,3) images or raw-unit frames
     model_inputs: np.ndarray       # the normalised tensor the student saw
     outputs: np.ndarray            # the student's outputs (embeddings or normalised forecasts)
@@ -38,42 +39,17 @@ class Reference:
     std: float = 1.0
 
 
-def _student(model: Any) -> Any:
-    """The PyTorch student as an evaluator model (kdmobile.evaluation), through the runtime's TorchBackend."""
+def student_infer(model: Any) -> Any:
+    """The PyTorch model as an evaluator model (kdmobile.evaluation), through the runtime's TorchBackend."""
     from kdmobile.runtime.backends import TorchBackend
 
     return backend_infer(TorchBackend(model))
 
 
-def reference_classes(model: Any, images: np.ndarray, model_inputs: np.ndarray, labels: np.ndarray | None,
-                      class_vectors: np.ndarray, logit_scale: float, new_classes: bool) -> Reference:
-    """Reference for a class-retrieval bundle; the metric is skipped when the bundle holds new classes."""
-    use_labels = None if new_classes else labels
-    out, metric = evaluate_retrieval(_student(model), model_inputs, class_vectors, labels=use_labels,
-                                     logit_scale=logit_scale)
-    ref = Reference("classes", images, model_inputs, out, labels=labels)
-    if use_labels is None:
-        ref.note = "new classes" if new_classes else "no held-out labels"
-        return ref
-    ref.metric, ref.headline = metric, "top1"
-    return ref
-
-
-def reference_captions(model: Any, images: np.ndarray, model_inputs: np.ndarray, text_vectors: np.ndarray,
-                       owner: np.ndarray) -> Reference:
-    """Reference for a caption-retrieval run: Recall@K between image embeddings and fused caption vectors."""
-    out, metric = evaluate_retrieval(_student(model), model_inputs, text_vectors, owner=owner)
-    ref = Reference("captions", images, model_inputs, out, text_vectors=text_vectors, caption_owner=owner)
-    ref.metric, ref.headline = metric, "R@1"  # caption recall does not depend on the bundled class vectors, so --classes keeps it
-    return ref
-
-
-def reference_forecast(model: Any, x: np.ndarray, y: np.ndarray, mean: float, std: float) -> Reference:
-    """Reference for a forecast bundle: inputs/targets are normalised windows; the runtime gets raw units."""
-    out, metric = evaluate_forecast(_student(model), x, y, mean, std)
-    ref = Reference("forecast", (x * std + mean).astype(np.float32), x, out, targets=y, mean=mean, std=std)
-    ref.metric, ref.headline = metric, "mse"
-    return ref
+def verification_index(n: int) -> np.ndarray:
+    """Which of n held-out samples verification uses: all up to VERIFY_SAMPLES, else that many evenly spaced (a split
+    stored class by class would otherwise be verified on its first classes only)."""
+    return np.unique(np.linspace(0, n - 1, min(n, VERIFY_SAMPLES)).round().astype(np.int64))
 
 
 def parity(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -85,46 +61,12 @@ def parity(y: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "min_cosine": float(cos.min())}
 
 
-def _coreml_spec(bundle: Bundle) -> dict[str, Any]:
-    """Validate a CoreML package's spec on a machine that cannot run it: loads, one input/output, shapes match."""
-    try:
-        import coremltools as ct
-    except ImportError:
-        return {"status": "not checked (coremltools not installed)", "flagged": False}
-    try:
-        spec = ct.models.MLModel(str(bundle.model_path), skip_model_load=True).get_spec()
-    except Exception as e:  # noqa: BLE001 - a corrupt package raises many kinds
-        return {"status": f"FLAGGED: CoreML spec unreadable ({type(e).__name__})", "flagged": True}
-    ins = [(i.name, [int(s) for s in i.type.multiArrayType.shape]) for i in spec.description.input]
-    outs = [o.name for o in spec.description.output]
-    problems = []
-    if len(ins) != 1 or len(outs) != 1:
-        problems.append(f"expected 1 input and 1 output, got {len(ins)} and {len(outs)}")
-    elif ins[0][1] and ins[0][1][1:] != list(bundle.input["shape"][1:]):
-        problems.append(f"input shape {ins[0][1]} != manifest {bundle.input['shape']}")
-    status = ("FLAGGED: " + "; ".join(problems)) if problems else "spec ok (CoreML predicts on macOS only)"
-    return {"status": status, "flagged": bool(problems), "spec": {"inputs": ins, "outputs": outs},
-            "spec_version": int(spec.specificationVersion)}
-
-
 def _run_bundle(bundle: Bundle, ref: Reference) -> tuple[np.ndarray, dict[str, float], float | None]:
-    """Outputs, metric and preprocessing difference from the runtime predictor (the phone-side code)."""
-    from kdmobile.runtime import ForecastPredictor, RetrievalPredictor
+    """Outputs, metric and preprocessing difference from the runtime predictor (the phone-side code), as ref's task
+    scores them."""
+    from kdmobile.tasks import get_task
 
-    if ref.kind == "forecast":
-        fp = ForecastPredictor(bundle)
-        return evaluate_forecast(lambda x: (fp.predict(x * ref.std + ref.mean) - ref.mean) / ref.std,
-                                 ref.model_inputs, ref.targets, ref.mean, ref.std) + (None,)
-    rp = RetrievalPredictor(bundle)
-    images = list(ref.inputs)
-    pre_diff = float(np.max(np.abs(rp.preprocess(images) - ref.model_inputs)))
-    emb = rp.embed(images)
-    metric: dict[str, float] = {}
-    if ref.kind == "classes" and ref.headline is not None:
-        metric = score_classes(emb, rp.class_vectors, ref.labels, rp.logit_scale)
-    elif ref.kind == "captions":
-        metric = score_captions(emb, ref.text_vectors, ref.caption_owner)
-    return emb, metric, pre_diff
+    return get_task(ref.task).run_bundle(bundle, ref)
 
 
 def _judge(ref: Reference, metric: dict[str, float], th: Thresholds) -> tuple[float | None, list[str]]:
@@ -140,15 +82,15 @@ def _judge(ref: Reference, metric: dict[str, float], th: Thresholds) -> tuple[fl
 
 
 def _not_run_here(bundle: Bundle) -> dict[str, Any]:
-    """What verification can say of a bundle this machine cannot run: CoreML's spec is checked; another target's
-    model is only checksummed."""
+    """What verification can say of a bundle this machine cannot run: the target's offline check (CoreML's spec),
+    else only the checksums."""
     target = TARGETS[bundle.target]
     where = target.where_it_runs()
-    if bundle.target == "coreml":
-        return {"parity": None, "metric": {"name": None, "note": "n/a (CoreML predicts on macOS)"},
-                **_coreml_spec(bundle), "note": "CoreML prediction needs macOS: the spec was validated instead"}
-    return {"parity": None, "metric": {"name": None, "note": f"n/a ({target.backend} runs on {where} only)"},
-            "flagged": False, "status": f"not run here ({target.backend} runs on {where} only)",
+    base = {"parity": None, "metric": {"name": None, "note": f"n/a ({target.backend} runs on {where} only)"}}
+    if target.offline_check is not None:
+        return {**base, **resolve(target.offline_check)(bundle),
+                "note": f"{target.backend} runs on {where} only: the model file was checked without running it"}
+    return {**base, "flagged": False, "status": f"not run here ({target.backend} runs on {where} only)",
             "note": f"{target.backend} runs on {where} only: checksums checked, the model was not run"}
 
 

@@ -220,21 +220,20 @@ def handler(args: argparse.Namespace) -> int:
     from kdmobile.signing import trust_from
 
     bundle = load_bundle(args.bundle, trust_from(args.trust))
-    task = bundle.task
     if not 1 <= args.threads <= MAX_THREADS:
         raise UserError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
-    head = HEADS.get(task)
+    head = HEADS.get(bundle.head)
     if head is None:
-        raise UserError(f"bundle {bundle.path}: predict has no way to run a {task!r} bundle")
+        raise UserError(f"bundle {bundle.path}: predict has no way to run a {bundle.head!r} bundle")
     head.check(args)
     results = head.run(bundle, args)
     if args.json:
-        doc = {"bundle": str(bundle.path), "task": task, "target": bundle.target, "precision": bundle.precision,
-               "results": results}
+        doc = {"bundle": str(bundle.path), "head": bundle.head, "task": bundle.task, "target": bundle.target,
+               "precision": bundle.precision, "results": results}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(f"{bundle.path} ({task}, {bundle.target} {bundle.precision})")
+        print(f"{bundle.path} ({bundle.task}, {bundle.target} {bundle.precision})")
         for r in results:
             head.show(r)
     return 0

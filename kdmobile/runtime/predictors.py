@@ -72,14 +72,14 @@ def rank_gallery(queries: np.ndarray, gallery: np.ndarray, k: int) -> list[list[
 
 
 class _Predictor(abc.ABC):
-    """Shared plumbing: task check, backend, input spec and batch-aware execution; each head (a subclass) says how
+    """Shared plumbing: head check, backend, input spec and batch-aware execution; each head (a subclass) says how
     its raw inputs become model inputs, what a random input is, how it answers and what a wrong answer looks like."""
 
-    task = ""
+    head = ""  # the manifest's head this predictor runs
 
     def __init__(self, bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> None:
-        if bundle.task != self.task:
-            raise UserError(f"bundle {bundle.path}: a {bundle.task} bundle, not a {self.task} bundle")
+        if bundle.head != self.head:
+            raise UserError(f"bundle {bundle.path}: a {bundle.head} bundle, not a {self.head} bundle")
         self.bundle = bundle
         self.backend = backend if backend is not None else open_backend(bundle, threads=threads)
         check_model_io(bundle, self.backend)
@@ -117,7 +117,7 @@ class _Predictor(abc.ABC):
 class RetrievalPredictor(_Predictor):
     """Image embedding, class scores and top-k labels from a retrieval bundle (class vectors precomputed)."""
 
-    task = "retrieval"
+    head = "retrieval"
 
     def __init__(self, bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> None:
         super().__init__(bundle, threads, backend)
@@ -200,7 +200,7 @@ class RetrievalPredictor(_Predictor):
 class ForecastPredictor(_Predictor):
     """Next-frames forecast from a forecast bundle, in raw units, with autoregressive roll-out."""
 
-    task = "forecast"
+    head = "forecast"
 
     def __init__(self, bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> None:
         super().__init__(bundle, threads, backend)
@@ -270,12 +270,12 @@ class ForecastPredictor(_Predictor):
         return out[0] if single else out
 
 
-PREDICTORS: dict[str, type[_Predictor]] = {p.task: p for p in (RetrievalPredictor, ForecastPredictor)}
+PREDICTORS: dict[str, type[_Predictor]] = {p.head: p for p in (RetrievalPredictor, ForecastPredictor)}
 
 
 def open_predictor(bundle: Bundle, threads: int = 1, backend: Backend | None = None) -> _Predictor:
-    """The predictor for the bundle's head (its manifest task), so callers need not branch on it."""
-    cls = PREDICTORS.get(bundle.task)
+    """The predictor for the bundle's head, so callers need not branch on it."""
+    cls = PREDICTORS.get(bundle.head)
     if cls is None:
-        raise UserError(f"bundle {bundle.path}: no predictor for task {bundle.task!r}")
+        raise UserError(f"bundle {bundle.path}: no predictor for head {bundle.head!r}")
     return cls(bundle, threads=threads, backend=backend)

@@ -88,8 +88,8 @@ def _train_ammkd(args: argparse.Namespace) -> int:
     }
     cfg = load_config(AMMKDConfig, args.config, overrides, args.set)
     from kdmobile.train import distributed as dist
-    from kdmobile.train.ammkd import AMMKD, metrics_table
-    from kdmobile.train.plan import ammkd_plan, source_mismatch
+    from kdmobile.ammkd.train import AMMKD, metrics_table
+    from kdmobile.ammkd.plan import ammkd_plan, source_mismatch
 
     job = AMMKD(cfg, resume=args.resume, progress=not args.no_progress)
     plan = ammkd_plan(job, teachers_from=args.teachers_from)
@@ -133,8 +133,8 @@ def _train_sdkd(args: argparse.Namespace) -> int:
     cfg = load_config(SDKDConfig, args.config, overrides, args.set)
     from kdmobile.rundir import new_run_dir
     from kdmobile.train import distributed as dist
-    from kdmobile.train.plan import sdkd_plan
-    from kdmobile.train.sdkd import SDKD, cached_navier_stokes_path, metrics_table
+    from kdmobile.sdkd.plan import sdkd_plan
+    from kdmobile.sdkd.train import SDKD, cached_navier_stokes_path, metrics_table
 
     # A dry run must not generate the data set: it plans without the data unless a file or the cache has it.
     data_ready = bool(cfg.data.path) or args.resume or not args.dry_run or cached_navier_stokes_path(cfg).is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
@@ -57,6 +58,17 @@ def agree(make: "Callable[[], T]", device: torch.device) -> "T":
     box = [make() if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[return-value]
+
+
+def claim_run(picked: Path, name: str, resume: bool, device: torch.device) -> Path:
+    """Create the run directory now (rank 0; every rank learns the name): another run may have taken `picked`
+    meanwhile, and then the next free name is used and said."""
+    from kdmobile.rundir import claim_run_dir
+
+    run = agree(lambda: claim_run_dir(picked, name, resume), device)
+    if run != picked and is_main():
+        print(f"kdmobile: {picked} was taken by another run meanwhile; writing to {run}", flush=True)
+    return run
 
 
 def barrier() -> None:

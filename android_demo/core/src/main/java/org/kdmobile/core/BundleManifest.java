@@ -14,10 +14,10 @@ import org.json.JSONArray;
 import org.json.JSONException;
 import org.json.JSONObject;
 
-/** The fields of a kdmobile manifest.json (schema 2, sealed) that a phone-side runner needs, checked on parse. */
+/** The fields of a kdmobile manifest.json (schema 3, sealed) that a phone-side runner needs, checked on parse. */
 public final class BundleManifest {
     /** 2: sealed by bundle.sha256, no unlisted files or symbolic links (kdmobile/bundle.py). */
-    public static final int SCHEMA_VERSION = 2;
+    public static final int SCHEMA_VERSION = 3;
     /** kdmobile.untrusted.MAX_JSON_BYTES and MAX_JSON_DEPTH. */
     public static final int MAX_JSON_BYTES = 1 << 20;
     public static final int MAX_JSON_DEPTH = 32;
@@ -28,6 +28,9 @@ public final class BundleManifest {
     public static final int MAX_EMBED_DIM = 65536;
     public static final long MAX_CLASS_VECTOR_ELEMENTS = 1L << 28;
 
+    /** What the bundle outputs: retrieval or forecast. */
+    public final String head;
+    /** What its outputs are scored as: classes or captions (retrieval), forecast. */
     public final String task;
     public final String target;
     public final String precision;
@@ -58,6 +61,7 @@ public final class BundleManifest {
     private BundleManifest(JSONObject m, Map<String, String> seal) throws JSONException, BundleException {
         this.seal = seal;
         checkSchema(m.opt("schema_version"));
+        head = m.getString("head");
         task = m.getString("task");
         target = m.getString("target");
         precision = m.getString("precision");
@@ -103,7 +107,10 @@ public final class BundleManifest {
         if (inputShape.length != 4) {
             throw new BundleException("manifest.json: input.shape should have 4 entries");
         }
-        if ("retrieval".equals(task)) {
+        if ("retrieval".equals(head)) {
+            if (!"classes".equals(task) && !"captions".equals(task)) {
+                throw new BundleException("manifest.json: retrieval task " + task + " (expected classes or captions)");
+            }
             JSONObject r = m.getJSONObject("retrieval");
             JSONObject cv = r.getJSONObject("class_vectors");
             classVectorsFile = cv.getString("file");
@@ -129,7 +136,7 @@ public final class BundleManifest {
             framesIn = framesOut = 0;
             forecastMean = 0.0;
             forecastStd = 1.0;
-        } else if ("forecast".equals(task)) {
+        } else if ("forecast".equals(head) && "forecast".equals(task)) {
             JSONObject fc = m.getJSONObject("forecast");
             framesIn = dim(fc.get("frames_in"), MAX_DIM, "forecast.frames_in");
             framesOut = dim(fc.get("frames_out"), MAX_DIM, "forecast.frames_out");
@@ -143,7 +150,7 @@ public final class BundleManifest {
             numClasses = embedDim = 0;
             logitScale = 1.0;
         } else {
-            throw new BundleException("manifest.json: unknown task " + task);
+            throw new BundleException("manifest.json: unknown head " + head + " (task " + task + ")");
         }
     }
 

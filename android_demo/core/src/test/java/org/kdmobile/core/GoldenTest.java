@@ -48,7 +48,7 @@ public class GoldenTest {
     @Test
     public void manifestParsesAndChecksumsPass() throws Exception {
         BundleManifest m = BundleManifest.read(new DirectorySource(bundle));
-        assertEquals("retrieval", m.task);
+        assertEquals("retrieval", m.head);
         assertEquals(4, m.inputShape.length);
         Checksums.verify(m, new DirectorySource(bundle));
     }

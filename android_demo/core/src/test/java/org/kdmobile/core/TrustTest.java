@@ -36,7 +36,7 @@ public class TrustTest {
         DirectorySource src = new DirectorySource(new File(dir));
         BundleManifest m = BundleManifest.read(src, trusted);
         Checksums.verify(m, src);
-        if ("retrieval".equals(m.task)) {
+        if ("retrieval".equals(m.head)) {
             Retrieval.load(m, src);
         }
     }

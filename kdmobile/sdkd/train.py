@@ -26,7 +26,7 @@ from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssi
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
-from kdmobile.rundir import (CONFIG_FILE, LOG_FILE, NORMALISATION_FILE, WEIGHTS_SUFFIX, check_resume, claim_run_dir,
+from kdmobile.rundir import (CONFIG_FILE, LOG_FILE, NORMALISATION_FILE, WEIGHTS_SUFFIX, check_resume,
                              new_run_dir, stage_dir, teacher_file, write_method, write_metrics)
 from kdmobile.table import format_table
 from kdmobile.train import distributed as dist
@@ -100,18 +100,11 @@ class SDKD:
         self.device = dist.pick_device(cfg.train.device)
 
     # ------------------------------------------------------------------ driver
-    def claim_run(self) -> None:
-        """Create the run directory now (rank 0; every rank learns the name): another run may have taken it."""
-        picked = self.run
-        self.run = dist.agree(lambda: claim_run_dir(picked, self.cfg.name, self.resume), self.device)
-        if self.run != picked and dist.is_main():
-            print(f"kdmobile: {picked} was taken by another run meanwhile; writing to {self.run}", flush=True)
-
     def run_all(self) -> dict[str, Any]:
         """Teacher(s) -> no-KD student -> SDKD student -> metrics, figure, held-out data for export."""
         seed_everything(self.cfg.seed)
         s = self.splits
-        self.claim_run()
+        self.run = dist.claim_run(self.run, self.cfg.name, self.resume, self.device)
         if dist.is_main():
             write_method(self.run, "sdkd")
             save_config(self.run / CONFIG_FILE, self.cfg)

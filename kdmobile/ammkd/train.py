@@ -3,7 +3,7 @@
 Stage 1 pre-trains each teacher contrastively on the data (augmentation, warm-up + cosine, label smoothing); their
 text encoders then encode the class prompts (or captions) once. A no-KD student is trained as the baseline, and
 every teacher must beat it clearly (health check) to teach. Stage 2 trains the student on the named loss terms of
-`ammkd_loss`, the teachers combined per term by the shared `TeacherWeighting`. All stages run on `Trainer`.
+`kdmobile.ammkd.loss`, the teachers combined per term by the shared `TeacherWeighting`. All stages run on `Trainer`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
 from kdmobile.rundir import (CLASS_VECTORS_FILE, CONFIG_FILE, LABELS_FILE, LOG_FILE, NOKD_FILE, STUDENT_CLASS_VECTORS_FILE,
-                             STUDENT_FILE, check_resume, claim_run_dir, new_run_dir, stage_dir, teacher_file,
+                             STUDENT_FILE, check_resume, new_run_dir, stage_dir, teacher_file,
                              write_method, write_metrics)
 from kdmobile.train import distributed as dist
-from kdmobile.train.ammkd_eval import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
-from kdmobile.train.ammkd_eval import metrics_table  # noqa: F401  (re-exported for the CLI)
-from kdmobile.train.ammkd_inputs import auto_image_size, class_prompts, native_size, pick_caption
-from kdmobile.train.ammkd_loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
+from kdmobile.ammkd.evaluate import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
+from kdmobile.ammkd.evaluate import metrics_table  # noqa: F401  (re-exported for the CLI)
+from kdmobile.ammkd.inputs import auto_image_size, class_prompts, native_size, pick_caption
+from kdmobile.ammkd.loss import FEATURE_TERMS, AMMKDLoss, Batch, StudentWithHeads
 from kdmobile.train.augment import AugmentedImages, resolve_augment
 from kdmobile.train.image_stream import FileImages, FileViews, decode_sample, default_workers, train_transform
 from kdmobile.train.health import TeacherHealth, announce, check_teachers, health_record
@@ -108,17 +108,10 @@ class AMMKD:
         return self.val if len(self.val) else self.test
 
     # ------------------------------------------------------------------ driver
-    def claim_run(self) -> None:
-        """Create the run directory now (rank 0; every rank learns the name): another run may have taken it."""
-        picked = self.run
-        self.run = dist.agree(lambda: claim_run_dir(picked, self.cfg.name, self.resume), self.device)
-        if self.run != picked and dist.is_main():
-            print(f"kdmobile: {picked} was taken by another run meanwhile; writing to {self.run}", flush=True)
-
     def run_all(self) -> dict[str, Any]:
         """Teachers, class vectors, baseline + health check, distillation, evaluation; returns metrics.json's dict."""
         seed_everything(self.cfg.seed)
-        self.claim_run()
+        self.run = dist.claim_run(self.run, self.cfg.name, self.resume, self.device)
         if dist.is_main():
             write_method(self.run, "ammkd")
             save_config(self.run / CONFIG_FILE, self.cfg)
