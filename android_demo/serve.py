@@ -65,7 +65,7 @@ class DemoServer:
         out = []
         for name, p in self.bundles.items():
             m = json.loads((p / "manifest.json").read_text())
-            out.append({"name": name, "task": m["task"], "target": m["target"], "precision": m["precision"],
+            out.append({"name": name, "head": m["head"], "task": m["task"], "target": m["target"], "precision": m["precision"],
                         "sample": f"samples/{name}.json" if self.samples[name] else None})
         return out
 

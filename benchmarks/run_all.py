@@ -3,7 +3,9 @@ teachers, on this CPU. The README's headline is the 224-px one (`student_zoo.py 
 the last headline.{json,md} this script wrote is archived (results/archive/) as stale, so rerun it before citing it.
 
 Trains (or, with --reuse, reuses) a default AMMKD run and a default SDKD run under RUNS/bench-{ammkd,sdkd} with
-`kdmobile train`, exports each to ONNX and TFLite in fp32 and int8 (verified bundles under BUNDLES/), benchmarks every bundle and the runs' teachers with `kdmobile bench` (host and ISA recorded; per-run reports in RUNS/bench-*/bench/), and writes
+`kdmobile train`, exports each to ONNX and TFLite in fp32 and int8 (verified bundles under BUNDLES/), benchmarks
+every bundle and the runs' teachers with `kdmobile bench` (host and ISA recorded; per-run reports in
+RUNS/bench-*/bench/), and writes
 benchmarks/results/headline.{json,md}: metric, p50 latency at batch 1, size and speed-up vs the teacher (PyTorch,
 same CPU and threads). Where benchmarks/results/gpu_teachers.json exists, its teacher-on-GPU rows are added to the
 Markdown as a separate table, with the card they were recorded on.
@@ -44,12 +46,13 @@ QUICK = {  # the tiny configurations of the test suite: minutes on 2 cores
 QUICK_TIMING = {"runs": 20, "warmup": 3}  # --quick: few timed runs (a smoke test, not a measurement)
 
 
-def _kdmobile(args: list[Any]) -> int:
-    """One `kdmobile` verb through its CLI (the same settings loader, checks and reports a user gets)."""
+def _kdmobile(args: list[Any], ok: tuple[int, ...] = (0,)) -> int:
+    """One `kdmobile` verb through its CLI (the same settings loader, checks and reports a user gets); an exit code
+    outside `ok` stops the benchmark."""
     from kdmobile.cli import main as kdmobile
 
     rc = kdmobile([str(a) for a in args])
-    if rc not in (0, 1):  # 1: an export artifact flagged or failed, a bench gate: reported, not fatal here
+    if rc not in ok:
         raise SystemExit(f"run_all: `kdmobile {' '.join(map(str, args[:2]))}` exited {rc}")
     return rc
 
@@ -94,9 +97,13 @@ def export(run: Path, bundles: Path) -> list[str]:
 def bench(run: Path, bundles: Path, settings: Settings) -> dict[str, Any]:
     """`kdmobile bench RUN` (bundles + teachers); its report is written to RUN/bench/ and read back."""
     print(f"[{run.name}] benchmarking", flush=True)
+    report = run / "bench" / "report.json"
+    report.unlink(missing_ok=True)  # an earlier run's report must not stand in for this one
     _kdmobile(["bench", run, "--bundles", bundles, "--out", run / "bench",
                *_sets({**settings.as_dict(), "progress": settings.progress})])
-    return read_json(run / "bench" / "report.json")
+    if not report.is_file():
+        raise SystemExit(f"run_all: `kdmobile bench {run}` wrote no {report}")
+    return read_json(report)
 
 
 def _headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ export, verification and bench call for it, so that no shared module compares ta
 Words: a *task* is what a student was trained for (`classes`, `captions`, `forecast`: the student card's and
 metrics.json's `task`); a *head* is what its bundles output (`retrieval`, `forecast`: the manifest's `head`). Each
 method package implements its tasks (kdmobile.ammkd.tasks, kdmobile.sdkd.tasks) and a row here names the code
-lazily, so this module imports nothing heavy. A new task is one `register_task(TaskRow(...))`.
+lazily, so this module imports nothing heavy. A new task is a `register_task(TaskRow(...))` plus its name in the
+student card's and the manifest's `task` choices (kdmobile/contracts/).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from kdmobile.errors import UserError
 from kdmobile.evaluation import backend_infer, evaluate_retrieval, score_captions, score_classes
 from kdmobile.export.verify import Reference, student_infer, verification_index
 from kdmobile.rundir import CLASS_VECTORS_FILE, LABELS_FILE, STUDENT_CLASS_VECTORS_FILE, STUDENT_FILE, teacher_file
-from kdmobile.tasks import Score, Task
+from kdmobile.tasks import Score, Task, get_task
 from kdmobile.untrusted import MAX_LABELS_BYTES, load_npz, read_json
 
 RUN_GALLERIES = ("run", "held-out captions")  # a bundle's class_source when its gallery is the run's own
@@ -137,8 +137,8 @@ class RetrievalTask(Task):
 
     def score_bundle(self, bundle: Bundle, predictor: Any, heldout: HeldOut) -> Score:
         r = bundle.manifest.get("retrieval", {})
-        if r.get("class_source", "run") not in RUN_GALLERIES:
-            return self.row.headline, None, f"n/a (bundle holds new classes: {r.get('class_source')})"
+        if r.get("class_source", "run") not in RUN_GALLERIES:  # scored as the bundle's task (classes) would be
+            return get_task(bundle.task).row.headline, None, f"n/a (bundle holds new classes: {r.get('class_source')})"
         emb = predictor.embed(list(heldout.images_test))
         m = self.score_gallery(emb, bundle.class_vectors, predictor.logit_scale, heldout)
         if m is None:

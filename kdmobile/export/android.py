@@ -43,7 +43,8 @@ def forecast_sample(bundle_dir: str | os.PathLike) -> dict[str, Any] | None:
 def _entry(name: str, bundle_dir: Path, sample: str | None) -> dict[str, Any]:
     """The page's index entry for one bundle."""
     m = json.loads((bundle_dir / MANIFEST).read_text())
-    return {"name": name, "head": m["head"], "task": m["task"], "target": m["target"], "precision": m["precision"], "sample": sample}
+    return {"name": name, "head": m.get("head"), "task": m.get("task"), "target": m.get("target"),
+            "precision": m.get("precision"), "sample": sample}
 
 
 def write_index(bundles_dir: Path) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import org.json.JSONObject;
 
 /** The fields of a kdmobile manifest.json (schema 3, sealed) that a phone-side runner needs, checked on parse. */
 public final class BundleManifest {
-    /** 2: sealed by bundle.sha256, no unlisted files or symbolic links (kdmobile/bundle.py). */
+    /** 2: sealed by bundle.sha256, no unlisted files or links; 3: head + task (kdmobile/contracts/manifest.py). */
     public static final int SCHEMA_VERSION = 3;
     /** kdmobile.untrusted.MAX_JSON_BYTES and MAX_JSON_DEPTH. */
     public static final int MAX_JSON_BYTES = 1 << 20;
