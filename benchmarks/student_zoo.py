@@ -39,12 +39,20 @@ from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
 ZOO = ["mobilenetv3_small_050", "mobilenetv3_small_075", "mobilenetv3_small_100", "mobilenetv2_050",
-       "mobilenetv2_100", "efficientvit_m0", "repvit_m0_9", "mobileone_s0", "resnet18"]
+       "mobilenetv2_100", "efficientvit_m0", "repvit_m0_9", "mobileone_s0", "resnet18",
+       # zoo v2 (issue 23): backbones made for int8 and phones (ReLU, no squeeze-excite where named), timm 1.0
+       "mobilenetv4_conv_small_035", "mobilenetv4_conv_small_050", "mobilenetv4_conv_small", "lcnet_035", "lcnet_050",
+       "tf_mobilenetv3_small_minimal_100", "ghostnetv3_050", "fastvit_mci0"]
 DEPLOY_PX, TRAIN_PX = 224, 64
 REFERENCES = ["ViT-B-32", "RN50"]
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
+def train_key(backbone: str, seed: int) -> str:
+    """The records key of one training: seed 0 keeps the first zoo's key."""
+    return f"train/{backbone}" if seed == 0 else f"train/{backbone}@s{seed}"
+
+
 def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> dict[str, Any]:
     """Child process: the short distillation of one backbone at TRAIN_PX; returns its record."""
     from kdmobile.ammkd.train import run_ammkd
@@ -53,7 +61,7 @@ def train_one(args: argparse.Namespace, backbone: str, teachers: list[str]) -> d
             "data.test_frac": 0.2, "data.max_train": 8000, "data.max_test": 2000, "data.split_seed": 0,
             "data.image_size": TRAIN_PX, "data.views": args.epochs,
             "data.view_cache": str(Path(args.runs) / f"cifar10-{TRAIN_PX}px-views-{args.epochs}"),
-            "seed": 0, "out": args.runs, "name": f"zoo-{backbone}", "baseline": False, "health.drop_weak": False,
+            "seed": args.seed, "out": args.runs, "name": f"zoo-{backbone}" + (f"-s{args.seed}" if args.seed else ""), "baseline": False, "health.drop_weak": False,
             "student": backbone, "teachers": teachers, "teacher_train.epochs": 0, "train.epochs": args.epochs,
             "train.batch_size": 64}
     cfg = load_config(AMMKDConfig, None, without_set_keys(over, args.set), args.set)
@@ -286,6 +294,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE (training)")
     p.add_argument("--report-only", action="store_true", help="write the tables from the records and stop")
     p.add_argument("--records", default=str(RESULTS / "student_zoo_records.json"))
+    p.add_argument("--seed", type=int, default=0, help="training seed (split fixed); seed 0 is the first zoo's")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (and record) the missing backbones, then stop: no timing, no report")
     p.add_argument("--only-train", help=argparse.SUPPRESS)  # child process: train this backbone
     p.add_argument("--shard", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -302,16 +313,19 @@ def main() -> int:
                                     "offline views, the ablation's teacher pair, default weighting; top-1 on the "
                                     "2,000 test images")
         common = ["--teachers-from", args.teachers_from, "--epochs", str(args.epochs), "--runs", args.runs,
+                  "--seed", str(args.seed),
                   "--records", args.records, *(["--data-root", args.data_root]),
                   *[x for item in args.set for x in ("--set", item)]]
-        todo = [b for b in args.backbones if not records.get(f"train/{b}")]
+        todo = [b for b in args.backbones if not records.get(train_key(b, args.seed))]
         batches = [todo[:1], todo[1:]] if args.jobs > 1 else [todo]  # the first builds the shared view cache
         for batch in batches:
             for job, out in run_children(__file__, common, records, [["--only-train", b] for b in batch],
                                          args.jobs, args.threads):
                 if out:
-                    records.put(f"train/{job[1]}", out)
+                    records.put(train_key(job[1], args.seed), out)
                     print(f"{job[1]}: top-1 {out['top1']:.2f} ({out['seconds']:.0f} s)", flush=True)
+        if args.train_only:
+            return 0
         for b in ZOO:
             if (tr := records.get(f"train/{b}")) and not records.get(f"latency/{b}"):
                 print(f"{b}: ONNX fp32 + int8 candidates at {DEPLOY_PX} px", flush=True)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, TypeVar, get_args
+from typing import Any, Literal, Mapping, Optional, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from kdmobile.contracts.manifest import MAX_EMBED_DIM  # a bundle's class-vector width
 from kdmobile.errors import UserError
+from kdmobile.student_choice import AUTO, MAX_BUDGET_MS, MAX_CANDIDATES, ZOO_TOP1
 from kdmobile.untrusted import MAX_CONFIG_BYTES, MAX_SET_CHARS, parse_yaml, read_yaml  # noqa: F401
 
 M = TypeVar("M", bound=BaseModel)
@@ -146,7 +148,14 @@ class AMMKDConfig(_Strict):
     # WiSE-FT use 1e-5 to 3e-5, higher rates wreck the pretrained features).
     teacher_finetune_lr: float = Field(1e-5, gt=0)
     templates: list[str] = list(DEFAULT_TEMPLATES)
-    student: str = DEFAULT_STUDENT
+    student: str = DEFAULT_STUDENT  # a timm backbone, or "auto" (below)
+    # `--student auto`: the most accurate of student_candidates (by the zoo's recorded accuracy,
+    # kdmobile.student_choice.ZOO_TOP1) whose student runs within latency_budget_ms on this host, timed as export
+    # ships it (the int8 format `--int8-format auto` keeps when student_int8, else fp32; onnxruntime, 1 thread).
+    latency_budget_ms: Optional[float] = Field(None, gt=0, le=MAX_BUDGET_MS)
+    student_candidates: list[str] = Field(default_factory=lambda: list(ZOO_TOP1), min_length=1,
+                                          max_length=MAX_CANDIDATES)
+    student_int8: bool = False
     # Where the student's weights start: random, pretrained (timm's ImageNet weights; needs a network or timm's cache)
     # or a file: a kdmobile student.safetensors, a timm .safetensors or a weights-only .pth checkpoint.
     student_init: str = "random"
@@ -187,6 +196,23 @@ class AMMKDConfig(_Strict):
             raise ValueError("every prompt template needs a '{}' for the class name")
         return v
 
+    @field_validator("student_candidates")
+    @classmethod
+    def _candidates(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in ZOO_TOP1]
+        if unknown:
+            raise ValueError(f"no recorded accuracy for {', '.join(unknown)[:200]} (candidates: {', '.join(ZOO_TOP1)})")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _auto(self) -> "AMMKDConfig":
+        """A latency budget belongs to `--student auto`, and `--student auto` needs one."""
+        if self.student == AUTO and self.latency_budget_ms is None:
+            raise ValueError("--student auto needs --latency-budget-ms (the p50 a student may take on this host)")
+        if self.student != AUTO and self.latency_budget_ms is not None:
+            raise ValueError("--latency-budget-ms applies to --student auto only")
+        return self
+
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
@@ -210,7 +236,7 @@ def validation_message(err: ValidationError, what: str = "config", flags: Mappin
     flag = (flags or {}).get(loc) or ((flags or {}).get(str(first["loc"][0])) if first["loc"] else None)
     where = flag or (f"{what} {loc}" if loc else what)
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 def load_config(cls: type[M], path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,

@@ -40,6 +40,7 @@ METHOD_FILE = "method.json"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
 TEACHERS_DIR = "teachers"
+TOWERS_DIR = "towers"  # teachers exported to ONNX by `kdmobile bench` to time them in the students' runtime
 LABELS_FILE = "labels.json"                # AMMKD: class names
 CLASS_VECTORS_FILE = "class_vectors.npz"   # AMMKD: each teacher's class vectors
 NORMALISATION_FILE = "normalisation.json"  # SDKD: frame mean and std

@@ -70,6 +70,11 @@ def ammkd_plan(job: Any, probe: bool = True, teachers_from: str | None = None) -
         plan.facts.append(("layout", f"{job.layout}; photos decoded from disk by "
                                      f"{job.loader_workers()} DataLoader worker(s) per process"))
     plan.facts.append(("image size", _why_size(job)))
+    if job.auto is not None:
+        plan.facts.append(("student", f"{job.student} (--student auto: {job.auto.reason})\n"
+                                      f"{job.auto.where}\n{job.auto.table()}"))
+    else:
+        plan.facts.append(("student", job.student))
     threads = torch.get_num_threads()
     world = dist.world_size()
     plan.facts.append(("device", f"{job.device}, {threads} torch threads" + (f", {world} processes" if world > 1

@@ -26,10 +26,12 @@ from kdmobile.models.clip_teacher import ClipTeacher, load_teacher, parse_teache
 from kdmobile.models.profile import count_flops, count_params
 from kdmobile.models.student import check_backbone
 from kdmobile.models.student_init import apply_init, resolve_init
+from kdmobile.student_choice import AUTO
 from kdmobile.rundir import (CLASS_VECTORS_FILE, CONFIG_FILE, LABELS_FILE, LOG_FILE, NOKD_FILE, STUDENT_CLASS_VECTORS_FILE,
                              STUDENT_FILE, check_resume, new_run_dir, stage_dir, teacher_file,
                              write_method, write_metrics)
 from kdmobile.train import distributed as dist
+from kdmobile.ammkd.auto_student import AutoChoice, choose_auto_student
 from kdmobile.ammkd.evaluate import HEALTH_METRIC, Split, as_split, eval_student, eval_teacher, normalise
 from kdmobile.ammkd.evaluate import metrics_table  # noqa: F401  (re-exported for the CLI)
 from kdmobile.ammkd.inputs import auto_image_size, class_prompts, native_size, pick_caption
@@ -55,8 +57,8 @@ class AMMKD:
         self.progress = progress
         # Everything that can fail on user input is checked before the run directory exists.
         self.specs = [parse_teacher(t) for t in cfg.teachers]
-        check_backbone(cfg.student)
-        self._init_weights = resolve_init(cfg.student_init, cfg.student)  # read or fetched now: fails before training
+        if cfg.student != AUTO:
+            check_backbone(cfg.student)
         self.weighting = TeacherWeighting(cfg.weighting, self._teacher_names(), cfg.tolerance)
         data = load_dataset(cfg.data.spec)
         captioned = isinstance(data, CaptionData) or getattr(data, "captions", None) is not None
@@ -76,6 +78,15 @@ class AMMKD:
         cfg.data.augment = resolve_augment(cfg.data.augment, flip_ok)
         cfg.data.teacher_augment = resolve_augment(cfg.data.teacher_augment, flip_ok, teacher=True)
         self.size = cfg.data.image_size
+        self.auto: AutoChoice | None = None  # what `--student auto` measured (the config keeps "auto")
+        self.student = cfg.student
+        if cfg.student == AUTO:
+            budget = float(cfg.latency_budget_ms or 0)  # the config refuses auto without a budget
+            self.auto = dist.agree(lambda: choose_auto_student(cfg.student_candidates, budget, self.size,
+                                                               cfg.embed_dim, cfg.student_int8),
+                                   dist.pick_device(cfg.train.device))  # timed once (rank 0), shared by all ranks
+            self.student = self.auto.backbone
+        self._init_weights = resolve_init(cfg.student_init, self.student)  # read or fetched now: fails before training
         self.specs = [with_image_size(s, self.size) for s in self.specs]
         self.train, self.val, self.test = (as_split(s, self.size) for s in (train, val, test))
         if cfg.data.views > 0 and cfg.data.view_cache:
@@ -238,7 +249,7 @@ class AMMKD:
 
     def build_student(self, teacher_dims: list[int], init: bool = True) -> nn.Module:
         """The student from the registry, so export can rebuild it from student.safetensors alone."""
-        student = create_model("ammkd_student", backbone=self.cfg.student, embed_dim=self.cfg.embed_dim,
+        student = create_model("ammkd_student", backbone=self.student, embed_dim=self.cfg.embed_dim,
                                teacher_dims=teacher_dims, fusion=self.cfg.fusion, image_size=self.size)
         if init:
             self.student_init = apply_init(student, self._init_weights)
@@ -341,7 +352,7 @@ class AMMKD:
             if model is None:
                 continue
             model = model.cpu()
-            models[key] = {"role": key, "spec": self.cfg.student, **eval_student(model, test_vectors, self.test),
+            models[key] = {"role": key, "spec": self.student, **eval_student(model, test_vectors, self.test),
                            "params": count_params(model),
                            "image_params": count_params(model) - count_params(model.text_fusion),
                            "flops": count_flops(model, probe)}

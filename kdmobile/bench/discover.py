@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 
 from kdmobile.bench.settings import Settings
+from kdmobile.bench.towers import BACKEND
 from kdmobile.bench.subjects import BundleSubject, Subject, TorchSubject, _params_flops
 from kdmobile.bundle import Bundle, load_bundle
 from kdmobile.errors import KDError, UserError
@@ -97,21 +98,26 @@ def _torch_devices(settings: Settings) -> list[str]:
     return {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", "cuda"] if cuda else ["cpu"]}[settings.device]
 
 
-def _teacher_subjects(run: RunDir, devices: Sequence[str]) -> list[Subject]:
-    """The run's teachers (teachers/*.safetensors), on each device."""
+def _teacher_subjects(run: RunDir, devices: Sequence[str], exported: set[str], notes: list[str]) -> list[Subject]:
+    """The run's teachers (teachers/*.safetensors) in PyTorch on each device, then on the CPU in onnxruntime (exported
+    by bench, kdmobile.bench.towers) unless `exported` names it (the run's teacher already has an ONNX bundle)."""
     files = teacher_files(run.path)
     method = get_method(run.method)
     order = [k for k in ((run.metrics or {}).get("models") or {})]
     keyed = []
     for f in files:
         key = method.teacher_key(f.stem)
-        keyed.append((order.index(key) if key in order else len(order), key, f))
-    out: list[Subject] = []
-    for device in devices:
-        for _, key, f in sorted(keyed):
-            params, flops = _params_flops(run.entry(key))
-            kind = method.teacher_model_kind
-            out.append(TorchSubject(f"{run.name}/{key}", "teacher", run, f, device, kind, params, flops))
+        params, flops = _params_flops(run.entry(key))
+        keyed.append((order.index(key) if key in order else len(order), key, f, params, flops))
+    keyed.sort(key=lambda k: k[:2])
+    kind = method.teacher_model_kind
+    out: list[Subject] = [TorchSubject(f"{run.name}/{key}", "teacher", run, f, device, kind, params, flops)
+                          for device in devices for _, key, f, params, flops in keyed]
+    if "cpu" in devices:
+        from kdmobile.bench.towers import tower_subjects
+
+        out += tower_subjects(run, [(key, f, kind, params, flops) for _, key, f, params, flops in keyed
+                                    if f.stem not in exported], notes)
     return out
 
 
@@ -203,7 +209,10 @@ def plan(inputs: Sequence[str], bundles_dir: str | Path | None, settings: Settin
                                              get_method(run.method).student_model_kind, params, flops))
     if settings.teachers:
         for run in out.runs:
-            subjects = _teacher_subjects(run, devices)
+            exported = {str((s.bundle.manifest.get("source") or {}).get("model")) for s in out.subjects
+                        if isinstance(s, BundleSubject) and s.run is run and s.role == "teacher"
+                        and s.backend == BACKEND}
+            subjects = _teacher_subjects(run, devices, exported, out.notes)
             if devices and not subjects:
                 out.notes.append(f"{run.name}: no teachers/*.safetensors in the run directory")
             out.subjects += subjects + _baseline_subjects(run, devices)

@@ -64,6 +64,21 @@ def _probe_bundle(spec: dict[str, Any]) -> int:
     return measure_peak_rss(run)
 
 
+def _probe_onnx(spec: dict[str, Any]) -> int:
+    """In the probe process: peak RSS growth while opening an ONNX model (a teacher bench exported) and running it
+    once on zeros, onnxruntime imported before the baseline as for bundles."""
+    import onnxruntime  # noqa: F401
+
+    from kdmobile.bench.towers import run_onnx
+    from kdmobile.runtime.backends import OnnxBackend
+
+    def run() -> Any:
+        backend = OnnxBackend(spec["path"], threads=int(spec["threads"]))
+        return backend, run_onnx(backend, np.zeros(spec["shape"], dtype=np.float32))
+
+    return measure_peak_rss(run)
+
+
 def _probe_torch(spec: dict[str, Any]) -> int:
     """In the probe process: peak RSS growth while loading a checkpoint and running it once on zeros (CPU)."""
     import torch
@@ -90,7 +105,8 @@ def _probe_main(argv: Sequence[str]) -> int:
         print("usage: python -m kdmobile.bench.memory --memory-probe JSON", file=sys.stderr)
         return 2
     spec = json.loads(argv[1])
-    grown = _probe_bundle(spec) if spec["kind"] == "bundle" else _probe_torch(spec)
+    probes = {"bundle": _probe_bundle, "onnx": _probe_onnx, "torch": _probe_torch}
+    grown = probes[spec["kind"]](spec)
     print(json.dumps({"peak_rss_bytes": int(grown)}))
     return 0
 

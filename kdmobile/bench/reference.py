@@ -5,8 +5,6 @@ GFLOP/s against this core's peak, measured once per bench."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -39,6 +37,7 @@ def _build(name: str, size: int, path: Path, info_path: Path, log: Callable[[str
     from kdmobile.models.clip_teacher import _open_clip  # open_clip, with kdmobile's built-in configs registered
 
     from kdmobile.console import quiet_open_clip_random_init
+    from kdmobile.export.conversion import quiet_native_output
     from kdmobile.export.onnx import export_fp32, optimize
     from kdmobile.fileio import atomic_path
     from kdmobile.models.profile import count_flops, count_params, randomise_batchnorm
@@ -56,7 +55,7 @@ def _build(name: str, size: int, path: Path, info_path: Path, log: Callable[[str
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = path.with_suffix(".raw.onnx")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter's progress lines
+        with quiet_native_output():  # the dynamo exporter's progress lines, the TorchScript exporter's IR dump
             export_fp32(tower, example, raw, "image", "embedding")
         with atomic_path(path) as tmp:
             optimize(raw, tmp)

@@ -81,8 +81,8 @@ def _train_ammkd(args: argparse.Namespace) -> int:
         **_common_overrides(args), "data.spec": args.data, "data.max_train": args.max_train,
         "data.max_test": args.max_test, "data.image_size": args.image_size,
         "teachers": reused or (csv_list(args.teachers) if args.teachers else None), "student": args.student,
-        "student_init": args.student_init,
-        "fusion": args.fusion,
+        "student_init": args.student_init, "latency_budget_ms": args.latency_budget_ms,
+        "student_int8": True if args.int8 else None, "fusion": args.fusion,
         "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
         "loss.terms": _loss_terms(args.loss) if args.loss else None,
     }
@@ -200,7 +200,14 @@ def register_ammkd(methods: Any, method: Any) -> None:
                    "e.g. a pretrained CLIP's zero-shot class vectors); teachers that start from weights are "
                    "fine-tuned at teacher_finetune_lr (1e-5), teachers from scratch at teacher_train.lr (5e-4)")
     a.add_argument("--student", help=f"timm backbone of the student (default {DEFAULT_STUDENT}, chosen by "
-                   "benchmarks/student_zoo.py at 224 px)")
+                   "benchmarks/student_zoo.py at 224 px), or auto: the most accurate zoo backbone whose student runs "
+                   "within --latency-budget-ms on this host")
+    a.add_argument("--latency-budget-ms", type=float, metavar="MS",
+                   help="with --student auto: the p50 (batch 1, one onnxruntime thread, at the run's image size) the "
+                        "student may take here; each candidate (student_candidates) is exported and timed once, "
+                        "cached per host")
+    a.add_argument("--int8", action="store_true",
+                   help="with --student auto: time the int8 model export would ship (--int8-format auto), not fp32")
     a.add_argument("--student-init", metavar="random|pretrained|FILE",
                    help="the student's starting weights: random (default), pretrained (timm's ImageNet weights; needs "
                         "a network or timm's cache) or FILE (a kdmobile student.safetensors, a timm .safetensors or a "
