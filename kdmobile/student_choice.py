@@ -13,6 +13,10 @@ DEFAULT_MIN_SPEEDUP = 100.0  # vs the ViT-B/32 image tower at 224 px, same runti
 AUTO = "auto"  # `--student auto`
 MAX_CANDIDATES = 32       # each candidate costs an export and a timing: a longer list is a mistake
 MAX_BUDGET_MS = 60_000.0  # a latency budget beyond a minute per image is a typo
+# `--student auto` keeps candidates measured at <= 90 % of the budget: on this project's 2-core hosts the same
+# model's p50 moved by 5-10 % between back-to-back measurements (a resnet18 timed at 0.500 ms for a 0.5 ms budget
+# read 0.529 ms in `kdmobile bench` a minute later), so a choice at the edge would miss the budget half the time.
+AUTO_HEADROOM = 0.9
 # CIFAR-10 top-1 % at 64 px after the student zoo's short distillation (benchmarks/results/student_zoo.json: 8,000
 # training images, 6 epochs, offline views, the ablation's teacher pair, 1 seed; a test compares the two): the
 # accuracy ranking `--student auto` picks from. Latency is never taken from here: it is measured on the host.
@@ -46,17 +50,21 @@ def choose_student(points: dict[str, tuple[float, float]], ref_ms: float | None,
 
 def within_budget(p50_ms: Mapping[str, float], budget_ms: float,
                   top1: Mapping[str, float] = ZOO_TOP1) -> tuple[str, str]:
-    """`--student auto`: the most accurate candidate (by the recorded `top1`) whose measured p50 fits the budget;
-    with the reason in words. A one-line error when none fits or a candidate has no recorded accuracy."""
+    """`--student auto`: the most accurate candidate (by the recorded `top1`) whose measured p50 fits the budget
+    with AUTO_HEADROOM; with the reason in words. A one-line error when none fits or a candidate has no recorded
+    accuracy."""
     unknown = [b for b in p50_ms if b not in top1]
     if unknown:
         raise UserError(f"--student auto: no recorded accuracy for {', '.join(unknown)} (known: {', '.join(top1)})")
     if not p50_ms:
         raise UserError("--student auto: no candidate backbones")
-    fits = [b for b, ms in p50_ms.items() if ms <= budget_ms]
+    limit = budget_ms * AUTO_HEADROOM
+    fits = [b for b, ms in p50_ms.items() if ms <= limit]
     if not fits:
         fastest = min(p50_ms, key=lambda b: p50_ms[b])
         raise UserError(f"--latency-budget-ms {budget_ms:g}: no candidate fits on this host (fastest: {fastest} at "
-                        f"{p50_ms[fastest]:.3g} ms); raise the budget or lower --image-size")
+                        f"{p50_ms[fastest]:.3g} ms; a choice must measure <= {limit:.3g} ms, "
+                        f"{AUTO_HEADROOM:.0%} of the budget); raise the budget or lower --image-size")
     best = max(fits, key=lambda b: top1[b])
-    return best, f"the most accurate of the {len(fits)} of {len(p50_ms)} candidates within {budget_ms:g} ms here"
+    return best, (f"the most accurate of the {len(fits)} of {len(p50_ms)} candidates measured <= {limit:.3g} ms here "
+                  f"({AUTO_HEADROOM:.0%} of the {budget_ms:g} ms budget: headroom for run-to-run spread)")
