@@ -39,12 +39,6 @@ def _wrap(module: Any, forward: Callable[[Any], Any]) -> Any:
     return Tower().eval()
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    den = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return float(np.min((a * b).sum(1) / den))
-
-
 def run_onnx(backend: Any, x: np.ndarray) -> np.ndarray:
     """The model's output on x: one call, or one per sample when the export fixed the batch at 1 (a traced
     reshape can bake it in)."""
@@ -60,6 +54,7 @@ def build_tower(run: RunDir, file: Path, model_kind: str, log: Callable[[str], N
 
     from kdmobile.export.conversion import quiet_native_output
     from kdmobile.export.onnx import export_fp32, optimize
+    from kdmobile.export.verify import parity
     from kdmobile.runtime.backends import OnnxBackend
 
     x = get_task(run.task).torch_inputs(run.heldout(), None)[:PARITY_SAMPLES].astype(np.float32)
@@ -87,9 +82,9 @@ def build_tower(run: RunDir, file: Path, model_kind: str, log: Callable[[str], N
         with torch.inference_mode():
             ref = forward(torch.from_numpy(x)).float().numpy()
         out = run_onnx(OnnxBackend(path, threads=1), x)
+        par = parity(out, ref)  # export verification's own comparison
         info = {"teacher_sha256": digest, "input_shape": [1, *x.shape[1:]], "exporter": exporter,
-                "parity": {"samples": len(x), "min_cosine": _cosine(out, ref),
-                           "max_abs_diff": float(np.max(np.abs(out - ref)))}}
+                "parity": {"samples": len(x), "min_cosine": par["min_cosine"], "max_abs_diff": par["max_abs_diff"]}}
         write_json(info_path, info)
     if not info["parity"]["min_cosine"] >= MIN_COSINE:
         raise KDError(f"{path.name}: ONNX export of teacher {file.stem} differs from PyTorch (min cosine "
