@@ -158,8 +158,17 @@ def test_onnx_precisions_and_int8_formats_match_the_student(ammkd_run, onnx_bund
     shipped = load_bundle(onnx_bundles["int8"]).model_path.stat().st_size  # the kept candidate + kdmobile metadata
     assert 0 <= shipped - cands[auto["format"]]["size_bytes"] < 4096
     assert sizes["int8"] < sizes["fp32"] / 2.5 and sizes["fp16"] < sizes["fp32"] * 0.6
+    import onnx
+
     for fmt in ("s8s8", "u8s8"):
-        assert load_bundle(onnx_bundles[fmt]).manifest["quantization"]["calibration_samples"] == 32
+        bundle = load_bundle(onnx_bundles[fmt])
+        q = bundle.manifest["quantization"]
+        assert q["calibration_samples"] == 32 and len(q["float_nodes"]) == 1  # the RGB stem stays fp32
+        graph = onnx.load(str(bundle.model_path)).graph
+        stem = next(n for n in graph.node if n.name == q["float_nodes"][0])
+        assert stem.op_type == "Conv" and not any(n.op_type == "DequantizeLinear" and n.output[0] == stem.input[1]
+                                                  for n in graph.node)  # its weight is a float initializer
+        assert sum(n.op_type == "DequantizeLinear" for n in graph.node) > 4  # the rest is quantized
     # dynamic batch: one call for the whole held-out split
     import onnxruntime as ort
 

@@ -2,7 +2,7 @@
 
 Formats (`--int8-format`):
   s8s8     static QDQ, int8 activations + int8 weights (calibrated)
-  u8s8     static QDQ, uint8 activations + int8 weights (calibrated)
+  u8s8     static QDQ, uint8 activations + int8 weights (calibrated); in both the RGB stem stays fp32
   dynamic  dynamic quantization: int8 weights, activations quantized per call at run time
   w8a32    weight-only int8: int8 weights (per output channel, symmetric) stored as Cast + Mul, which onnxruntime
            constant-folds into fp32 weights when the session loads, so the file is ~3.5x smaller and inference
@@ -27,6 +27,10 @@ from kdmobile.errors import UserError
 INT8_FORMATS = ("auto", "s8s8", "u8s8", "dynamic", "w8a32")
 STATIC_FORMATS = ("s8s8", "u8s8")
 MIN_WEIGHT_ELEMENTS = 256  # smaller weight tensors stay fp32 in w8a32 (scales would cost more than they save)
+# Static int8 leaves the image stem (a Conv reading <= 4 channels) in fp32: at 224 px onnxruntime's int8 kernel for
+# a 3-channel convolution was slower than fp32, and keeping it made the whole u8s8 student 1.07 -> 1.21x
+# (mobilenetv4_conv_small_035) and 1.28 -> 1.44x (_050) its own fp32 (benchmarks/results/int8_path.md).
+STEM_MAX_CHANNELS = 4
 
 
 
@@ -109,11 +113,28 @@ def quantize_onnx(src: Path, dst: Path, fmt: str, calibration: np.ndarray | None
         if calibration is None or len(calibration) == 0:
             raise UserError(f"int8 format {fmt} needs calibration samples (--calibration-samples N, N >= 1)")
         act = QuantType.QInt8 if fmt == "s8s8" else QuantType.QUInt8
+        stems = image_stems(pre)
         quantize_static(str(pre), str(dst), _reader(input_name, calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=act, weight_type=QuantType.QInt8, per_channel=True)
+                        activation_type=act, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=stems)
     return {"activations": "int8" if fmt == "s8s8" else "uint8", "weights": "int8 per-channel",
             "layout": "QDQ", "calibration_samples": int(len(calibration)), "calibration_method": "minmax",
+            "float_nodes": stems, "float_nodes_why": f"image stem (Conv with <= {STEM_MAX_CHANNELS} input channels)",
             "tool": f"onnxruntime.quantization {onnxruntime.__version__} quantize_static"}
+
+
+def image_stems(path: Path) -> list[str]:
+    """Names of the Conv nodes reading <= STEM_MAX_CHANNELS channels (the RGB stem), which static int8 leaves fp32."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "Conv" and len(n.input) > 1
+            and len(dims.get(n.input[1], [])) == 4 and dims[n.input[1]][1] * _group(n) <= STEM_MAX_CHANNELS]
+
+
+def _group(node: Any) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def _weight_axis(op: str, node: Any, rank: int) -> int | None:
