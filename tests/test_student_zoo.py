@@ -8,8 +8,7 @@ import torch
 from kdmobile.models import create_model
 from kdmobile.models.registry import fuse_for_inference
 
-from kdmobile.student_choice import choose_student as choose_default
-from kdmobile.student_choice import pareto
+from kdmobile.student_choice import ZooPoint, choose_default, pareto
 
 
 def test_mobileone_student_is_fused_with_the_same_outputs():
@@ -43,8 +42,16 @@ def test_fusing_a_plain_backbone_changes_nothing():
 def test_pareto_front_and_default_rule():
     points = {"fast": (1.0, 50.0), "mid": (2.0, 60.0), "slow_bad": (3.0, 55.0), "slow_best": (5.0, 70.0)}
     assert pareto(points) == ["fast", "mid", "slow_best"]
-    # the reference takes 250 ms: fast and mid are >= 100x faster; mid is the more accurate of them
-    assert choose_default(points, 250.0)[0] == "mid"
-    # a slower reference: nothing reaches 100x, so the fastest front model
-    name, why = choose_default(points, 50.0)
-    assert name == "fast" and "no Pareto model" in why
+    zoo = {"fast": ZooPoint(50.0, 1.5, 1.0), "mid": ZooPoint(60.0, 3.0, 2.0), "slow_bad": ZooPoint(55.0, 3.0, None),
+           "slow_best": ZooPoint(70.0, 5.0, 6.0)}
+    # reference 250 ms: fast (250x, 1.5x own fp32) and mid (125x, 1.5x) meet the rule; mid is the more accurate
+    name, why, failed = choose_default(zoo, 250.0, keep="old")
+    assert name == "mid" and failed["fast"] == [] and "most accurate Pareto model" in why
+    assert any("own fp32" in w for w in failed["slow_best"])  # int8 slower than its fp32 (and 42x)
+    # a faster reference: nobody reaches 120x, the old default stays and each front model says what it missed
+    name, why, failed = choose_default(zoo, 100.0, keep="old")
+    assert name == "old" and "stays the default" in why and set(failed) == {"fast", "mid", "slow_best"}
+    assert all(any("the reference" in w for w in failed[b]) for b in failed)
+    # accuracy is a condition too
+    name, _, failed = choose_default(zoo, 250.0, keep="old", rule=(120.0, 1.3, 65.0))
+    assert name == "old" and failed["mid"] == ["top-1 60.00 < 65.00"]
