@@ -25,6 +25,7 @@ def _data_navier_stokes(args: argparse.Namespace) -> int:
 
     info: dict[str, Any] = {}
     path = generate_to_file(args.out, n=args.n, res=args.res, visc=args.visc, t_final=args.t_final, seed=args.seed,
+                            solve_res=args.solve_res,
                             batch_size=args.batch_size, device=args.device, dt=args.dt, forcing=args.forcing,
                             dt_record=args.record_every, dtype=args.dtype, cpu_threads=args.threads,
                             progress=not args.no_progress, restart=args.restart, info=info)
@@ -49,7 +50,10 @@ def _add_data(sub: Any) -> None:
                      _NS_DESCRIPTION)
     ns.add_argument("--out", required=True, help="output file (.npz, .npy or .mat); written atomically at the end")
     ns.add_argument("--n", type=int, default=20, help="number of trajectories (default 20)")
-    ns.add_argument("--res", type=int, default=64, help="grid size (default 64)")
+    ns.add_argument("--res", type=int, default=64, help="grid size stored (default 64)")
+    ns.add_argument("--solve-res", type=int, default=None,
+                    help="grid size solved on, a multiple of --res (default --res); the stored field keeps every "
+                         "k-th point of the fine solve, as FNO stored its 256² solves at 64²")
     ns.add_argument("--visc", type=float, default=1e-3, help="viscosity nu (default 1e-3)")
     ns.add_argument("--t-final", type=float, default=20.0, help="simulated time (default 20)")
     ns.add_argument("--record-every", type=float, default=1.0, help="time between snapshots (default 1)")

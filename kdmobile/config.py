@@ -298,6 +298,9 @@ class SequenceDataConfig(_Strict):
     path: str | None = None
     n: int = Field(200, ge=2)  # 40 left the teacher worse than the no-KD student (nothing to distil)
     res: int = Field(32, ge=8, le=MAX_GRID)
+    # The grid the generator solves on (None: res); a multiple of res, stored by keeping every k-th point (FNO
+    # solved at 256² and stored 64²: a turbulent flow at ν = 1e-5 needs the finer solve).
+    solve_res: Optional[int] = Field(None, ge=8, le=MAX_GRID)
     visc: PositiveFloat = 1e-3
     t_final: PositiveFloat = 30.0
     frames_in: int = Field(10, ge=1, le=MAX_FRAMES)

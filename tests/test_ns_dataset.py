@@ -67,6 +67,44 @@ def test_sub_batches_cover_each_chunk_once() -> None:
     assert len(run._pieces(0, 32)) == 6
 
 
+# ---------------------------------------------------------------- a fine solve stored coarse (--solve-res)
+
+
+def test_fine_solve_stored_coarse_equals_subsampling_a_fine_run_by_hand(tmp_path: Path) -> None:
+    """--solve-res 32 --res 16 == the 32² run with every 2nd point kept (float64, 1e-10), initial field included;
+    and it differs from solving on the coarse grid itself."""
+    kw = {**TINY, "dtype": torch.float64, "seed": 2, "cpu_threads": 1}
+    fine = ns.generate(3, **{**kw, "res": 32})
+    stored = ns.generate(3, **kw, solve_res=32)
+    assert stored.shape == (3, 2, 16, 16)
+    assert np.abs(stored - fine[..., ::2, ::2]).max() <= 1e-10 * np.abs(fine).max()
+    assert np.abs(stored - ns.generate(3, **kw)).max() > 1e-3 * np.abs(fine).max()
+    path = ns.generate_to_file(tmp_path / "ns.npz", 3, **kw, solve_res=32)
+    with np.load(path) as f:
+        meta = json.loads(str(f["meta"]))
+        a = f["a"]
+    fine_a = ns.gaussian_random_field(1, 32, ns._trajectory_generator(2, 1), torch.device("cpu"),
+                                      dtype=torch.float64)[0].numpy()
+    assert np.array_equal(a[1], fine_a[::2, ::2]) and meta["solve_res"] == 32 and meta["res"] == 16
+
+
+def test_fine_solve_resumes_to_the_same_bytes(tmp_path: Path) -> None:
+    kw = {**TINY, "n": 4, "batch_size": 2, "seed": 1, "cpu_threads": 1, "solve_res": 32}
+    full = ns.generate_to_file(tmp_path / "full.npz", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        ns.generate_to_file(tmp_path / "resumed.npz", on_chunk=Interrupt(after=1), **kw)
+    again = Interrupt()
+    ns.generate_to_file(tmp_path / "resumed.npz", on_chunk=again, **kw)
+    assert again.seen == [1] and sha(tmp_path / "resumed.npz") == sha(full)
+
+
+@pytest.mark.parametrize("solve_res", [24, 8, 17, 2 ** 20])
+def test_bad_solve_res_is_one_line_before_any_work(tmp_path: Path, solve_res: int) -> None:
+    with pytest.raises(KDError, match="--solve-res") as e:
+        ns.generate_to_file(tmp_path / "ns.npz", 2, solve_res=solve_res, **TINY)
+    assert "\n" not in str(e.value) and not any(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- resume and the key
 
 
@@ -133,7 +171,7 @@ def test_the_key_covers_every_parameter_and_the_cache_uses_it(tmp_path: Path, mo
     base = {"n": 4, "res": 16, "visc": 1e-3, "t_final": 1.0, "seed": 0, "dt": None, "forcing": "fno",
             "dt_record": 0.5, "dtype": "float32"}
     changes = {"n": 5, "res": 32, "visc": 1e-4, "t_final": 2.0, "seed": 1, "dt": 5e-4, "forcing": "none",
-               "dt_record": 0.25, "dtype": "float64"}
+               "dt_record": 0.25, "dtype": "float64", "solve_res": 32}
     digests = {ns.key_digest(ns.dataset_key(**base))}
     for k, v in changes.items():
         digests.add(ns.key_digest(ns.dataset_key(**{**base, k: v})))

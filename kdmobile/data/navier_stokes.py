@@ -82,12 +82,15 @@ def _is_int(v: Any) -> bool:
 
 
 def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: int, dt: float | None = None,
-                         cpu_threads: int | None = None) -> None:
+                         cpu_threads: int | None = None, solve_res: int | None = None) -> None:
     """Validate the user-facing generation arguments (KDError, one line)."""
     if not _is_int(n) or n < 1:
         raise UserError(f"--n must be a positive integer, got {n!r}")
     if not _is_int(res) or res < 8 or res % 2:
         raise UserError(f"--res must be an even integer >= 8, got {res!r}")
+    if solve_res is not None and (not _is_int(solve_res) or solve_res < res or solve_res % res):
+        raise UserError(f"--solve-res must be a multiple of --res {res} (the stored grid keeps every k-th point of "
+                        f"the solved one), got {solve_res!r}")
     if not (isinstance(visc, (int, float)) and math.isfinite(visc) and visc > 0):
         raise UserError(f"--visc must be a positive number, got {visc!r}")
     if not _is_int(seed) or seed < 0:
@@ -106,13 +109,14 @@ MAX_SOLVE_BATCH = 100_000  # trajectories solved together (a chunk)
 
 
 def _check_sizes(n: int, res: int, n_rec: int, t_final: float, dt: float | None, batch: int,
-                 threads: int | None, itemsize: int) -> None:
+                 threads: int | None, itemsize: int, solve_res: int) -> None:
     """Every size the user controls against a stated limit, and the data set against free memory, before anything
     is allocated or written (a careless --n, --res or --t-final must not take the machine)."""
     from kdmobile.runtime.cli import MAX_THREADS
     from kdmobile.untrusted import check_array_bytes
 
-    for flag, value, limit in (("--res", res, MAX_GRID), ("--t-final / --record-every", n_rec, MAX_RECORDS),
+    for flag, value, limit in (("--res", res, MAX_GRID), ("--solve-res", solve_res, MAX_GRID),
+                               ("--t-final / --record-every", n_rec, MAX_RECORDS),
                                ("--batch-size", batch, MAX_SOLVE_BATCH), ("--threads", threads or 1, MAX_THREADS)):
         if value > limit:
             raise UserError(f"{flag}: {value} is over the limit of {limit}")
@@ -121,8 +125,10 @@ def _check_sizes(n: int, res: int, n_rec: int, t_final: float, dt: float | None,
         raise UserError(f"--t-final {t_final:g}: at least {steps:.3g} solver steps per trajectory (dt <= "
                         f"{dt or 1e-3:g}), over the limit of {MAX_STEPS:,}")
     frame = res * res * itemsize
-    chunk = min(n, batch) * (n_rec + 40) * frame * 2  # one chunk's frames plus the solver's spectral work arrays
-    check_array_bytes(f"one chunk of --batch-size {batch} at --res {res} (lower either)", chunk, "allocating")
+    # one chunk's stored frames, plus the solver's spectral work arrays (~40 fields per trajectory) at the solve grid
+    chunk = min(n, batch) * (n_rec * frame + 40 * solve_res * solve_res * itemsize) * 2
+    check_array_bytes(f"one chunk of --batch-size {batch} at --res {res} / --solve-res {solve_res} (lower one)",
+                      chunk, "allocating")
 
 
 def _check_disk(runner: "_Runner", path: Path) -> None:
@@ -140,14 +146,20 @@ def _check_disk(runner: "_Runner", path: Path) -> None:
 
 def dataset_key(n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0,
                 dt: float | None = None, forcing: str | None = "fno", dt_record: float = 1.0,
-                dtype: torch.dtype | str = torch.float32) -> dict[str, Any]:
-    """Every parameter that changes the generated numbers: the key for resuming and for the data cache."""
+                dtype: torch.dtype | str = torch.float32, solve_res: int | None = None) -> dict[str, Any]:
+    """Every parameter that changes the generated numbers: the key for resuming and for the data cache. A solve on
+    the stored grid keeps the key it always had (no solve_res entry), so existing caches stay valid."""
     dt_name = next(k for k, v in DTYPES.items() if v == _dtype(dtype))
-    return {"generator": "kdmobile.data.navier_stokes", "version": GENERATOR_VERSION, "n": int(n), "res": int(res),
-            "visc": float(visc), "t_final": float(t_final), "dt_record": float(dt_record), "seed": int(seed),
-            "dt": None if dt is None else float(dt), "cfl": DEFAULT_CFL, "max_dt": default_max_dt(int(res)),
-            "forcing": _forcing_name(forcing), "dtype": dt_name,
-            "initial_condition": {"type": "gaussian_random_field", "alpha": FNO_ALPHA, "tau": FNO_TAU}}
+    fine = int(solve_res or res)
+    key = {"generator": "kdmobile.data.navier_stokes", "version": GENERATOR_VERSION, "n": int(n), "res": int(res),
+           "visc": float(visc), "t_final": float(t_final), "dt_record": float(dt_record), "seed": int(seed),
+           "dt": None if dt is None else float(dt), "cfl": DEFAULT_CFL, "max_dt": default_max_dt(fine),
+           "forcing": _forcing_name(forcing), "dtype": dt_name,
+           "initial_condition": {"type": "gaussian_random_field", "alpha": FNO_ALPHA, "tau": FNO_TAU}}
+    if fine != int(res):
+        key["solve_res"] = fine
+        key["stored"] = f"every {fine // int(res)}th grid point of the {fine}² solve (pointwise, as FNO)"
+    return key
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -160,20 +172,22 @@ class _Runner:
 
     def __init__(self, n: int, res: int, visc: float, t_final: float, seed: int, dt: float | None,
                  batch_size: int, device: str | None, forcing: str | None, dt_record: float,
-                 dtype: torch.dtype | str, cpu_threads: int | None) -> None:
-        _check_generate_args(n, res, visc, seed, batch_size, dt, cpu_threads)
+                 dtype: torch.dtype | str, cpu_threads: int | None, solve_res: int | None = None) -> None:
+        _check_generate_args(n, res, visc, seed, batch_size, dt, cpu_threads, solve_res)
         self.n, self.res, self.visc, self.seed, self.dt = int(n), int(res), float(visc), int(seed), dt
+        self.solve_res = int(solve_res or res)
+        self.stride = self.solve_res // self.res
         self.t_final, self.dt_record = float(t_final), float(dt_record)
         self.n_rec = num_records(self.t_final, self.dt_record)
         self.dtype = _dtype(dtype)
         self.np_dtype = np.float64 if self.dtype == torch.float64 else np.float32
         _check_sizes(self.n, self.res, self.n_rec, self.t_final, dt, batch_size, cpu_threads,
-                     np.dtype(self.np_dtype).itemsize)
+                     np.dtype(self.np_dtype).itemsize, self.solve_res)
         self.forcing = _forcing_name(forcing)
         self.device = resolve_device(device)
         self.cpu = self.device.type == "cpu"
         self.workers = (cpu_threads or available_cpus()) if self.cpu else 1
-        self.force = fno_forcing(self.res, self.device, self.dtype) if self.forcing == "fno" else None
+        self.force = fno_forcing(self.solve_res, self.device, self.dtype) if self.forcing == "fno" else None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._bar: Any = None
@@ -182,7 +196,7 @@ class _Runner:
     def key(self) -> dict[str, Any]:
         """This run's dataset key."""
         return dataset_key(self.n, self.res, self.visc, self.t_final, self.seed, self.dt, self.forcing,
-                           self.dt_record, self.dtype)
+                           self.dt_record, self.dtype, self.solve_res)
 
     @contextlib.contextmanager
     def session(self, progress: bool, done: int = 0) -> Iterator[_Runner]:
@@ -193,7 +207,8 @@ class _Runner:
             else str(self.device)
         self._stop.clear()
         with tqdm(total=self.n, initial=done, disable=not progress, unit="traj",
-                  desc=f"navier-stokes {self.res}² ({where})",
+                  desc=f"navier-stokes {self.res}²" + (f" from {self.solve_res}²" if self.stride > 1 else "")
+                  + f" ({where})",
                   bar_format="{l_bar}{bar}| {n:.0f}/{total} traj [{elapsed}<{remaining}]") as bar, \
                 torch_threads(1 if self.cpu else None):
             self._bar = bar
@@ -217,7 +232,7 @@ class _Runner:
 
     def _solve_piece(self, s0: int, s1: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Initial fields and snapshots of trajectories [s0, s1), ticking the bar at every record."""
-        w0 = torch.cat([gaussian_random_field(1, self.res, _trajectory_generator(self.seed, i), self.device,
+        w0 = torch.cat([gaussian_random_field(1, self.solve_res, _trajectory_generator(self.seed, i), self.device,
                                               dtype=self.dtype) for i in range(s0, s1)])
         tick = (s1 - s0) / self.n_rec
 
@@ -229,8 +244,8 @@ class _Runner:
 
         info: dict[str, Any] = {}
         traj = solve(w0, self.visc, self.t_final, self.dt_record, self.dt, self.force,
-                     cpu_threads=1 if self.cpu else None, on_record=on_record, info=info)
-        return w0, traj, info
+                     cpu_threads=1 if self.cpu else None, on_record=on_record, info=info, record_stride=self.stride)
+        return w0[..., ::self.stride, ::self.stride], traj, info
 
     def solve_range(self, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """(u (b, T, H, W), a (b, H, W), dt statistics) of trajectories [b0, b1), in the run's dtype."""
@@ -258,7 +273,7 @@ def generate(
     n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0, dt: float | None = None,
     batch_size: int = 32, device: str | None = None, forcing: str | None = "fno", progress: bool = True,
     *, dt_record: float = 1.0, dtype: torch.dtype | str = torch.float32, cpu_threads: int | None = None,
-    info: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None, solve_res: int | None = None,
 ) -> np.ndarray:
     """Simulate n FNO-style trajectories in memory; return (n, t_final/dt_record, res, res) snapshots in `dtype`.
 
@@ -267,7 +282,8 @@ def generate(
     measured max difference 4e-16 of the max value).
     `info` receives dt statistics, the wall time and the device.
     """
-    runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads)
+    runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads,
+                     solve_res)
     out = np.empty((runner.n, runner.n_rec, runner.res, runner.res), dtype=runner.np_dtype)
     stats = []
     t0 = time.perf_counter()
@@ -287,7 +303,7 @@ def generate_to_file(
     batch_size: int = 32, device: str | None = None, *, dt: float | None = None, forcing: str | None = "fno",
     dt_record: float = 1.0, dtype: torch.dtype | str = torch.float32, cpu_threads: int | None = None,
     progress: bool = True, restart: bool = False, on_chunk: Callable[[int, int], None] | None = None,
-    info: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None, solve_res: int | None = None,
 ) -> Path:
     """Generate a dataset chunk by chunk into `<out>.parts/`, then write `out` atomically and remove the parts.
 
@@ -296,7 +312,8 @@ def generate_to_file(
     (of `batch_size` trajectories, as first chosen); other parameters are refused unless `restart`. `on_chunk(i,
     chunks)` is called after chunk i is saved. Bad arguments fail before anything is written.
     """
-    runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads)
+    runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads,
+                     solve_res)
     path = check_output_path(out)
     _check_disk(runner, path)
     key = runner.key()
@@ -329,7 +346,7 @@ def cached_dataset_path(directory: str | Path, n: int, res: int = 64, visc: floa
                         seed: int = 0, **kwargs: Any) -> Path:
     """Where the .npz for these parameters lives under `directory`: named by the digest of its full key."""
     key = dataset_key(n, res, visc, t_final, seed, kwargs.get("dt"), kwargs.get("forcing", "fno"),
-                      kwargs.get("dt_record", 1.0), kwargs.get("dtype", torch.float32))
+                      kwargs.get("dt_record", 1.0), kwargs.get("dtype", torch.float32), kwargs.get("solve_res"))
     return Path(directory).expanduser() / f"navier_stokes_n{n}_r{res}_{key_digest(key)}.npz"
 
 

@@ -40,7 +40,8 @@ def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
     from kdmobile.data.navier_stokes import cached_dataset_path
 
     d = cfg.data
-    return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed)
+    return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed,
+                               solve_res=d.solve_res)
 
 
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
@@ -51,7 +52,7 @@ def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
 
     d = cfg.data
     return cached_dataset(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed,
-                          progress=progress)
+                          progress=progress, solve_res=d.solve_res)
 
 
 class Distiller(nn.Module):
