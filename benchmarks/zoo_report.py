@@ -124,7 +124,7 @@ def _runtime_rows(records: Records, rt: dict[str, Any] | None) -> list[dict[str,
 
 def _runtime_table(rt_rows: list[dict[str, Any]]) -> str:
     table = [[r["backbone"], r["runtime"], r["precision"],
-              f"{r['p50_ms']:.3f}" if r.get("p50_ms") else f"not built: {r.get('error', '')[:80]}",
+              f"{r['p50_ms']:.3f}" if r.get("p50_ms") else f"not run: {r.get('error', '')[-90:]}",
               f"{r['vs_own_fp32']:.2f}x" if r.get("vs_own_fp32") else "",
               f"{r['vs_vit_b32_onnx']:.0f}x" if r.get("vs_vit_b32_onnx") else ""]
              for r in sorted(rt_rows, key=lambda r: (r["backbone"], r["runtime"], r["precision"]))]

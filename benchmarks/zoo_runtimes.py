@@ -67,15 +67,21 @@ def time_runtimes(built: dict[str, dict[str, Any]], onnx: dict[str, Path], refer
     for key, path in onnx.items():
         s = one_thread_session(path)
         runners[key] = lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})[0]
+    from kdmobile.errors import KDError
+
+    unloadable: dict[str, str] = {}
     for backbone, files in built.items():
         for key, f in files.items():
             if "file" in f:
-                runners[f"{backbone}|{key}"] = runner(key.split("|")[0], f["file"])
+                try:
+                    runners[f"{backbone}|{key}"] = runner(key.split("|")[0], f["file"])
+                except KDError as e:  # built but the runtime refuses it: a row that says so
+                    unloadable[f"{backbone}|{key}"] = str(e)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     load = os.getloadavg()[0]
     print(f"timing {len(runners)} runtime files interleaved ({rounds} x {calls}; load {load:.2f})", flush=True)
     p50 = time_side_by_side(runners, x, rounds=rounds, calls=calls)
-    return {"p50_ms": p50, "load_average": [load, os.getloadavg()[0]],
+    return {"p50_ms": p50, "unloadable": unloadable, "load_average": [load, os.getloadavg()[0]],
             "timing": f"1 thread, batch 1, {rounds} interleaved rounds x {calls} calls, p50"}
 
 
@@ -94,8 +100,9 @@ def rows(timing: dict[str, Any], built: dict[str, dict[str, Any]]) -> list[dict[
                     "bytes": err.get("bytes"), "portable_ops": err.get("portable_ops")})
     for backbone, files in built.items():
         for key, f in files.items():
-            if "error" in f:
+            why = f.get("error") or timing.get("unloadable", {}).get(f"{backbone}|{key}")
+            if why:
                 runtime, label = key.split("|")
                 out.append({"backbone": backbone, "runtime": runtime, "precision": label, "p50_ms": None,
-                            "error": f["error"]})
+                            "error": why})
     return out

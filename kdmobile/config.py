@@ -30,8 +30,9 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 )
 KDMode = Literal["none", "output", "spectral", "spectral-low", "spectral-high"]  # SDKD's distillation variants
 KD_MODES: tuple[str, ...] = get_args(KDMode)
-# Chosen by benchmarks/student_zoo.py: the most accurate Pareto model at >= 100x the ViT-B/32 tower's speed at 224 px
-# (onnxruntime, 1 thread): 0.49 ms, 106x; mobilenetv3_small_075 reached 75x (results/student_zoo.md).
+# Chosen by the first student zoo (the most accurate Pareto model at >= 100x the ViT-B/32 tower at 224 px) and kept by
+# zoo v2's rule (student_choice.DEFAULT_RULE: int8 >= 120x the tower and >= 1.3x its own fp32, top-1 >= 43.2), which
+# no backbone met on this host: 0.834 ms int8 w8a32, 123x, 44.4 % (results/student_zoo.md, README "Headline").
 DEFAULT_STUDENT = "mobilenetv3_small_050"
 # kl 10 from `benchmarks/ammkd_ablation.py --search` on CIFAR-10 (2 seeds, confidence weighting): kl 1 gave +2.75
 # points over no KD, kl 3/6/10 +4.5/+3.8/+4.9, pure KD (ce 0) +3.6; temperature 1/2/8 did worse than 4. Over 5 seeds
@@ -151,11 +152,15 @@ class AMMKDConfig(_Strict):
     student: str = DEFAULT_STUDENT  # a timm backbone, or "auto" (below)
     # `--student auto`: the most accurate of student_candidates (by the zoo's recorded accuracy,
     # kdmobile.student_choice.ZOO_TOP1) whose student runs within latency_budget_ms on this host, timed as export
-    # ships it (the int8 format `--int8-format auto` keeps when student_int8, else fp32; onnxruntime, 1 thread).
+    # ships it to student_runtime (int8 as export builds it there when student_int8, else fp32; 1 thread).
     latency_budget_ms: Optional[float] = Field(None, gt=0, le=MAX_BUDGET_MS)
     student_candidates: list[str] = Field(default_factory=lambda: list(ZOO_TOP1), min_length=1,
                                           max_length=MAX_CANDIDATES)
     student_int8: bool = False
+    student_runtime: Literal["onnx", "tflite", "executorch"] = "onnx"  # the runtime `--student auto` times in
+    # `--int8-for arm64`: instead of timing here, check the budget against published ARM64 int8 figures
+    # (kdmobile.student_choice.ARM64_INT8_MS, at 224 px; not measured by kdmobile).
+    student_int8_for: Optional[Literal["arm64"]] = None
     # Where the student's weights start: random, pretrained (timm's ImageNet weights; needs a network or timm's cache)
     # or a file: a kdmobile student.safetensors, a timm .safetensors or a weights-only .pth checkpoint.
     student_init: str = "random"
@@ -211,6 +216,11 @@ class AMMKDConfig(_Strict):
             raise ValueError("--student auto needs --latency-budget-ms (the p50 a student may take on this host)")
         if self.student != AUTO and self.latency_budget_ms is not None:
             raise ValueError("--latency-budget-ms applies to --student auto only")
+        if self.student != AUTO and (self.student_runtime != "onnx" or self.student_int8_for):
+            raise ValueError("--runtime and --int8-for apply to --student auto only")
+        if self.student_int8_for and self.student_runtime != "onnx":
+            raise ValueError("--int8-for reads published figures for another device, --runtime times here: "
+                             "give one of them")
         return self
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import TINY_AMMKD
 from kdmobile.errors import UserError
-from kdmobile.student_choice import ZOO_TOP1, within_budget
+from kdmobile.student_choice import ARM64_INT8_MS, ZOO_TOP1, within_budget
 from untrusted_helpers import main, one_line_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,8 @@ SMALL = "student_candidates=[mobilenetv3_small_050, mobilenetv2_050]"
 
 def test_recorded_accuracy_is_the_zoo_result() -> None:
     rows = json.loads((ROOT / "benchmarks/results/student_zoo.json").read_text())["rows"]
-    assert dict(ZOO_TOP1) == pytest.approx({r["backbone"]: r["top1_64px"] for r in rows}, abs=0.005)
+    assert dict(ZOO_TOP1) == pytest.approx({r["backbone"]: r["top1_64px_mean"] for r in rows}, abs=0.005)
+    assert all(len(r["top1_64px_seeds"]) >= 2 for r in rows) and len(rows) >= 16
 
 
 def test_most_accurate_within_budget() -> None:
@@ -40,6 +41,12 @@ def test_most_accurate_within_budget() -> None:
     (["--student", "auto", "--latency-budget-ms", "1", "--set", "student_candidates=[vit_huge]"],
      "no recorded accuracy for vit_huge"),
     (["--student", "auto", "--latency-budget-ms", "1", "--set", "student_candidates=[]"], "student_candidates"),
+    (["--runtime", "tflite"], "--runtime and --int8-for apply to --student auto only"),
+    (["--student", "auto", "--latency-budget-ms", "3", "--int8-for", "arm64", "--runtime", "tflite"],
+     "give one of them"),
+    (["--student", "auto", "--latency-budget-ms", "3", "--int8-for", "arm64", "--set",
+      "student_candidates=[lcnet_035]"], "--int8-for arm64: no published ARM64 figure for lcnet_035"),
+    (["--student", "auto", "--latency-budget-ms", "1", "--runtime", "coreml"], "invalid choice: 'coreml'"),
 ])
 def test_bad_auto_settings_are_one_line(args, message, tmp_path, capsys) -> None:
     assert main(["train", "ammkd", "--dry-run", "--out", tmp_path, *args]) == 2
@@ -63,6 +70,30 @@ def test_auto_times_candidates_once_and_picks_by_the_rule(tmp_path, monkeypatch,
     again = capsys.readouterr().out
     assert "--student auto: timing" not in again and again.count("cached") == 2
     assert f"student    {chosen} (--student auto" in again
+
+
+def test_auto_times_in_the_runtime_asked_for(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KDMOBILE_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "ammkd", "--dry-run", "--out", tmp_path / "runs", "--student", "auto",
+                 "--latency-budget-ms", "50", "--runtime", "tflite", "--set",
+                 "student_candidates=[mobilenetv3_small_050]"]) == 0
+    out = capsys.readouterr().out
+    assert "timing mobilenetv3_small_050 at 32 px (fp32, tflite, 1 thread)" in out
+    assert "latency: LiteRT (XNNPACK), 1 thread" in out and "student    mobilenetv3_small_050 (--student auto" in out
+    cache = json.loads((tmp_path / "cache" / "student_latency.json").read_text())
+    assert [k.split("|")[-5] for k in cache] == ["tflite"]  # cached per runtime: an onnx run times again
+
+
+def test_int8_for_arm64_reads_the_published_table(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("KDMOBILE_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "ammkd", "--dry-run", "--out", tmp_path / "runs", "--student", "auto",
+                 "--latency-budget-ms", "3", "--int8-for", "arm64"]) == 0
+    out = capsys.readouterr().out
+    assert "timing" not in out and "NOT measured here" in out and "2404.10518" in out
+    fits = {b: ms for b, ms in ARM64_INT8_MS.items() if ms <= 3 * 0.9}  # 2.4 ms: mobilenetv4_conv_small, v2_050
+    best = max(fits, key=lambda b: ZOO_TOP1[b])
+    assert f"student    {best} (--student auto" in out
+    assert not (tmp_path / "cache").exists()  # nothing was timed or cached
 
 
 @pytest.mark.slow

@@ -83,7 +83,9 @@ class AMMKD:
         if cfg.student == AUTO:
             budget = float(cfg.latency_budget_ms or 0)  # the config refuses auto without a budget
             self.auto = dist.agree(lambda: choose_auto_student(cfg.student_candidates, budget, self.size,
-                                                               cfg.embed_dim, cfg.student_int8),
+                                                               cfg.embed_dim, cfg.student_int8,
+                                                               runtime=cfg.student_runtime,
+                                                               int8_for=cfg.student_int8_for),
                                    dist.pick_device(cfg.train.device))  # timed once (rank 0), shared by all ranks
             self.student = self.auto.backbone
         self._init_weights = resolve_init(cfg.student_init, self.student)  # read or fetched now: fails before training

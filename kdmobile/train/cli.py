@@ -82,7 +82,8 @@ def _train_ammkd(args: argparse.Namespace) -> int:
         "data.max_test": args.max_test, "data.image_size": args.image_size,
         "teachers": reused or (csv_list(args.teachers) if args.teachers else None), "student": args.student,
         "student_init": args.student_init, "latency_budget_ms": args.latency_budget_ms,
-        "student_int8": True if args.int8 else None, "fusion": args.fusion,
+        "student_int8": True if args.int8 else None,
+        "student_runtime": args.runtime, "student_int8_for": args.int8_for, "fusion": args.fusion,
         "weighting": args.weighting, "temperature": args.temperature, "tolerance": args.tolerance,
         "loss.terms": _loss_terms(args.loss) if args.loss else None,
     }
@@ -203,11 +204,17 @@ def register_ammkd(methods: Any, method: Any) -> None:
                    "benchmarks/student_zoo.py at 224 px), or auto: the most accurate zoo backbone whose student runs "
                    "within --latency-budget-ms on this host")
     a.add_argument("--latency-budget-ms", type=float, metavar="MS",
-                   help="with --student auto: the p50 (batch 1, one onnxruntime thread, at the run's image size) the "
+                   help="with --student auto: the p50 (batch 1, one thread of --runtime, at the run's image size) the "
                         "student may take here; each candidate (student_candidates) is exported and timed once, "
                         "cached per host")
     a.add_argument("--int8", action="store_true",
                    help="with --student auto: time the int8 model export would ship (--int8-format auto), not fp32")
+    a.add_argument("--runtime", choices=["onnx", "tflite", "executorch"],
+                   help="with --student auto: the runtime the candidates are exported to and timed in (default onnx: "
+                        "onnxruntime; tflite: LiteRT with XNNPACK; executorch: ExecuTorch with XNNPACK)")
+    a.add_argument("--int8-for", choices=["arm64"],
+                   help="with --student auto: do not time here; check the budget against published int8 latencies on "
+                        "an ARM64 phone core at 224 px (MobileNetV4 paper, Pixel 6; not measured by kdmobile)")
     a.add_argument("--student-init", metavar="random|pretrained|FILE",
                    help="the student's starting weights: random (default), pretrained (timm's ImageNet weights; needs "
                         "a network or timm's cache) or FILE (a kdmobile student.safetensors, a timm .safetensors or a "
