@@ -21,7 +21,6 @@ from kdmobile.export import cli as export_cli
 from kdmobile.export import exporter as ex
 from target_helpers import set_converter
 from kdmobile.export.opcheck import traced_ops, unsupported
-from kdmobile.export.quantize import resolve_int8_format
 from kdmobile.models import load_model
 from kdmobile.models.registry import create_model, register_model, save_model
 from kdmobile.rundir import write_method, write_metrics
@@ -174,18 +173,6 @@ def test_onnx_precisions_and_int8_formats_match_the_student(ammkd_run, onnx_bund
 
     shape = ort.InferenceSession(str(onnx_bundles["fp32"] / "model.onnx")).get_inputs()[0].shape
     assert not isinstance(shape[0], int)
-
-
-def test_int8_presets_for_another_machine():
-    """--int8-for picks by preset (no measurement is possible for another machine); explicit formats win."""
-    assert resolve_int8_format("auto", "x86-avx2")[0] == "w8a32"
-    assert resolve_int8_format("auto", "x86-vnni")[0] == "u8s8"
-    assert resolve_int8_format("auto", "arm64")[0] == "s8s8"
-    assert resolve_int8_format("auto", "arm64-nodot")[0] == "u8s8"
-    assert resolve_int8_format("dynamic", "arm64")[0] == "dynamic"
-    assert resolve_int8_format("auto") is None  # measured on this host
-    with pytest.raises(KDError, match="--int8-for 'riscv'"):
-        resolve_int8_format("auto", "riscv")
 
 
 def test_manifest_schema_and_class_vectors(ammkd_run, onnx_bundles, capsys):
