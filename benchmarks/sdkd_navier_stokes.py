@@ -41,6 +41,17 @@ from kdmobile.table import format_table
 RESULTS = Path(__file__).parent / "results"
 TEACHERS = ["sdkd_teacher", "sdkd_simvp"]
 VARIANTS = ["none", "output", "spectral", "spectral-low", "spectral-high"]
+# The turbulent configs add two-phase distillation (the KD rows continue the seed's no-KD student for
+# PHASE2 epochs, against `none-continued`: the same extra epochs without KD) and label-scarce rows (labels-F: the
+# student on F % of the training trajectories alone, with as many optimiser steps as a full-data student;
+# labels-F+teacher: a LABEL_TEACHER trained on those F % pseudo-labels the rest, the student trains on both with the
+# spectral terms). CONTROL names the row each is compared with.
+TURBULENT_VARIANTS = ["none", "none-continued", "output", "spectral", "spectral-low", "spectral-high", "labels-10",
+                      "labels-10+teacher", "labels-25", "labels-25+teacher"]
+CONTROL = {**{v: "none-continued" for v in ("output", "spectral", "spectral-low", "spectral-high")},
+           "labels-10+teacher": "labels-10", "labels-25+teacher": "labels-25"}
+PHASE2 = {"cpu-turbulent": 20, "standard-turbulent": 30}
+LABEL_TEACHER = "sdkd_simvp"
 # --search: the settings tried around the default SDKD loss (one seed each, against that seed's no-KD student).
 SEARCH: dict[str, dict[str, Any]] = {
     "lam1-raw": {"kd": "spectral", "spectral_weight": 1.0, "spectral_normalise": False},  # the paper's loss as is
@@ -60,6 +71,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "standard": {"data.n": 1200, "data.res": 64, "data.t_final": 50.0, "data.stride": 5, "data.val_frac": 0.05,
                  "data.test_frac": 1 / 6, "teacher_train.epochs": 100, "train.epochs": 60,
                  "teacher.width": 64, "simvp.width": 64, "student_kwargs.width": 16},
+    # FNO's turbulent set (nu = 1e-5, T = 20, 10 -> 10: one window per trajectory), solved at 64^2 and stored 32^2.
+    "cpu-turbulent": {"data.n": 800, "data.res": 32, "data.solve_res": 64, "data.scheme": "rk3", "data.visc": 1e-5,
+                      "data.t_final": 20.0, "data.stride": 1, "data.val_frac": 0.1, "data.test_frac": 0.2,
+                      "teacher_train.keep_best": True, "train.keep_best": True, "teacher_train.epochs": 80, "train.epochs": 60, "teacher.width": 64, "simvp.width": 64,
+                      "student_kwargs.width": 16},
+    # FNO's scale: 1,000 train / 200 test trajectories at 64^2 from a 256^2 solve (for a GPU).
+    "standard-turbulent": {"data.n": 1200, "data.res": 64, "data.solve_res": 256, "data.scheme": "rk3", "data.visc": 1e-5,
+                           "data.t_final": 20.0, "data.stride": 1, "data.val_frac": 0.05, "data.test_frac": 1 / 6,
+                           "teacher_train.keep_best": True, "train.keep_best": True,
+                           "teacher_train.epochs": 100, "train.epochs": 60, "teacher.width": 64, "simvp.width": 64,
+                           "student_kwargs.width": 16},
 }
 
 
@@ -98,17 +120,57 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     started = time.perf_counter()
     kind, name, seed = args.only
     if kind == "teacher":
-        cfg = _config(args, f"teacher-{name}", {"teacher_models": [name], "kd": "none", "baseline": False,
-                                                "train.epochs": 0, "seed": 0})
+        arch, _, labels = name.partition("@labels-")
+        over = {"data.label_fraction": int(labels) / 100, "teacher_train.epochs": _scaled(
+            CONFIGS[args.config]["teacher_train.epochs"], int(labels))} if labels else {}
+        cfg = _config(args, f"teacher-{name.replace('@', '-')}", {"teacher_models": [arch], "kd": "none",
+                                                                  "baseline": False, "train.epochs": 0, "seed": 0,
+                                                                  **over})
         run, metrics = run_sdkd(cfg, progress=args.progress)
         return {**_row(metrics["models"]["teacher"], run, "teacher/teacher", started, base_mb),
                 "file": str(teacher_file(run, "teacher"))}
     files = [records.get(f"teacher:{t}")["file"] for t in TEACHERS]
-    setting = SEARCH[name] if kind == "search" else {"kd": name}
+    setting = SEARCH[name] if kind == "search" else _variant(args, records, name, int(seed))
+    if "teacher_files" in setting:
+        files = setting.pop("teacher_files")
     cfg = _config(args, f"{'search-' if kind == 'search' else ''}{name}-s{seed}",
                   {"teacher_files": files, "baseline": False, "seed": int(seed), **setting})
     run, metrics = run_sdkd(cfg, progress=args.progress)
     return _row(metrics["models"]["student"], run, "student", started, base_mb)
+
+
+def _scaled(epochs: int, percent: int) -> int:
+    """Epochs on `percent` % of the windows with as many optimiser steps as `epochs` on all of them."""
+    return int(round(epochs * 100 / percent))
+
+
+def _variants(config: str) -> list[str]:
+    return TURBULENT_VARIANTS if config in PHASE2 else VARIANTS
+
+
+def _variant(args: argparse.Namespace, records: Records, name: str, seed: int) -> dict[str, Any]:
+    """The config overrides of student row `name` for this seed (turbulent configs: two-phase and label rows)."""
+    if args.config not in PHASE2:
+        return {"kd": name}
+    if name == "none":
+        return {"kd": "none"}
+    if name.startswith("labels-"):
+        percent = int(name.split("-")[1].split("+")[0])
+        over: dict[str, Any] = {"data.label_fraction": percent / 100}
+        if name.endswith("+teacher"):
+            teacher = records.get(f"teacher:{LABEL_TEACHER}@labels-{percent}")
+            return {**over, "kd": "spectral", "teacher_files": [teacher["file"]]}
+        return {**over, "kd": "none", "train.epochs": _scaled(CONFIGS[args.config]["train.epochs"], percent)}
+    phase1 = records.get(f"none/{seed}")
+    return {"kd": "none" if name == "none-continued" else name, "train.epochs": PHASE2[args.config],
+            "student_init": str(Path(phase1["run"]) / STUDENT_FILE)}
+
+
+def _teacher_jobs(config: str) -> list[str]:
+    """The teachers this config trains: on all labels, then (turbulent) LABEL_TEACHER on each labelled part."""
+    extra = [f"{LABEL_TEACHER}@labels-{v.split('-')[1]}" for v in _variants(config)
+             if v.startswith("labels-") and not v.endswith("+teacher")]
+    return [*TEACHERS, *extra]
 
 
 def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
@@ -116,7 +178,7 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     rows, table = [], []
     base = [r["mse"] for k, r in records.data["runs"].items() if k.startswith("none/")]
     base_mse = float(np.mean(base)) if base else None
-    for variant in [*(f"teacher:{t}" for t in TEACHERS), *VARIANTS]:
+    for variant in [*(f"teacher:{t}" for t in _teacher_jobs(args.config)), *_variants(args.config)]:
         found = sorted((int(k.split("/")[1]) if "/" in k else 0, r) for k, r in records.data["runs"].items()
                        if k.split("/")[0] == variant)
         if not found:
@@ -129,6 +191,7 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
                "mae_mean": float(np.mean([r["mae"] for r in runs])),
                "ssim_mean": float(np.mean([r["ssim"] for r in runs])),
                "mse_vs_nokd": float(mse.mean() / base_mse) if base_mse else None,
+               **_against_control(variant, found, records),
                "params": runs[0]["params"], "mflops": runs[0]["flops"] / 1e6,
                "train_s_per_epoch": float(np.mean([r["train_s_per_epoch"] for r in runs])),
                "peak_train_mem_mb": float(np.mean([r["peak_gpu_mb"] or r["peak_rss_mb"] for r in runs])),
@@ -138,18 +201,22 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
         rows.append(row)
         table.append([variant, f"{row['mse_mean']:.3g} ± {row['mse_std']:.2g}", f"{row['rel_l2_mean']:.4f}",
                       f"{row['mae_mean']:.4f}", f"{row['ssim_mean']:.4f}",
-                      "" if row["mse_vs_nokd"] is None else f"{row['mse_vs_nokd']:.3f}", len(mse), row["params"],
+                      "" if row["mse_vs_nokd"] is None else f"{row['mse_vs_nokd']:.3f}",
+                      f"{row['mse_vs_control']:.3f} ({row['control']})" if "control" in row else "", len(mse),
+                      row["params"],
                       f"{row['train_s_per_epoch']:.2f}", f"{row['peak_train_mem_mb']:.0f}",
                       f"{row['train_mem_above_framework_mb']:.0f}"])
     settings = {**CONFIGS[args.config], "overrides": args.set, "device": records.data.get("device", args.device),
-                "host": f"{platform.machine()} {cpu_name()}", "data_seconds": records.data.get("data_seconds")}
+                "host": f"{platform.machine()} {cpu_name()}", "data_seconds": records.data.get("data_seconds"),
+                "physics_check": records.data.get("physics")}
     path = args.results / "sdkd_navier_stokes.json"
     everything = json.loads(path.read_text()) if path.is_file() else {}
     everything = everything if "configs" in everything else {"benchmark": "sdkd_navier_stokes", "configs": {}}
     everything["configs"][args.config] = {"settings": settings, "notes": records.data.get("notes", []), "rows": rows,
                                           "latency": records.data.get("latency")}
     write_json(path, everything)
-    md = format_table(["variant", "MSE (mean ± std)", "rel L2", "MAE", "SSIM", "MSE / no-KD", "seeds", "params",
+    md = format_table(["variant", "MSE (mean ± std)", "rel L2", "MAE", "SSIM", "MSE / no-KD", "MSE / control", "seeds",
+                       "params",
                        "s/epoch", "peak train MB", "above torch MB"], table, markdown=True)
     search = _search_rows(records)
     if search:
@@ -211,6 +278,17 @@ def latency(args: argparse.Namespace, records: Records) -> None:
         write_json(records.path, records.data)
 
 
+def _against_control(variant: str, found: list[tuple[int, dict[str, Any]]], records: Records) -> dict[str, Any]:
+    """The row's control (CONTROL) and its MSE over the control's on the same seeds (mean of both)."""
+    control = CONTROL.get(variant)
+    pairs = [(r["mse"], records.get(f"{control}/{s}")) for s, r in found] if control else []
+    pairs = [(m, c["mse"]) for m, c in pairs if c]
+    if not pairs:
+        return {}
+    mine, theirs = np.mean([m for m, _ in pairs]), np.mean([c for _, c in pairs])
+    return {"control": control, "mse_vs_control": float(mine / theirs), "control_seeds": len(pairs)}
+
+
 def _search_rows(records: Records) -> list[dict[str, Any]]:
     """The --search runs recorded so far, each against the no-KD student of its seed."""
     rows = []
@@ -239,7 +317,8 @@ def _figure(args: argparse.Namespace, records: Records) -> Path | None:
     from kdmobile.data.sequences import SequenceSpec, load_splits
     from kdmobile.sdkd.train import cached_navier_stokes_path, forecast_figure
 
-    keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in VARIANTS)]
+    keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in _variants(args.config)
+                                                   if not v.startswith("labels-"))]
     found = {k: records.get(k) for k in keys if records.get(k)}
     models = {}
     for key, rec in found.items():
@@ -263,7 +342,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="only these student variants (default: all)")
+    p.add_argument("--variants", nargs="+", choices=TURBULENT_VARIANTS,
+                   help="only these student variants (default: all of the config's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda (default cpu)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once, each in its own process (default 1)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of each training process")
@@ -294,14 +374,14 @@ def main() -> int:
         _make_data(args, records)
         common = ["--config", args.config, "--device", args.device, "--runs", args.runs, "--records", str(records.path),
                   *(x for s in args.set for x in ("--set", s)), *(["--progress"] if args.progress else [])]
-        jobs = [["--only", "teacher", t, "0"] for t in TEACHERS if not records.get(f"teacher:{t}")]
+        jobs = [["--only", "teacher", t, "0"] for t in _teacher_jobs(args.config) if not records.get(f"teacher:{t}")]
         for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):
             if not out:
                 return 1
             records.put(f"teacher:{job[2]}", out)
             print(f"teacher {job[2]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f}", flush=True)
-        jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or VARIANTS)
-                if not records.get(f"{v}/{s}")]
+        jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or _variants(args.config))
+                if not records.get(f"{v}/{s}")]  # in order: a seed's phase-2 rows start from its `none` run
         jobs += [["--only", "search", name, str(args.seeds[0])] for name in (SEARCH if args.search else [])
                  if not records.get(f"search:{name}/{args.seeds[0]}")]
         failed = 0
@@ -325,6 +405,14 @@ def _make_data(args: argparse.Namespace, records: Records) -> None:
     from kdmobile.sdkd.train import cached_navier_stokes, cached_navier_stokes_path
 
     cfg = _config(args, "data", {})
+    d = cfg.data
+    if args.config in PHASE2 and "physics" not in records.data:  # the generator's physics at these settings
+        from kdmobile.data.ns_physics import physics_check
+
+        records.data["physics"] = physics_check(d.visc, d.res, d.solve_res, d.scheme)
+        write_json(records.path, records.data)
+        print(f"physics check: {'passed' if records.data['physics']['passed'] else 'FAILED'} "
+              f"{records.data['physics']['checks']}", flush=True)
     if cached_navier_stokes_path(cfg).is_file():
         return
     started = time.perf_counter()

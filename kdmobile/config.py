@@ -65,6 +65,9 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(5.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # on the class/contrastive cross-entropy of the step
     ema: float = Field(0.0, ge=0, lt=1)  # decay of an EMA of the weights (0 = off); the EMA copy is the result
+    # Return the weights of the epoch with the lowest validation value (its first metric: SDKD's val MSE) instead of
+    # the last epoch's: early stopping without stopping, so small labelled sets are not judged overfitted.
+    keep_best: bool = False
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     # DataLoader worker processes; None: one per core up to 8 for photo folders (decoding is the work), 0 for the
@@ -311,6 +314,9 @@ class SequenceDataConfig(_Strict):
     # The grid the generator solves on (None: res); a multiple of res, stored by keeping every k-th point (FNO
     # solved at 256² and stored 64²: a turbulent flow at ν = 1e-5 needs the finer solve).
     solve_res: Optional[int] = Field(None, ge=8, le=MAX_GRID)
+    # The solver's time scheme: FNO's forward Euler (default, the published sets) or SSP-RK3, which needs no ν/U²
+    # step limit and so solves ν = 1e-5 about 40x faster (kdmobile.data.ns_solver).
+    scheme: Literal["euler", "rk3"] = "euler"
     visc: PositiveFloat = 1e-3
     t_final: PositiveFloat = 30.0
     frames_in: int = Field(10, ge=1, le=MAX_FRAMES)
@@ -321,6 +327,10 @@ class SequenceDataConfig(_Strict):
     # Seed of the generated trajectories and of the train/val/test split (None: the run's seed). A benchmark fixes
     # it so that students of several seeds share one split, and the teacher trained on it.
     seed: int | None = None
+    # Label-scarce training: the windows of the first fraction of the training trajectories keep their futures; the
+    # rest are inputs only (teachers and the no-KD student see the labelled part; a KD student gets the teachers'
+    # mean forecast as the target of the rest when `pseudo_labels`).
+    label_fraction: float = Field(1.0, gt=0, le=1)
 
 
 class SDKDConfig(_Strict):
@@ -356,6 +366,10 @@ class SDKDConfig(_Strict):
     train: TrainConfig = TrainConfig(epochs=20, lr=2e-3, batch_size=16, weight_decay=0.01)
     baseline: bool = True
     health: HealthConfig = HealthConfig()  # a teacher's val MSE must be <= 0.9 x the no-KD student's
+    # Two-phase distillation: start the student(s) from this kdmobile student file (RUN/student.safetensors of a
+    # no-KD run) instead of random weights; the same architecture and grid are required.
+    student_init: Optional[str] = None
+    pseudo_labels: bool = True  # with data.label_fraction < 1 and KD: teachers label the unlabelled windows
 
     @field_validator("cutoffs")
     @classmethod

@@ -26,7 +26,7 @@ import torch
 
 from kdmobile.data.ns_files import ChunkStore, check_output_path, write_dataset
 from kdmobile.data.ns_solver import (
-    DEFAULT_CFL, FNO_ALPHA, FNO_TAU, default_max_dt, fno_forcing, gaussian_random_field, num_records,
+    DEFAULT_CFL, FNO_ALPHA, FNO_TAU, SCHEMES, default_max_dt, fno_forcing, gaussian_random_field, num_records,
     resolve_device, solve, torch_threads, velocity_from_vorticity,
 )
 from kdmobile.config import MAX_GRID  # FNO's finest solve is 256^2; 4096^2 is 64 MB per float32 frame
@@ -79,6 +79,13 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _scheme(name: str) -> str:
+    """The solver scheme name ("euler": FNO's forward Euler + Crank-Nicolson; "rk3": SSP-RK3, integrating factor)."""
+    if name not in SCHEMES:
+        raise UserError(f"--scheme must be one of {', '.join(SCHEMES)}, got {name!r}")
+    return name
 
 
 def _check_generate_args(n: int, res: int, visc: float, seed: int, batch_size: int, dt: float | None = None,
@@ -146,19 +153,23 @@ def _check_disk(runner: "_Runner", path: Path) -> None:
 
 def dataset_key(n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0,
                 dt: float | None = None, forcing: str | None = "fno", dt_record: float = 1.0,
-                dtype: torch.dtype | str = torch.float32, solve_res: int | None = None) -> dict[str, Any]:
+                dtype: torch.dtype | str = torch.float32, solve_res: int | None = None,
+                scheme: str = "euler") -> dict[str, Any]:
     """Every parameter that changes the generated numbers: the key for resuming and for the data cache. A solve on
-    the stored grid keeps the key it always had (no solve_res entry), so existing caches stay valid."""
+    the stored grid with FNO's Euler scheme keeps the key it always had (no solve_res / scheme entry), so existing
+    caches stay valid."""
     dt_name = next(k for k, v in DTYPES.items() if v == _dtype(dtype))
     fine = int(solve_res or res)
     key = {"generator": "kdmobile.data.navier_stokes", "version": GENERATOR_VERSION, "n": int(n), "res": int(res),
            "visc": float(visc), "t_final": float(t_final), "dt_record": float(dt_record), "seed": int(seed),
-           "dt": None if dt is None else float(dt), "cfl": DEFAULT_CFL, "max_dt": default_max_dt(fine),
+           "dt": None if dt is None else float(dt), "cfl": DEFAULT_CFL, "max_dt": default_max_dt(fine, _scheme(scheme)),
            "forcing": _forcing_name(forcing), "dtype": dt_name,
            "initial_condition": {"type": "gaussian_random_field", "alpha": FNO_ALPHA, "tau": FNO_TAU}}
     if fine != int(res):
         key["solve_res"] = fine
         key["stored"] = f"every {fine // int(res)}th grid point of the {fine}² solve (pointwise, as FNO)"
+    if _scheme(scheme) != "euler":
+        key["scheme"] = _scheme(scheme)
     return key
 
 
@@ -172,10 +183,11 @@ class _Runner:
 
     def __init__(self, n: int, res: int, visc: float, t_final: float, seed: int, dt: float | None,
                  batch_size: int, device: str | None, forcing: str | None, dt_record: float,
-                 dtype: torch.dtype | str, cpu_threads: int | None, solve_res: int | None = None) -> None:
+                 dtype: torch.dtype | str, cpu_threads: int | None, solve_res: int | None = None, scheme: str = "euler") -> None:
         _check_generate_args(n, res, visc, seed, batch_size, dt, cpu_threads, solve_res)
         self.n, self.res, self.visc, self.seed, self.dt = int(n), int(res), float(visc), int(seed), dt
         self.solve_res = int(solve_res or res)
+        self.scheme = _scheme(scheme)
         self.stride = self.solve_res // self.res
         self.t_final, self.dt_record = float(t_final), float(dt_record)
         self.n_rec = num_records(self.t_final, self.dt_record)
@@ -196,7 +208,7 @@ class _Runner:
     def key(self) -> dict[str, Any]:
         """This run's dataset key."""
         return dataset_key(self.n, self.res, self.visc, self.t_final, self.seed, self.dt, self.forcing,
-                           self.dt_record, self.dtype, self.solve_res)
+                           self.dt_record, self.dtype, self.solve_res, self.scheme)
 
     @contextlib.contextmanager
     def session(self, progress: bool, done: int = 0) -> Iterator[_Runner]:
@@ -244,7 +256,8 @@ class _Runner:
 
         info: dict[str, Any] = {}
         traj = solve(w0, self.visc, self.t_final, self.dt_record, self.dt, self.force,
-                     cpu_threads=1 if self.cpu else None, on_record=on_record, info=info, record_stride=self.stride)
+                     cpu_threads=1 if self.cpu else None, on_record=on_record, info=info, record_stride=self.stride,
+                     scheme=self.scheme)
         return w0[..., ::self.stride, ::self.stride], traj, info
 
     def solve_range(self, b0: int, b1: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -273,7 +286,7 @@ def generate(
     n: int, res: int = 64, visc: float = 1e-3, t_final: float = 20.0, seed: int = 0, dt: float | None = None,
     batch_size: int = 32, device: str | None = None, forcing: str | None = "fno", progress: bool = True,
     *, dt_record: float = 1.0, dtype: torch.dtype | str = torch.float32, cpu_threads: int | None = None,
-    info: dict[str, Any] | None = None, solve_res: int | None = None,
+    info: dict[str, Any] | None = None, solve_res: int | None = None, scheme: str = "euler",
 ) -> np.ndarray:
     """Simulate n FNO-style trajectories in memory; return (n, t_final/dt_record, res, res) snapshots in `dtype`.
 
@@ -283,7 +296,7 @@ def generate(
     `info` receives dt statistics, the wall time and the device.
     """
     runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads,
-                     solve_res)
+                     solve_res, scheme)
     out = np.empty((runner.n, runner.n_rec, runner.res, runner.res), dtype=runner.np_dtype)
     stats = []
     t0 = time.perf_counter()
@@ -303,7 +316,7 @@ def generate_to_file(
     batch_size: int = 32, device: str | None = None, *, dt: float | None = None, forcing: str | None = "fno",
     dt_record: float = 1.0, dtype: torch.dtype | str = torch.float32, cpu_threads: int | None = None,
     progress: bool = True, restart: bool = False, on_chunk: Callable[[int, int], None] | None = None,
-    info: dict[str, Any] | None = None, solve_res: int | None = None,
+    info: dict[str, Any] | None = None, solve_res: int | None = None, scheme: str = "euler",
 ) -> Path:
     """Generate a dataset chunk by chunk into `<out>.parts/`, then write `out` atomically and remove the parts.
 
@@ -313,7 +326,7 @@ def generate_to_file(
     chunks)` is called after chunk i is saved. Bad arguments fail before anything is written.
     """
     runner = _Runner(n, res, visc, t_final, seed, dt, batch_size, device, forcing, dt_record, dtype, cpu_threads,
-                     solve_res)
+                     solve_res, scheme)
     path = check_output_path(out)
     _check_disk(runner, path)
     key = runner.key()
@@ -346,7 +359,8 @@ def cached_dataset_path(directory: str | Path, n: int, res: int = 64, visc: floa
                         seed: int = 0, **kwargs: Any) -> Path:
     """Where the .npz for these parameters lives under `directory`: named by the digest of its full key."""
     key = dataset_key(n, res, visc, t_final, seed, kwargs.get("dt"), kwargs.get("forcing", "fno"),
-                      kwargs.get("dt_record", 1.0), kwargs.get("dtype", torch.float32), kwargs.get("solve_res"))
+                      kwargs.get("dt_record", 1.0), kwargs.get("dtype", torch.float32), kwargs.get("solve_res"),
+                      kwargs.get("scheme", "euler"))
     return Path(directory).expanduser() / f"navier_stokes_n{n}_r{res}_{key_digest(key)}.npz"
 
 

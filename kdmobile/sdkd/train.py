@@ -26,6 +26,7 @@ from kdmobile.metrics import forecast_errors, per_step_mse, per_step_rel_l2, ssi
 from kdmobile.models import create_model, save_model
 from kdmobile.models.forecasters import latent_channels
 from kdmobile.models.profile import count_flops, count_params
+from kdmobile.sdkd.labels import init_tensors, labelled_windows, pseudo_labels
 from kdmobile.rundir import (CONFIG_FILE, LOG_FILE, NORMALISATION_FILE, WEIGHTS_SUFFIX, check_resume,
                              new_run_dir, stage_dir, teacher_file, write_method, write_metrics)
 from kdmobile.table import format_table
@@ -41,7 +42,7 @@ def cached_navier_stokes_path(cfg: SDKDConfig) -> Path:
 
     d = cfg.data
     return cached_dataset_path(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed,
-                               solve_res=d.solve_res)
+                               solve_res=d.solve_res, scheme=d.scheme)
 
 
 def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
@@ -52,7 +53,7 @@ def cached_navier_stokes(cfg: SDKDConfig, progress: bool = True) -> Path:
 
     d = cfg.data
     return cached_dataset(cache_dir(), n=d.n, res=d.res, visc=d.visc, t_final=d.t_final, seed=cfg.data_seed,
-                          progress=progress, solve_res=d.solve_res)
+                          progress=progress, solve_res=d.solve_res, scheme=d.scheme)
 
 
 class Distiller(nn.Module):
@@ -94,6 +95,11 @@ class SDKD:
         array = load_sequences(self.source)
         check_frames(array, spec, self.source)
         self.splits = make_windows(array, spec)
+        self.n_labelled = labelled_windows(self.splits.train_traj, len(self.splits.train_x), d.label_fraction)
+        self.init = (init_tensors(cfg.student_init, create_model(cfg.student, **self._kwargs(), **cfg.student_kwargs),
+                                  {k: v for k, v in self._extra().items() if k in ("frames_in", "frames_out",
+                                                                                   "height", "width")})
+                     if cfg.student_init else None)  # a wrong file fails here, not after the teachers' training
         self.run = dist.agree(lambda: new_run_dir(cfg.out, cfg.name, resume), dist.pick_device(cfg.train.device))
         if resume:  # before anything is written: a finished run, or other settings, are refused
             check_resume(self.run, cfg.model_dump(mode="json"))
@@ -134,9 +140,12 @@ class SDKD:
             self.figure(models)
         return metrics
 
-    def _dataset(self) -> TensorDataset:
-        s = self.splits
-        return TensorDataset(torch.from_numpy(s.train_x), torch.from_numpy(s.train_y))
+    def _dataset(self, targets: np.ndarray | None = None) -> TensorDataset:
+        """The labelled training windows; with `targets` (the pseudo-labels of the rest) every training window."""
+        s, n = self.splits, self.n_labelled
+        if targets is None or n == len(s.train_x):
+            return TensorDataset(torch.from_numpy(s.train_x[:n]), torch.from_numpy(s.train_y[:n]))
+        return TensorDataset(torch.from_numpy(s.train_x), torch.from_numpy(np.concatenate([s.train_y[:n], targets])))
 
     def _kwargs(self) -> dict[str, int]:
         return {"frames_in": self.cfg.data.frames_in, "frames_out": self.cfg.data.frames_out}
@@ -204,6 +213,8 @@ class SDKD:
         seed_everything(self.cfg.seed + 2)
         cfg = self.cfg
         student = create_model(cfg.student, **self._kwargs(), **cfg.student_kwargs)
+        if self.init is not None:  # phase 2: continue the phase-1 student
+            student.load_state_dict(self.init)
         names = list(teachers)
         distiller = Distiller(student, [latent_channels(teachers[n].cpu()) for n in names], cfg.adapter)
         trainer = Trainer(stage, distiller, cfg.train, stage_dir(self.run, stage), self.log, cfg.seed, self.progress)
@@ -215,6 +226,10 @@ class SDKD:
         if not active:
             kd = "none"
         weighting = self.weighting if kd != "none" else TeacherWeighting("none", names)
+        targets = None
+        if kd != "none" and cfg.pseudo_labels and self.n_labelled < len(self.splits.train_x):
+            targets = pseudo_labels(self.predict, [teachers[n] for n in active], self.splits.train_x[self.n_labelled:])
+            self.log.write(stage=stage, event="pseudo_labels", windows=len(targets), teachers=active)
 
         def step(m: nn.Module, batch: Any) -> StepOutput:
             x, y = batch
@@ -245,7 +260,7 @@ class SDKD:
                 stats.update({f"w_{n}": w for n, w in weights.items()})
             return StepOutput(loss, stats)
 
-        distiller = trainer.fit(self._dataset(), step, lambda m: self._eval_mse(m.student), resume=self.resume)
+        distiller = trainer.fit(self._dataset(targets), step, lambda m: self._eval_mse(m.student), resume=self.resume)
         if dist.is_main():
             save_model(path, distiller.student, extra={**self._extra(), "kd": kd})
         return distiller.student
@@ -286,6 +301,7 @@ class SDKD:
         summary["student_params_vs_teacher"] = out["student"]["params"] / teacher["params"]
         return {"method": "sdkd", "task": "forecast", "kd": self.cfg.kd, "data": str(self.source),
                 "split_windows": {"train": len(s.train_x), "val": len(s.val_x), "test": len(s.test_x)},
+                "labelled_train_windows": self.n_labelled, "student_init": self.cfg.student_init,
                 "frames_in": self.cfg.data.frames_in, "frames_out": self.cfg.data.frames_out,
                 **summary, "models": out}
 

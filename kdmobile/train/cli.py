@@ -129,7 +129,7 @@ def _train_sdkd(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         **_common_overrides(args), "data.path": args.data, "data.n": args.n, "data.res": args.res,
         "teachers": args.teachers, "student": args.student, "kd": args.kd, "weighting": args.weighting,
-        "teacher_files": reused,
+        "teacher_files": reused, "student_init": args.student_init, "data.label_fraction": args.label_fraction,
     }
     cfg = load_config(SDKDConfig, args.config, overrides, args.set)
     from kdmobile.rundir import new_run_dir
@@ -171,6 +171,9 @@ examples:
   kdmobile train sdkd --dry-run                           the plan; generates and writes nothing
   kdmobile train sdkd --data ns_V1e-3_N5000_T50.mat --kd spectral-low --student sdkd_unet
   kdmobile train sdkd --teachers-from runs/sdkd --kd output --name sdkd-output   reuse the trained teacher
+  kdmobile train sdkd --kd none --name phase1 && kdmobile train sdkd --teachers-from runs/phase1 \
+      --student-init runs/phase1/student.safetensors --kd spectral    two-phase: continue the student with KD
+  kdmobile train sdkd --label-fraction 0.1 --kd output     10 % labelled trajectories, teacher pseudo-labels
 """
 
 
@@ -253,5 +256,11 @@ def register_sdkd(methods: Any, method: Any) -> None:
     s.add_argument("--student", choices=["sdkd_resnet", "sdkd_unet"], help="student architecture")
     s.add_argument("--kd", choices=KD_MODES, help="distillation terms (default spectral: output + both frequency bands)")
     s.add_argument("--weighting", help="teacher weighting with several teachers: adaptive, equal, single:NAME")
+    s.add_argument("--student-init", metavar="FILE",
+                   help="phase 2: continue the student(s) from a kdmobile student file (e.g. RUN/student.safetensors "
+                        "of a --kd none run) instead of random weights")
+    s.add_argument("--label-fraction", type=float, metavar="F",
+                   help="keep the futures of only this fraction of the training trajectories (0 < F <= 1); with KD "
+                        "the teachers, trained on that part, pseudo-label the rest for the student")
     _add_common_train(s)
     s.set_defaults(func=_train_sdkd)

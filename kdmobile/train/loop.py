@@ -225,6 +225,7 @@ class Trainer:
                     self.model.eval()
                     with torch.no_grad(), self.autocast():
                         record.update({f"val_{k}": float(v) for k, v in evaluate(self.final_model()).items()})
+                    self._keep_if_best(record)
                 self.history.append(record)
                 if self.log:
                     self.log.write(stage=self.stage, event="epoch", **record)
@@ -236,8 +237,33 @@ class Trainer:
             reporter.stage_end(self.stage, self.history, time.perf_counter() - stage_started)
         if self.ema is not None:  # the averaged weights are the result
             self.model.load_state_dict(self.ema.module.state_dict())
+        if self.cfg.keep_best and self.best_path.is_file():
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(self.best_path), device=str(self.device)))
         self.model.eval()
         return self.model
+
+    @property
+    def best_path(self) -> Path:
+        """Where `keep_best` keeps the weights of the best epoch so far (safetensors, survives a resume)."""
+        return self.stage_dir / "best.safetensors"
+
+    def _keep_if_best(self, record: dict[str, Any]) -> None:
+        """With `keep_best`, save the weights when this epoch's first validation value is the lowest so far."""
+        vals = [k for k in record if k.startswith("val_")]
+        if not self.cfg.keep_best or not vals:
+            return
+        key = vals[0]
+        before = [h[key] for h in self.history if key in h]
+        if before and record[key] >= min(before):
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.final_model().state_dict().items()}
+        with atomic_path(self.best_path) as tmp:
+            save_file(state, str(tmp))
+        record["best"] = True
 
     def final_model(self) -> nn.Module:
         """The weights this stage will return: the EMA copy when EMA is on, else the model itself."""
