@@ -1,20 +1,26 @@
-"""SDKD on 2-D Navier-Stokes (the FNO setting), two configurations: `cpu` (this 2-core machine, about an hour) and
-`standard` (FNO's scale, 64x64, 1,000 train / 200 test trajectories, nu = 1e-3, T = 50: for a GPU).
+"""SDKD on 2-D Navier-Stokes (the FNO setting). Configurations (sdkd_configs.py): `cpu` (this 2-core machine, about
+an hour) and `standard` (FNO's scale, 64x64, 1,000 train / 200 test trajectories, nu = 1e-3, T = 50: for a GPU) in
+the smooth regime; `cpu-turbulent` (nu = 1e-5, T = 20, 800 trajectories stored 32² from a 64² RK3 solve) and
+`standard-turbulent` (FNO's nu = 1e-5 set: 64² from 256², 1,000 / 200; for a GPU) in the chaotic one.
 
 One fixed data set and split (data seed 0). The teachers (the conv + Transformer teacher and the SimVP v2-style
 teacher) are trained ONCE on it; every student of every seed distils from those files, so the seeds measure the
 students' variance. Rows: each teacher, no KD, output KD, SDKD (the paper's loss: task MSE + lambda (high band +
-alpha low band) over latent FFT bands), SDKD low band only, SDKD high band only. Metrics on the test trajectories in
-physical units: MSE, relative L2 (FNO's metric), MAE, SSIM. Training cost: seconds per epoch and the peak memory of
-each training (a fresh process's peak RSS on CPU; max_memory_allocated on CUDA).
+alpha low band) over latent FFT bands), SDKD low band only, SDKD high band only. The turbulent configs run these as
+phase 2 (each continues the seed's no-KD student for a few epochs) beside `none-continued` (the same epochs without
+KD: the equal-budget control), and add label-scarce rows: `labels-F` (the student on F % of the training
+trajectories alone) and `labels-F+teacher` (a SimVP teacher trained on those F % pseudo-labels the rest; the student
+learns from both). Metrics on the test trajectories in physical units: MSE, relative L2 (FNO's metric), MAE, SSIM.
+Training cost: seconds per epoch and the peak memory of each training (a fresh process's peak RSS on CPU;
+max_memory_allocated on CUDA). The turbulent configs first run the generator's physics check at their settings.
 
 Resumable: each run (teacher, variant x seed) is recorded as it finishes in results/sdkd_navier_stokes_<config>_
-records.json and skipped when the script is run again. Writes results/sdkd_navier_stokes.json (both configs),
+records.json and skipped when the script is run again. Writes results/sdkd_navier_stokes.json (all configs),
 results/sdkd_navier_stokes_<config>.md and a PNG of truth vs teachers vs students.
 
   python benchmarks/sdkd_navier_stokes.py --config cpu
-  python benchmarks/sdkd_navier_stokes.py --config cpu --search    # + the settings tried around the SDKD loss
-  python benchmarks/sdkd_navier_stokes.py --config standard --device cuda --jobs 6
+  python benchmarks/sdkd_navier_stokes.py --config cpu-turbulent --search   # + the settings tried around SDKD
+  python benchmarks/sdkd_navier_stokes.py --config standard-turbulent --device cuda --jobs 6
   python benchmarks/sdkd_navier_stokes.py --config cpu --report-only
 """
 
@@ -33,58 +39,15 @@ from typing import Any
 import numpy as np
 from resumable import Records, cpu_name, device_name, peak_rss_mb, run_children, without_set_keys
 
+from sdkd_configs import (CONFIGS, CONTROL, PHASE2, SEARCH, TEACHERS, TURBULENT_VARIANTS, phase2,
+                          scaled, teacher_jobs, variant, variants)
+
 from kdmobile.config import SDKDConfig, load_config
 from kdmobile.fileio import write_json
 from kdmobile.rundir import STUDENT_FILE, read_log, teacher_file
 from kdmobile.table import format_table
 
 RESULTS = Path(__file__).parent / "results"
-TEACHERS = ["sdkd_teacher", "sdkd_simvp"]
-VARIANTS = ["none", "output", "spectral", "spectral-low", "spectral-high"]
-# The turbulent configs add two-phase distillation (the KD rows continue the seed's no-KD student for
-# PHASE2 epochs, against `none-continued`: the same extra epochs without KD) and label-scarce rows (labels-F: the
-# student on F % of the training trajectories alone, with as many optimiser steps as a full-data student;
-# labels-F+teacher: a LABEL_TEACHER trained on those F % pseudo-labels the rest, the student trains on both with the
-# spectral terms). CONTROL names the row each is compared with.
-TURBULENT_VARIANTS = ["none", "none-continued", "output", "spectral", "spectral-low", "spectral-high", "labels-10",
-                      "labels-10+teacher", "labels-25", "labels-25+teacher"]
-CONTROL = {**{v: "none-continued" for v in ("output", "spectral", "spectral-low", "spectral-high")},
-           "labels-10+teacher": "labels-10", "labels-25+teacher": "labels-25"}
-PHASE2 = {"cpu-turbulent": 20, "standard-turbulent": 30}
-LABEL_TEACHER = "sdkd_simvp"
-# --search: the settings tried around the default SDKD loss (one seed each, against that seed's no-KD student).
-SEARCH: dict[str, dict[str, Any]] = {
-    "lam1-raw": {"kd": "spectral", "spectral_weight": 1.0, "spectral_normalise": False},  # the paper's loss as is
-    "lam0.1": {"kd": "spectral", "spectral_weight": 0.1},
-    "lam0.003": {"kd": "spectral", "spectral_weight": 0.003},
-    "alpha0.3": {"kd": "spectral", "spectral_alpha": 0.3},
-    "alpha3": {"kd": "spectral", "spectral_alpha": 3.0},
-    "cut0.1-0.3": {"kd": "spectral", "cutoffs": [0.1, 0.3]},
-    "adapter3x3": {"kd": "spectral", "adapter": "3x3"},
-    "spectral+output": {"kd": "spectral", "spectral_output_weight": 1.0},
-}
-# Chosen on the cpu config (see the README's SDKD section for the search): students at 25 % of the teachers' width.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "cpu": {"data.n": 400, "data.res": 32, "data.t_final": 30.0, "data.stride": 2, "data.val_frac": 0.1,
-            "data.test_frac": 0.2, "teacher_train.epochs": 60, "train.epochs": 30,
-            "teacher.width": 64, "simvp.width": 64, "student_kwargs.width": 16},
-    "standard": {"data.n": 1200, "data.res": 64, "data.t_final": 50.0, "data.stride": 5, "data.val_frac": 0.05,
-                 "data.test_frac": 1 / 6, "teacher_train.epochs": 100, "train.epochs": 60,
-                 "teacher.width": 64, "simvp.width": 64, "student_kwargs.width": 16},
-    # FNO's turbulent set (nu = 1e-5, T = 20, 10 -> 10: one window per trajectory), solved at 64^2 and stored 32^2.
-    "cpu-turbulent": {"data.n": 800, "data.res": 32, "data.solve_res": 64, "data.scheme": "rk3", "data.visc": 1e-5,
-                      "data.t_final": 20.0, "data.stride": 1, "data.val_frac": 0.1, "data.test_frac": 0.2,
-                      "teacher_train.keep_best": True, "train.keep_best": True, "teacher_train.epochs": 80, "train.epochs": 60, "teacher.width": 64, "simvp.width": 64,
-                      "student_kwargs.width": 16},
-    # FNO's scale: 1,000 train / 200 test trajectories at 64^2 from a 256^2 solve (for a GPU).
-    "standard-turbulent": {"data.n": 1200, "data.res": 64, "data.solve_res": 256, "data.scheme": "rk3", "data.visc": 1e-5,
-                           "data.t_final": 20.0, "data.stride": 1, "data.val_frac": 0.05, "data.test_frac": 1 / 6,
-                           "teacher_train.keep_best": True, "train.keep_best": True,
-                           "teacher_train.epochs": 100, "train.epochs": 60, "teacher.width": 64, "simvp.width": 64,
-                           "student_kwargs.width": 16},
-}
-
-
 def _config(args: argparse.Namespace, name: str, over: dict[str, Any]) -> SDKDConfig:
     """The SDKD config of one run of this benchmark."""
     base = {**CONFIGS[args.config], "data.seed": 0, "out": args.runs, "name": f"{args.config}-{name}",
@@ -121,7 +84,7 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     kind, name, seed = args.only
     if kind == "teacher":
         arch, _, labels = name.partition("@labels-")
-        over = {"data.label_fraction": int(labels) / 100, "teacher_train.epochs": _scaled(
+        over = {"data.label_fraction": int(labels) / 100, "teacher_train.epochs": scaled(
             CONFIGS[args.config]["teacher_train.epochs"], int(labels))} if labels else {}
         cfg = _config(args, f"teacher-{name.replace('@', '-')}", {"teacher_models": [arch], "kd": "none",
                                                                   "baseline": False, "train.epochs": 0, "seed": 0,
@@ -130,7 +93,8 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
         return {**_row(metrics["models"]["teacher"], run, "teacher/teacher", started, base_mb),
                 "file": str(teacher_file(run, "teacher"))}
     files = [records.get(f"teacher:{t}")["file"] for t in TEACHERS]
-    setting = SEARCH[name] if kind == "search" else _variant(args, records, name, int(seed))
+    setting = ({**SEARCH[name], **phase2(args.config, records, int(seed))} if kind == "search"
+               else variant(args.config, records, name, int(seed)))
     if "teacher_files" in setting:
         files = setting.pop("teacher_files")
     cfg = _config(args, f"{'search-' if kind == 'search' else ''}{name}-s{seed}",
@@ -139,59 +103,25 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     return _row(metrics["models"]["student"], run, "student", started, base_mb)
 
 
-def _scaled(epochs: int, percent: int) -> int:
-    """Epochs on `percent` % of the windows with as many optimiser steps as `epochs` on all of them."""
-    return int(round(epochs * 100 / percent))
-
-
-def _variants(config: str) -> list[str]:
-    return TURBULENT_VARIANTS if config in PHASE2 else VARIANTS
-
-
-def _variant(args: argparse.Namespace, records: Records, name: str, seed: int) -> dict[str, Any]:
-    """The config overrides of student row `name` for this seed (turbulent configs: two-phase and label rows)."""
-    if args.config not in PHASE2:
-        return {"kd": name}
-    if name == "none":
-        return {"kd": "none"}
-    if name.startswith("labels-"):
-        percent = int(name.split("-")[1].split("+")[0])
-        over: dict[str, Any] = {"data.label_fraction": percent / 100}
-        if name.endswith("+teacher"):
-            teacher = records.get(f"teacher:{LABEL_TEACHER}@labels-{percent}")
-            return {**over, "kd": "spectral", "teacher_files": [teacher["file"]]}
-        return {**over, "kd": "none", "train.epochs": _scaled(CONFIGS[args.config]["train.epochs"], percent)}
-    phase1 = records.get(f"none/{seed}")
-    return {"kd": "none" if name == "none-continued" else name, "train.epochs": PHASE2[args.config],
-            "student_init": str(Path(phase1["run"]) / STUDENT_FILE)}
-
-
-def _teacher_jobs(config: str) -> list[str]:
-    """The teachers this config trains: on all labels, then (turbulent) LABEL_TEACHER on each labelled part."""
-    extra = [f"{LABEL_TEACHER}@labels-{v.split('-')[1]}" for v in _variants(config)
-             if v.startswith("labels-") and not v.endswith("+teacher")]
-    return [*TEACHERS, *extra]
-
-
 def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     """Rows (mean over the seeds recorded so far) into sdkd_navier_stokes.json, the Markdown table and the PNG."""
     rows, table = [], []
     base = [r["mse"] for k, r in records.data["runs"].items() if k.startswith("none/")]
     base_mse = float(np.mean(base)) if base else None
-    for variant in [*(f"teacher:{t}" for t in _teacher_jobs(args.config)), *_variants(args.config)]:
+    for name in [*(f"teacher:{t}" for t in teacher_jobs(args.config)), *variants(args.config)]:
         found = sorted((int(k.split("/")[1]) if "/" in k else 0, r) for k, r in records.data["runs"].items()
-                       if k.split("/")[0] == variant)
+                       if k.split("/")[0] == name)
         if not found:
             continue
         runs = [r for _, r in found]
         mse = np.array([r["mse"] for r in runs])
-        row = {"variant": variant, "seeds": [s for s, _ in found], "mse_per_seed": mse.tolist(),
+        row = {"variant": name, "seeds": [s for s, _ in found], "mse_per_seed": mse.tolist(),
                "mse_mean": float(mse.mean()), "mse_std": float(mse.std(ddof=1)) if len(mse) > 1 else 0.0,
                "rel_l2_mean": float(np.mean([r["rel_l2"] for r in runs])),
                "mae_mean": float(np.mean([r["mae"] for r in runs])),
                "ssim_mean": float(np.mean([r["ssim"] for r in runs])),
                "mse_vs_nokd": float(mse.mean() / base_mse) if base_mse else None,
-               **_against_control(variant, found, records),
+               **_against_control(name, found, records),
                "params": runs[0]["params"], "mflops": runs[0]["flops"] / 1e6,
                "train_s_per_epoch": float(np.mean([r["train_s_per_epoch"] for r in runs])),
                "peak_train_mem_mb": float(np.mean([r["peak_gpu_mb"] or r["peak_rss_mb"] for r in runs])),
@@ -199,7 +129,7 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
                "memory_kind": "CUDA max_memory_allocated" if runs[0]["peak_gpu_mb"] else "peak RSS of the process",
                "load_avg_1m": [r.get("load_avg_1m") for r in runs]}
         rows.append(row)
-        table.append([variant, f"{row['mse_mean']:.3g} ± {row['mse_std']:.2g}", f"{row['rel_l2_mean']:.4f}",
+        table.append([name, f"{row['mse_mean']:.3g} ± {row['mse_std']:.2g}", f"{row['rel_l2_mean']:.4f}",
                       f"{row['mae_mean']:.4f}", f"{row['ssim_mean']:.4f}",
                       "" if row["mse_vs_nokd"] is None else f"{row['mse_vs_nokd']:.3f}",
                       f"{row['mse_vs_control']:.3f} ({row['control']})" if "control" in row else "", len(mse),
@@ -218,13 +148,14 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     md = format_table(["variant", "MSE (mean ± std)", "rel L2", "MAE", "SSIM", "MSE / no-KD", "MSE / control", "seeds",
                        "params",
                        "s/epoch", "peak train MB", "above torch MB"], table, markdown=True)
-    search = _search_rows(records)
+    search = _search_rows(args, records)
     if search:
         everything["configs"][args.config]["search"] = search
         write_json(path, everything)
-        md += ("\n\nSearch around the SDKD loss (`--search`; one seed each, MSE against the same seed's no-KD "
-               "student):\n\n" + format_table(["setting", "overrides", "MSE", "MSE / no-KD"], [
-                   [r["setting"], json.dumps(r["overrides"]), f"{r['mse']:.4g}", f"{r['mse_vs_nokd']:.3f}"]
+        md += ("\n\nSearch around the SDKD loss (`--search`; one seed each, MSE against the same seed's "
+               + ("no-KD continuation, phase 2 as the rows above" if args.config in PHASE2 else "no-KD student")
+               + "):\n\n" + format_table(["setting", "overrides", "MSE", f"MSE / {search[0]['control']}"], [
+                   [r["setting"], json.dumps(r["overrides"]), f"{r['mse']:.4g}", f"{r['mse_vs_control']:.3f}"]
                    for r in search], markdown=True))
     png = _figure(args, records)
     lat = records.data.get("latency")
@@ -289,17 +220,20 @@ def _against_control(variant: str, found: list[tuple[int, dict[str, Any]]], reco
     return {"control": control, "mse_vs_control": float(mine / theirs), "control_seeds": len(pairs)}
 
 
-def _search_rows(records: Records) -> list[dict[str, Any]]:
-    """The --search runs recorded so far, each against the no-KD student of its seed."""
+def _search_rows(args: argparse.Namespace, records: Records) -> list[dict[str, Any]]:
+    """The --search runs recorded so far, each against its seed's no-KD student (turbulent configs: the no-KD
+    continuation, the equal-budget control of phase 2)."""
     rows = []
+    control = "none-continued" if args.config in PHASE2 else "none"
     for key, rec in records.data["runs"].items():
         if not key.startswith("search:"):
             continue
         name, seed = key[len("search:"):].rsplit("/", 1)
-        base = records.get(f"none/{seed}")
+        base = records.get(f"{control}/{seed}")
         if base and name in SEARCH:
             rows.append({"setting": name, "seed": int(seed), "overrides": SEARCH[name], "mse": rec["mse"],
-                         "rel_l2": rec["rel_l2"], "mse_vs_nokd": rec["mse"] / base["mse"]})
+                         "rel_l2": rec["rel_l2"], "control": control, "mse_vs_control": rec["mse"] / base["mse"],
+                         **({"mse_vs_nokd": rec["mse"] / base["mse"]} if control == "none" else {})})
     return rows
 
 
@@ -317,7 +251,7 @@ def _figure(args: argparse.Namespace, records: Records) -> Path | None:
     from kdmobile.data.sequences import SequenceSpec, load_splits
     from kdmobile.sdkd.train import cached_navier_stokes_path, forecast_figure
 
-    keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in _variants(args.config)
+    keys = [*(f"teacher:{t}" for t in TEACHERS), *(f"{v}/0" for v in variants(args.config)
                                                    if not v.startswith("labels-"))]
     found = {k: records.get(k) for k in keys if records.get(k)}
     models = {}
@@ -374,13 +308,13 @@ def main() -> int:
         _make_data(args, records)
         common = ["--config", args.config, "--device", args.device, "--runs", args.runs, "--records", str(records.path),
                   *(x for s in args.set for x in ("--set", s)), *(["--progress"] if args.progress else [])]
-        jobs = [["--only", "teacher", t, "0"] for t in _teacher_jobs(args.config) if not records.get(f"teacher:{t}")]
+        jobs = [["--only", "teacher", t, "0"] for t in teacher_jobs(args.config) if not records.get(f"teacher:{t}")]
         for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):
             if not out:
                 return 1
             records.put(f"teacher:{job[2]}", out)
             print(f"teacher {job[2]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f}", flush=True)
-        jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or _variants(args.config))
+        jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or variants(args.config))
                 if not records.get(f"{v}/{s}")]  # in order: a seed's phase-2 rows start from its `none` run
         jobs += [["--only", "search", name, str(args.seeds[0])] for name in (SEARCH if args.search else [])
                  if not records.get(f"search:{name}/{args.seeds[0]}")]

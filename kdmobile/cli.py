@@ -32,6 +32,18 @@ def _data_navier_stokes(args: argparse.Namespace) -> int:
     threads = f"{info['threads']} thread{'s' if info['threads'] > 1 else ''}"
     where = f"cpu, {threads}" if info["device"] == "cpu" else info["device"]
     print(f"wrote {path} ({args.n} trajectories; this run {info['seconds']:.1f} s on {where})")
+    if args.check:
+        from kdmobile.data.ns_physics import MAX_CHECK_GRID, physics_check
+
+        fine = args.solve_res or args.res
+        if 2 * fine > MAX_CHECK_GRID:
+            raise UserError(f"--check: the reference solve on {2 * fine}² is over the limit of {MAX_CHECK_GRID}²")
+        r = physics_check(args.visc, args.res, args.solve_res, args.scheme)
+        print(f"physics check {'passed' if r['passed'] else 'FAILED'}: rel L2 vs a {r['reference_res']}² solve "
+              f"{max(r['rel_l2_vs_reference']):.4f} over t <= {r['t_check']:g} (limit {r['tol_rel']}); enstrophy "
+              f"budget error {r['enstrophy_budget_rel_error']:.2e} (limit {r['tol_budget']}); spectrum slope "
+              f"{r['spectrum_slope']:.2f} (k {r['spectrum_band'][0]}-{r['spectrum_band'][1]}, limit -3)")
+        return 0 if r["passed"] else 1
     return 0
 
 
@@ -72,6 +84,10 @@ def _add_data(sub: Any) -> None:
     ns.add_argument("--restart", action="store_true",
                     help="discard an unfinished generation in OUT.parts/ instead of resuming it")
     ns.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ns.add_argument("--check", action="store_true",
+                    help="then check the physics at these settings (kdmobile.data.ns_physics: within 3 %% of a solve "
+                         "on twice the grid over t <= 2, enstrophy budget closed within 2 %%, spectrum at least "
+                         "as steep as k^-3); exit 1 if it fails")
     ns.set_defaults(func=_data_navier_stokes)
 
 

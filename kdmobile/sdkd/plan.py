@@ -21,12 +21,13 @@ def sdkd_plan(cfg: SDKDConfig, job: Any | None, run_dir: Path, teachers_from: st
     d = cfg.data
     if job is not None:
         s = job.splits
-        n_train = len(s.train_x)
+        n_train, n_lab = len(s.train_x), job.n_labelled
+        labelled = "" if n_lab == n_train else f" ({n_lab:,} with futures, the rest pseudo-labelled by KD students)"
         plan.facts.append(("data", f"{job.source}: {d.frames_in} frames in -> {d.frames_out} out, "
-                                   f"{s.train_x.shape[-2]}x{s.train_x.shape[-1]} grid; windows train {n_train:,} / "
-                                   f"val {len(s.val_x):,} / test {len(s.test_x):,}"))
+                                   f"{s.train_x.shape[-2]}x{s.train_x.shape[-1]} grid; windows train {n_train:,}"
+                                   f"{labelled} / val {len(s.val_x):,} / test {len(s.test_x):,}"))
     else:
-        n_train = 0
+        n_train = n_lab = 0
         plan.facts.append(("data", f"Navier-Stokes n={d.n}, {d.res}x{d.res}: generated and cached on the first real "
                                    "run (--dry-run generates nothing), so steps are not known yet"))
     plan.facts.append(("device", f"{dist.pick_device(cfg.train.device)}, {torch.get_num_threads()} torch threads"))
@@ -38,12 +39,15 @@ def sdkd_plan(cfg: SDKDConfig, job: Any | None, run_dir: Path, teachers_from: st
     if teachers_from:
         lines.insert(0, f"from {teachers_from}/teachers/")
     plan.facts.append(("teachers", "\n".join(lines)))
-    stages = [] if cfg.teacher_files else [(f"teacher/{n}", cfg.teacher_train) for n in names]
+    if cfg.student_init:
+        plan.facts.append(("student init", f"{cfg.student_init} (phase 2: the student continues from it)"))
+    pseudo = n_train if cfg.kd != "none" and cfg.pseudo_labels else n_lab
+    stages = [] if cfg.teacher_files else [(f"teacher/{n}", cfg.teacher_train, n_lab) for n in names]
     if cfg.baseline and cfg.kd != "none":
-        stages.append(("student_nokd", cfg.train))
-    stages.append(("student", cfg.train))
-    for name, tc in stages:
-        plan.stages.append(StageEstimate(name, tc.epochs, steps_per_epoch(n_train, tc.batch_size)))
+        stages.append(("student_nokd", cfg.train, n_lab))
+    stages.append(("student", cfg.train, pseudo))
+    for name, tc, windows in stages:
+        plan.stages.append(StageEstimate(name, tc.epochs, steps_per_epoch(windows, tc.batch_size)))
         plan.batch_sizes[name] = tc.batch_size
     if job is not None and job.resume:
         mark_done(plan, {**{f"teacher/{n}": teacher_file(run_dir, n) for n in names},
