@@ -62,6 +62,36 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# --search in the turbulent configs also tries the label-scarce student at 10 % (one seed, against labels-10):
+# pseudo-labels alone (no KD term), output KD instead of the spectral terms, and both architectures' teachers.
+LABEL_SEARCH: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "labels-10:pseudo-only": ({"kd": "output", "output_weight": 0.0, "weighting": "equal"}, [LABEL_TEACHER]),
+    "labels-10:output-kd": ({"kd": "output"}, [LABEL_TEACHER]),
+    "labels-10:two-teachers": ({"kd": "spectral"}, [LABEL_TEACHER, "sdkd_teacher"]),
+}
+
+
+def searches(config: str) -> list[str]:
+    """The --search settings of a config."""
+    return [*SEARCH, *(LABEL_SEARCH if config in PHASE2 else [])]
+
+
+def search_setting(config: str, records: Records, name: str, seed: int) -> dict[str, Any]:
+    """The overrides of search setting `name`: phase 2 of the seed's student, or a label-scarce student."""
+    if name in LABEL_SEARCH:
+        over, archs = LABEL_SEARCH[name]
+        files = [records.get(f"teacher:{a}@labels-10")["file"] for a in archs]
+        return {**over, "data.label_fraction": 0.1, "teacher_files": files}
+    return {**SEARCH[name], **phase2(config, records, seed)}
+
+
+def search_control(config: str, name: str) -> str:
+    """The row a search setting is compared with (same seed)."""
+    if name in LABEL_SEARCH:
+        return "labels-10"
+    return "none-continued" if config in PHASE2 else "none"
+
+
 def scaled(epochs: int, percent: int) -> int:
     """Epochs on `percent` % of the windows with as many optimiser steps as `epochs` on all of them."""
     return int(round(epochs * 100 / percent))
@@ -95,8 +125,12 @@ def phase2(config: str, records: Records, seed: int) -> dict[str, Any]:
     return {"train.epochs": PHASE2[config], "student_init": str(Path(phase1["run"]) / STUDENT_FILE)}
 
 
-def teacher_jobs(config: str) -> list[str]:
-    """The teachers this config trains: on all labels, then (turbulent) LABEL_TEACHER on each labelled part."""
+def teacher_jobs(config: str, search: bool = False) -> list[str]:
+    """The teachers this config trains: on all labels, then (turbulent) LABEL_TEACHER on each labelled part (and,
+    for the search, every other teacher at 10 %)."""
     extra = [f"{LABEL_TEACHER}@labels-{v.split('-')[1]}" for v in variants(config)
              if v.startswith("labels-") and not v.endswith("+teacher")]
-    return [*TEACHERS, *extra]
+    if search and config in PHASE2:
+        extra += [f"{a}@labels-10" for _, archs in LABEL_SEARCH.values() for a in archs
+                  if f"{a}@labels-10" not in extra]
+    return [*TEACHERS, *dict.fromkeys(extra)]

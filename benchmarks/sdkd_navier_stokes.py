@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 from resumable import Records, cpu_name, device_name, peak_rss_mb, run_children, without_set_keys
 
-from sdkd_configs import (CONFIGS, CONTROL, PHASE2, SEARCH, TEACHERS, TURBULENT_VARIANTS, phase2,
-                          scaled, teacher_jobs, variant, variants)
+from sdkd_configs import (CONFIGS, CONTROL, LABEL_SEARCH, PHASE2, SEARCH, TEACHERS, TURBULENT_VARIANTS, scaled,
+                          search_control,
+                          search_setting, searches, teacher_jobs, variant, variants)
 
 from kdmobile.config import SDKDConfig, load_config
 from kdmobile.fileio import write_json
@@ -93,7 +94,7 @@ def child(args: argparse.Namespace, records: Records) -> dict[str, Any]:
         return {**_row(metrics["models"]["teacher"], run, "teacher/teacher", started, base_mb),
                 "file": str(teacher_file(run, "teacher"))}
     files = [records.get(f"teacher:{t}")["file"] for t in TEACHERS]
-    setting = ({**SEARCH[name], **phase2(args.config, records, int(seed))} if kind == "search"
+    setting = (search_setting(args.config, records, name, int(seed)) if kind == "search"
                else variant(args.config, records, name, int(seed)))
     if "teacher_files" in setting:
         files = setting.pop("teacher_files")
@@ -108,7 +109,7 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
     rows, table = [], []
     base = [r["mse"] for k, r in records.data["runs"].items() if k.startswith("none/")]
     base_mse = float(np.mean(base)) if base else None
-    for name in [*(f"teacher:{t}" for t in teacher_jobs(args.config)), *variants(args.config)]:
+    for name in [*(f"teacher:{t}" for t in teacher_jobs(args.config, search=True)), *variants(args.config)]:
         found = sorted((int(k.split("/")[1]) if "/" in k else 0, r) for k, r in records.data["runs"].items()
                        if k.split("/")[0] == name)
         if not found:
@@ -154,8 +155,10 @@ def report(args: argparse.Namespace, records: Records) -> dict[str, Any]:
         write_json(path, everything)
         md += ("\n\nSearch around the SDKD loss (`--search`; one seed each, MSE against the same seed's "
                + ("no-KD continuation, phase 2 as the rows above" if args.config in PHASE2 else "no-KD student")
-               + "):\n\n" + format_table(["setting", "overrides", "MSE", f"MSE / {search[0]['control']}"], [
-                   [r["setting"], json.dumps(r["overrides"]), f"{r['mse']:.4g}", f"{r['mse_vs_control']:.3f}"]
+               + "; label-scarce settings against labels-10):\n\n"
+               + format_table(["setting", "overrides", "MSE", "MSE / control"], [
+                   [r["setting"], json.dumps(r["overrides"]), f"{r['mse']:.4g}",
+                    f"{r['mse_vs_control']:.3f} ({r['control']})"]
                    for r in search], markdown=True))
     png = _figure(args, records)
     lat = records.data.get("latency")
@@ -224,14 +227,17 @@ def _search_rows(args: argparse.Namespace, records: Records) -> list[dict[str, A
     """The --search runs recorded so far, each against its seed's no-KD student (turbulent configs: the no-KD
     continuation, the equal-budget control of phase 2)."""
     rows = []
-    control = "none-continued" if args.config in PHASE2 else "none"
     for key, rec in records.data["runs"].items():
         if not key.startswith("search:"):
             continue
         name, seed = key[len("search:"):].rsplit("/", 1)
+        if name not in searches(args.config):
+            continue
+        control = search_control(args.config, name)
         base = records.get(f"{control}/{seed}")
-        if base and name in SEARCH:
-            rows.append({"setting": name, "seed": int(seed), "overrides": SEARCH[name], "mse": rec["mse"],
+        over = SEARCH[name] if name in SEARCH else {**LABEL_SEARCH[name][0], "teachers": LABEL_SEARCH[name][1]}
+        if base:
+            rows.append({"setting": name, "seed": int(seed), "overrides": over, "mse": rec["mse"],
                          "rel_l2": rec["rel_l2"], "control": control, "mse_vs_control": rec["mse"] / base["mse"],
                          **({"mse_vs_nokd": rec["mse"] / base["mse"]} if control == "none" else {})})
     return rows
@@ -308,7 +314,8 @@ def main() -> int:
         _make_data(args, records)
         common = ["--config", args.config, "--device", args.device, "--runs", args.runs, "--records", str(records.path),
                   *(x for s in args.set for x in ("--set", s)), *(["--progress"] if args.progress else [])]
-        jobs = [["--only", "teacher", t, "0"] for t in teacher_jobs(args.config) if not records.get(f"teacher:{t}")]
+        jobs = [["--only", "teacher", t, "0"] for t in teacher_jobs(args.config, args.search)
+                if not records.get(f"teacher:{t}")]
         for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):
             if not out:
                 return 1
@@ -316,7 +323,7 @@ def main() -> int:
             print(f"teacher {job[2]}: MSE {out['mse']:.4g}, rel L2 {out['rel_l2']:.4f}", flush=True)
         jobs = [["--only", "student", v, str(s)] for s in args.seeds for v in (args.variants or variants(args.config))
                 if not records.get(f"{v}/{s}")]  # in order: a seed's phase-2 rows start from its `none` run
-        jobs += [["--only", "search", name, str(args.seeds[0])] for name in (SEARCH if args.search else [])
+        jobs += [["--only", "search", name, str(args.seeds[0])] for name in (searches(args.config) if args.search else [])
                  if not records.get(f"search:{name}/{args.seeds[0]}")]
         failed = 0
         for job, out in run_children(__file__, common, records, jobs, args.jobs, args.threads):

@@ -31,7 +31,7 @@ def init_tensors(path: str, student: nn.Module, grid: dict[str, int]) -> dict[st
     architecture (every tensor fits) and the same frames and grid as this run's data."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"student_init {path}: no such file")
+        raise UserError(f"student_init {path}: {'a directory, not a student file' if p.is_dir() else 'no such file'}")
     recipe, tensors = read_weights(p)
     extra = recipe.get("extra", {}) if isinstance(recipe.get("extra"), dict) else {}
     for key, want in grid.items():
