@@ -30,14 +30,16 @@ def _log(run: Path) -> list[dict]:
 
 
 def test_student_init_continues_the_phase1_student(tmp_path: Path) -> None:
-    """Phase 2 starts from the phase-1 file: with 0 extra epochs the student is that file, weight for weight."""
+    """Phase 2 starts from the phase-1 file: with 0 extra epochs both students are that file, weight for weight."""
     runs = tmp_path / "runs"
     assert main(["train", "sdkd", *TINY, "--kd", "none", "--out", str(runs), "--name", "p1"]) == 0
     first = runs / "p1" / "student.safetensors"
-    assert main(["train", "sdkd", *TINY, "--kd", "none", "--epochs", "0", "--teachers-from", str(runs / "p1"),
+    assert main(["train", "sdkd", *TINY, "--kd", "output", "--epochs", "0", "--teachers-from", str(runs / "p1"),
                  "--student-init", str(first), "--out", str(runs), "--name", "p2"]) == 0
-    a, b = load_model(first)[0].state_dict(), load_model(runs / "p2" / "student.safetensors")[0].state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = load_model(first)[0].state_dict()
+    for stage in ("student", "student_nokd"):  # the KD student and its equal-budget no-KD control
+        b = load_model(runs / "p2" / f"{stage}.safetensors")[0].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((runs / "p2" / "metrics.json").read_text())["student_init"] == str(first)
 
 
