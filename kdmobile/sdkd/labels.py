@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,11 +43,10 @@ def init_tensors(path: str, student: nn.Module, grid: dict[str, int]) -> dict[st
 
 def pseudo_labels(predict: Callable[[nn.Module, np.ndarray], np.ndarray], teachers: list[nn.Module],
                   x: np.ndarray) -> np.ndarray:
-    """The teachers' mean forecast (normalised units, float32) for input windows `x` without futures."""
-    if not teachers or not len(x):
-        return np.zeros((0,), dtype=np.float32)
-    total: Any = None
-    for t in teachers:
-        pred = predict(t, x).astype(np.float64)
-        total = pred if total is None else total + pred
-    return (total / len(teachers)).astype(np.float32)
+    """The teachers' mean forecast (normalised units, float32) for input windows `x` without futures, summed in
+    place (one array the size of the targets, whatever the number of teachers)."""
+    total = predict(teachers[0], x).astype(np.float32, copy=False)
+    for t in teachers[1:]:
+        total += predict(t, x)
+    total /= len(teachers)
+    return total
